@@ -1,0 +1,44 @@
+"""`mixtral-desk` entry point: global options and the subcommand table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from app import APP_NAME, __version__
+from app.core.errors import DeskError
+
+COMMAND_MODULES = ("app.cli.chat", "app.cli.prompt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with every command group registered."""
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="mixtral-desk",
+        description=f"{APP_NAME}: run Mixtral 8x7B / 8x22B on your own machine, offline.",
+    )
+    parser.add_argument("--version", action="version", version=f"mixtral-desk {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except DeskError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130

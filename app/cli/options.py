@@ -1,0 +1,89 @@
+"""Command-line options shared by the commands that load a model or sample from it."""
+
+from __future__ import annotations
+
+import argparse
+
+from app.core.context import POLICIES, POLICY_ROLLING
+from app.core.engine import KV_CACHE_TYPES, LoadSettings, SamplingSettings
+from app.core.local_models import resolve_model
+from app.core.prompts import FORMATS
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --ctx, --gpu-layers, --flash-attn, --kv, --threads, --format."""
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        metavar="PATH|ID",
+        help="GGUF file, a file name in the models folder, or 'demo' "
+        "(default: the newest installed model, else the built-in demo model)",
+    )
+    group.add_argument("--ctx", type=int, default=4096, metavar="N", help="context length in tokens (default 4096)")
+    group.add_argument(
+        "--gpu-layers", type=int, default=None, metavar="N", help="layers to offload to the GPU; -1 = all"
+    )
+    group.add_argument(
+        "--flash-attn", action="store_true", help="use flash attention (needed for a quantized KV cache)"
+    )
+    group.add_argument("--kv", choices=sorted(KV_CACHE_TYPES), default="f16", help="KV cache type (default f16)")
+    group.add_argument(
+        "--threads", type=int, default=None, metavar="N", help="CPU threads (default: llama.cpp's choice)"
+    )
+    group.add_argument(
+        "--format", choices=FORMATS, default=None, help="prompt format (default: detected from the GGUF)"
+    )
+
+
+def add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    """Sampling and context-policy options."""
+    defaults = SamplingSettings()
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--temperature", type=float, default=defaults.temperature, metavar="T", help="0 = greedy")
+    group.add_argument("--top-p", type=float, default=defaults.top_p, metavar="P")
+    group.add_argument("--top-k", type=int, default=defaults.top_k, metavar="K")
+    group.add_argument("--min-p", type=float, default=defaults.min_p, metavar="P")
+    group.add_argument("--repeat-penalty", type=float, default=defaults.repeat_penalty, metavar="R")
+    group.add_argument(
+        "--max-tokens",
+        type=int,
+        default=defaults.max_new_tokens,
+        metavar="N",
+        help="reply length limit; 0 = until the context is full",
+    )
+    group.add_argument("--seed", type=int, default=None, metavar="N", help="sampling seed for reproducible replies")
+    group.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+    group.add_argument(
+        "--context-policy",
+        choices=POLICIES,
+        default=POLICY_ROLLING,
+        help="when the conversation outgrows the context: drop the oldest turns (rolling) or stop",
+    )
+
+
+def load_settings_from(args: argparse.Namespace, *, chat_format: str | None = None) -> LoadSettings:
+    """LoadSettings for the options in ``args``; ``chat_format`` overrides --format."""
+    return LoadSettings(
+        model_path=str(resolve_model(args.model)),
+        n_ctx=args.ctx,
+        n_gpu_layers=args.gpu_layers,
+        flash_attn=args.flash_attn,
+        kv_type=args.kv,
+        n_threads=args.threads,
+        seed=args.seed,
+        chat_format=chat_format or args.format,
+    )
+
+
+def sampling_from(args: argparse.Namespace) -> SamplingSettings:
+    """SamplingSettings for the options in ``args``."""
+    return SamplingSettings(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty,
+        max_new_tokens=args.max_tokens,
+        seed=args.seed,
+        stop=tuple(args.stop),
+    )

@@ -1,0 +1,70 @@
+"""llama.cpp's log, captured in process instead of printed to stderr.
+
+llama.cpp reports load failures, buffer sizes and warnings only through its log callback. We install one
+callback for the whole process that keeps the recent lines, so errors can quote llama.cpp's own reason and
+the planner can read the buffer sizes it reports. Set ``MIXTRAL_DESK_LLAMA_LOG=1`` to also echo the log.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+_lock = threading.Lock()
+_recent: collections.deque[str] = collections.deque(maxlen=400)
+_captures: list[list[str]] = []
+_partial = ""
+_callback: Any = None  # keeps the ctypes callback alive for the life of the process
+
+
+def _on_log(level: int, text: bytes | None, user_data: Any) -> None:
+    global _partial
+    if not text:
+        return
+    chunk = text.decode("utf-8", errors="replace")
+    if os.environ.get("MIXTRAL_DESK_LLAMA_LOG"):
+        sys.stderr.write(chunk)
+    with _lock:
+        _partial += chunk
+        *lines, _partial = _partial.split("\n")
+        for line in lines:
+            _recent.append(line)
+            for capture in _captures:
+                capture.append(line)
+
+
+def install() -> None:
+    """Route llama.cpp's log into this module (idempotent)."""
+    global _callback
+    if _callback is not None:
+        return
+    import llama_cpp
+
+    _callback = llama_cpp.llama_log_callback(_on_log)
+    llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+
+
+@contextlib.contextmanager
+def capture() -> Iterator[list[str]]:
+    """Collect every complete log line written while the block runs."""
+    install()
+    lines: list[str] = []
+    with _lock:
+        _captures.append(lines)
+    try:
+        yield lines
+    finally:
+        with _lock:
+            _captures.remove(lines)
+
+
+def recent(limit: int = 50) -> list[str]:
+    """The last ``limit`` log lines."""
+    with _lock:
+        return list(_recent)[-limit:]

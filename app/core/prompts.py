@@ -1,0 +1,239 @@
+"""Chat formats: Mixtral instruct v1 / v3 token-exact, the GGUF's own chat template, and plain text.
+
+Mistral formats are built segment by segment, exactly as Mistral's ``mistral-common`` does it: each user
+turn and each assistant reply is tokenised on its own (so each gets SentencePiece's leading space) and the
+BOS / EOS / ``[INST]`` ids are inserted as ids, never parsed out of a string. For v1 the ``[INST]`` markers
+are ordinary text; for v3 they are control tokens. v1 puts the system prompt before the *first* user
+message, v3 before the *last* one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from app.core.errors import PromptFormatError
+
+Role = Literal["system", "user", "assistant"]
+ROLES: tuple[str, ...] = ("system", "user", "assistant")
+
+FORMAT_MISTRAL_V1 = "mistral-v1"
+FORMAT_MISTRAL_V3 = "mistral-v3"
+FORMAT_TEMPLATE = "gguf-template"
+FORMAT_PLAIN = "plain"
+FORMATS: tuple[str, ...] = (FORMAT_MISTRAL_V1, FORMAT_MISTRAL_V3, FORMAT_TEMPLATE, FORMAT_PLAIN)
+
+# mistral-common joins consecutive messages of one role (and several system prompts) with this.
+MESSAGE_JOIN = "\n\n"
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat message."""
+
+    role: str
+    content: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+def messages_from_json(data: object) -> list[Message]:
+    """Parse a JSON list of ``{"role", "content"}`` objects, with a clear error for anything else."""
+    if not isinstance(data, list):
+        raise PromptFormatError('Messages must be a JSON list of {"role": ..., "content": ...} objects.')
+    messages = []
+    for index, item in enumerate(data):
+        if not isinstance(item, dict) or "role" not in item or "content" not in item:
+            raise PromptFormatError(f'Message {index + 1} must be an object with "role" and "content".')
+        role, content = item["role"], item["content"]
+        if role not in ROLES:
+            raise PromptFormatError(f"Message {index + 1} has role {role!r}; use one of {', '.join(ROLES)}.")
+        if not isinstance(content, str):
+            raise PromptFormatError(f'Message {index + 1}: "content" must be a string.')
+        messages.append(Message(role, content))
+    return messages
+
+
+class Vocabulary(Protocol):
+    """What a chat format needs from a model's tokenizer (llama.cpp's, in practice)."""
+
+    size: int
+    bos_id: int
+    eos_id: int
+    add_bos: bool
+
+    def encode(self, text: str, *, special: bool) -> list[int]:
+        """Tokenise ``text`` without BOS; ``special`` lets control-token text become control tokens."""
+        ...
+
+    def piece_id(self, piece: str) -> int | None:
+        """The id of the token whose text is exactly ``piece``, or None."""
+        ...
+
+    def render_template(self, messages: Sequence[Message]) -> str | None:
+        """The model's embedded chat template applied to ``messages`` with a generation prompt, or None."""
+        ...
+
+
+@dataclass(frozen=True)
+class MistralConversation:
+    """A conversation normalised the way mistral-common normalises a chat request."""
+
+    system_prompt: str | None
+    messages: tuple[Message, ...]  # user / assistant only, alternating roles, starting with user
+
+
+def normalize_for_mistral(messages: Sequence[Message]) -> MistralConversation:
+    """Merge system prompts and same-role neighbours as mistral-common does; start with a user turn."""
+    system_parts = [m.content for m in messages if m.role == "system" and m.content]
+    merged: list[Message] = []
+    for message in messages:
+        if message.role == "system":
+            continue
+        if merged and merged[-1].role == message.role:
+            merged[-1] = Message(message.role, merged[-1].content + MESSAGE_JOIN + message.content)
+        else:
+            merged.append(message)
+    if not merged or merged[0].role != "user":
+        merged.insert(0, Message("user", ""))
+    system = MESSAGE_JOIN.join(system_parts) if system_parts else None
+    return MistralConversation(system, tuple(merged))
+
+
+class ChatFormat:
+    """Turns a conversation into the exact token ids the runner feeds to the model."""
+
+    name = ""
+    #: whether replies should be stripped of leading whitespace (chat) or kept (plain continuation)
+    is_chat = True
+
+    def encode(self, messages: Sequence[Message], vocab: Vocabulary) -> list[int]:
+        raise NotImplementedError
+
+
+class MistralV1Format(ChatFormat):
+    """Mixtral-8x7B-Instruct (tokenizer v1): ``[INST]`` as text, system prompt in the first user turn."""
+
+    name = FORMAT_MISTRAL_V1
+
+    def encode(self, messages: Sequence[Message], vocab: Vocabulary) -> list[int]:
+        conversation = normalize_for_mistral(messages)
+        tokens = [vocab.bos_id]
+        first_user = True
+        for message in conversation.messages:
+            if message.role == "user":
+                content = message.content
+                if first_user and conversation.system_prompt:
+                    content = conversation.system_prompt + MESSAGE_JOIN + content
+                first_user = False
+                tokens += vocab.encode(f"[INST] {content} [/INST]", special=False)
+            else:
+                tokens += _encode_assistant(message.content, vocab, strip_trailing_spaces=False)
+        return tokens
+
+
+class MistralV3Format(ChatFormat):
+    """Mixtral-8x22B-Instruct (tokenizer v3): control-token ``[INST]``, system prompt in the last user turn."""
+
+    name = FORMAT_MISTRAL_V3
+
+    def encode(self, messages: Sequence[Message], vocab: Vocabulary) -> list[int]:
+        begin, end = vocab.piece_id("[INST]"), vocab.piece_id("[/INST]")
+        if begin is None or end is None:
+            raise PromptFormatError(
+                "This model's vocabulary has no [INST] control tokens, so it is not a v3 (8x22B) model; "
+                f"use the {FORMAT_MISTRAL_V1} format instead."
+            )
+        conversation = normalize_for_mistral(messages)
+        last_user = max(i for i, m in enumerate(conversation.messages) if m.role == "user")
+        tokens = [vocab.bos_id]
+        for index, message in enumerate(conversation.messages):
+            if message.role == "user":
+                content = message.content
+                if index == last_user and conversation.system_prompt:
+                    content = conversation.system_prompt + MESSAGE_JOIN + content
+                tokens += [begin, *vocab.encode(content, special=False), end]
+            else:
+                tokens += _encode_assistant(message.content, vocab, strip_trailing_spaces=True)
+        return tokens
+
+
+def _encode_assistant(content: str, vocab: Vocabulary, *, strip_trailing_spaces: bool) -> list[int]:
+    if strip_trailing_spaces:
+        content = content.rstrip(" ")
+    if not content:
+        raise PromptFormatError("An assistant message in the history is empty; remove it or give it text.")
+    return [*vocab.encode(content, special=False), vocab.eos_id]
+
+
+class TemplateFormat(ChatFormat):
+    """Any other model: the Jinja chat template embedded in its GGUF (the demo model's is ChatML)."""
+
+    name = FORMAT_TEMPLATE
+
+    def encode(self, messages: Sequence[Message], vocab: Vocabulary) -> list[int]:
+        text = vocab.render_template(messages)
+        if text is None:
+            raise PromptFormatError(
+                "This model has no chat template in its GGUF file; choose the plain-text format, "
+                f"or {FORMAT_MISTRAL_V1}/{FORMAT_MISTRAL_V3} if it is a Mistral model."
+            )
+        tokens = vocab.encode(text, special=True)
+        if vocab.add_bos and (not tokens or tokens[0] != vocab.bos_id):
+            tokens.insert(0, vocab.bos_id)
+        return tokens
+
+
+class PlainFormat(ChatFormat):
+    """Base models and story continuation: the text is continued as it is, with no template."""
+
+    name = FORMAT_PLAIN
+    is_chat = False
+
+    def encode(self, messages: Sequence[Message], vocab: Vocabulary) -> list[int]:
+        text = "".join(m.content for m in messages)
+        tokens = vocab.encode(text, special=False) if text else []
+        return [vocab.bos_id, *tokens] if vocab.add_bos else tokens
+
+
+def get_format(name: str) -> ChatFormat:
+    """The chat format called ``name`` (one of :data:`FORMATS`)."""
+    formats: dict[str, type[ChatFormat]] = {
+        FORMAT_MISTRAL_V1: MistralV1Format,
+        FORMAT_MISTRAL_V3: MistralV3Format,
+        FORMAT_TEMPLATE: TemplateFormat,
+        FORMAT_PLAIN: PlainFormat,
+    }
+    if name not in formats:
+        raise PromptFormatError(f"Unknown prompt format {name!r}; choose one of {', '.join(FORMATS)}.")
+    return formats[name]()
+
+
+def detect_format(metadata: dict[str, str], vocab: Vocabulary) -> str:
+    """Pick the format for a model from its GGUF metadata and vocabulary.
+
+    Mixtral (llama architecture, 8 experts) with Mistral's 32000-token vocabulary gets v1, with the
+    32768-token one (``[INST]`` as a control token) v3. A Mixtral whose name says it is not an instruct
+    model gets plain text. Everything else uses its embedded chat template, or plain text without one.
+    """
+    arch = metadata.get("general.architecture", "")
+    experts = metadata.get(f"{arch}.expert_count", "0")
+    name = metadata.get("general.name", "").lower()
+    is_mixtral = arch == "llama" and experts.isdigit() and int(experts) == 8
+    if "mixtral" in name:
+        is_mixtral = True
+    if is_mixtral and vocab.piece_id("[INST]") is not None:
+        mistral_format = FORMAT_MISTRAL_V3
+    elif is_mixtral and vocab.size == 32000:
+        mistral_format = FORMAT_MISTRAL_V1
+    else:
+        mistral_format = ""
+    if mistral_format:
+        if name and "instruct" not in name:
+            return FORMAT_PLAIN
+        return mistral_format
+    if "tokenizer.chat_template" in metadata:
+        return FORMAT_TEMPLATE
+    return FORMAT_PLAIN

@@ -1,0 +1,1 @@
+"""PySide6 desktop interface: views, Qt models and thin workers over app.core."""

@@ -1,0 +1,1 @@
+"""Model tooling: tiny Mixtral-architecture test models, requantization and quality checks."""

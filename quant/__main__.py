@@ -1,0 +1,42 @@
+"""`python -m quant`: model tooling commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _cmd_tiny(args: argparse.Namespace) -> int:
+    from quant.tiny import DEFAULT_QUANTS, build_tiny
+
+    quants = [q.strip() for q in args.quants.split(",") if q.strip()] if args.quants else list(DEFAULT_QUANTS)
+    files = build_tiny(Path(args.out), tokenizer=args.tokenizer, quants=quants)
+    for level, path in files.items():
+        print(f"{level}\t{path}\t{path.stat().st_size} bytes")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m quant", description="Mixtral Desk model tooling.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    tiny = commands.add_parser(
+        "tiny",
+        help="write a tiny Mixtral-architecture GGUF and its quantized copies",
+        description="Write a tiny Mixtral-architecture GGUF (8 experts, top-2, Mistral's real vocabulary, "
+        "seeded random F16 weights) and quantize it with llama.cpp.",
+    )
+    tiny.add_argument("--tokenizer", choices=["v1", "v3"], default="v1", help="v1 = Mixtral 8x7B, v3 = 8x22B")
+    tiny.add_argument("--out", required=True, help="output directory")
+    tiny.add_argument("--quants", default="", help="comma-separated levels, e.g. Q2_K,Q4_K_M,Q8_0")
+    tiny.set_defaults(func=_cmd_tiny)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (RuntimeError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

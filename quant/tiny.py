@@ -1,0 +1,180 @@
+"""Tiny Mixtral-architecture GGUFs for tests: 8 experts, top-2, Mistral's real vocabulary, random weights.
+
+The F16 file is written with the `gguf` package; quantized copies are made by llama.cpp's own
+``llama_model_quantize``, so they are exactly what llama.cpp would produce for a real Mixtral.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from quant.tokenizers import mistral_tokenizer_path, read_sentencepiece_vocab
+
+# llama.cpp file types (enum llama_ftype) for each quantization level we ship.
+QUANT_FTYPES: dict[str, int] = {
+    "Q2_K": 10,
+    "Q3_K_S": 11,
+    "Q3_K_M": 12,
+    "Q3_K_L": 13,
+    "Q4_0": 2,
+    "Q4_K_S": 14,
+    "Q4_K_M": 15,
+    "Q5_0": 8,
+    "Q5_K_S": 16,
+    "Q5_K_M": 17,
+    "Q6_K": 18,
+    "Q8_0": 7,
+}
+DEFAULT_QUANTS = ("Q2_K", "Q3_K_M", "Q4_0", "Q4_K_M", "Q5_0", "Q5_K_M", "Q6_K", "Q8_0")
+
+
+@dataclass(frozen=True)
+class TinyMixtralSpec:
+    """Shape of a Mixtral-architecture test model. Defaults give a ~45 MB F16 file.
+
+    Widths are multiples of 256 so that K-quants apply to every matrix instead of falling back.
+    """
+
+    tokenizer: str = "v1"
+    n_layer: int = 2
+    n_embd: int = 256
+    n_ff: int = 256
+    n_head: int = 8
+    n_head_kv: int = 2
+    n_expert: int = 8
+    n_expert_used: int = 2
+    n_ctx_train: int = 32768
+    rope_freq_base: float = 1_000_000.0
+    seed: int = 1234
+    architecture: str = "llama"
+    name: str = ""
+
+    @property
+    def display_name(self) -> str:
+        return self.name or f"Mixtral-tiny-{self.tokenizer}-Instruct"
+
+
+def f16_path(out_dir: Path, spec: TinyMixtralSpec) -> Path:
+    """File name of the F16 model for ``spec`` inside ``out_dir``."""
+    return out_dir / f"mixtral-tiny-{spec.tokenizer}-F16.gguf"
+
+
+def quant_path(out_dir: Path, spec: TinyMixtralSpec, quant: str) -> Path:
+    """File name of the ``quant`` copy for ``spec`` inside ``out_dir``."""
+    return out_dir / f"mixtral-tiny-{spec.tokenizer}-{quant}.gguf"
+
+
+def write_f16(spec: TinyMixtralSpec, path: Path) -> Path:
+    """Write the F16 model described by ``spec`` to ``path`` (atomically) and return the path."""
+    import gguf
+
+    vocab = read_sentencepiece_vocab(mistral_tokenizer_path(spec.tokenizer))
+    n_vocab = len(vocab.pieces)
+    head_dim = spec.n_embd // spec.n_head
+    n_embd_kv = head_dim * spec.n_head_kv
+    rng = np.random.default_rng(spec.seed)
+
+    def weight(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
+
+    def ones(n: int) -> np.ndarray:
+        return np.ones(n, dtype=np.float32)
+
+    arch = spec.architecture
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    writer.add_name(spec.display_name)
+    writer.add_context_length(spec.n_ctx_train)
+    writer.add_embedding_length(spec.n_embd)
+    writer.add_block_count(spec.n_layer)
+    writer.add_feed_forward_length(spec.n_ff)
+    writer.add_head_count(spec.n_head)
+    writer.add_head_count_kv(spec.n_head_kv)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(spec.rope_freq_base)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_expert_count(spec.n_expert)
+    writer.add_expert_used_count(spec.n_expert_used)
+    writer.add_vocab_size(n_vocab)
+    writer.add_file_type(1)  # LLAMA_FTYPE_MOSTLY_F16
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(vocab.pieces)
+    writer.add_token_scores(vocab.scores)
+    writer.add_token_types(vocab.types)
+    writer.add_bos_token_id(vocab.bos_id)
+    writer.add_eos_token_id(vocab.eos_id)
+    writer.add_unk_token_id(vocab.unk_id)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+
+    writer.add_tensor("token_embd.weight", weight(n_vocab, spec.n_embd))
+    for layer in range(spec.n_layer):
+        p = f"blk.{layer}."
+        writer.add_tensor(p + "attn_norm.weight", ones(spec.n_embd))
+        writer.add_tensor(p + "attn_q.weight", weight(spec.n_embd, spec.n_embd))
+        writer.add_tensor(p + "attn_k.weight", weight(n_embd_kv, spec.n_embd))
+        writer.add_tensor(p + "attn_v.weight", weight(n_embd_kv, spec.n_embd))
+        writer.add_tensor(p + "attn_output.weight", weight(spec.n_embd, spec.n_embd))
+        writer.add_tensor(p + "ffn_norm.weight", ones(spec.n_embd))
+        writer.add_tensor(
+            p + "ffn_gate_inp.weight",
+            (rng.standard_normal((spec.n_expert, spec.n_embd)) * 0.5).astype(np.float32),
+        )
+        writer.add_tensor(p + "ffn_gate_exps.weight", weight(spec.n_expert, spec.n_ff, spec.n_embd))
+        writer.add_tensor(p + "ffn_down_exps.weight", weight(spec.n_expert, spec.n_embd, spec.n_ff))
+        writer.add_tensor(p + "ffn_up_exps.weight", weight(spec.n_expert, spec.n_ff, spec.n_embd))
+    writer.add_tensor("output_norm.weight", ones(spec.n_embd))
+    writer.add_tensor("output.weight", weight(n_vocab, spec.n_embd))
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tmp.replace(path)
+    return path
+
+
+def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> Path:
+    """Quantize ``src`` to ``quant`` with llama.cpp and write ``dst`` atomically."""
+    import llama_cpp
+
+    if quant not in QUANT_FTYPES:
+        raise ValueError(f"unknown quantization {quant!r}; choose from {', '.join(QUANT_FTYPES)}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = QUANT_FTYPES[quant]
+    params.nthread = threads
+    tmp = dst.with_suffix(dst.suffix + ".tmp")
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+    if rc != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"llama_model_quantize failed for {quant} (code {rc})")
+    tmp.replace(dst)
+    return dst
+
+
+def build_tiny(
+    out_dir: Path,
+    tokenizer: str = "v1",
+    quants: tuple[str, ...] | list[str] = DEFAULT_QUANTS,
+    spec: TinyMixtralSpec | None = None,
+) -> dict[str, Path]:
+    """Write the F16 tiny model and its quantized copies; existing files are reused.
+
+    Returns a mapping from level (``F16``, ``Q4_K_M``, ...) to file path.
+    """
+    spec = replace(spec or TinyMixtralSpec(), tokenizer=tokenizer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    src = f16_path(out_dir, spec)
+    if not src.exists():
+        write_f16(spec, src)
+    files = {"F16": src}
+    for quant in quants:
+        dst = quant_path(out_dir, spec, quant)
+        if not dst.exists():
+            quantize(src, dst, quant)
+        files[quant] = dst
+    return files
