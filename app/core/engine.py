@@ -27,6 +27,8 @@ from typing import Any
 from app.core import llama_log
 from app.core.context import POLICIES, POLICY_ROLLING, FittedPrompt, fit_prompt, reply_reserve
 from app.core.errors import DeskError, EngineBusyError, ModelLoadError, NoModelError
+from app.core.gguf import GGUFError, GGUFHeader, read_header
+from app.core.planner import kv_cache_bytes
 from app.core.prompts import FORMATS, ChatFormat, Message, detect_format, get_format
 
 KV_CACHE_TYPES: dict[str, int] = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids
@@ -178,6 +180,10 @@ class LlamaVocabulary:
         """Text of ``tokens``; with ``special`` control tokens such as ``<s>`` are shown too."""
         return bytes(self._llama.detokenize(list(tokens), special=special)).decode("utf-8", errors="replace")
 
+    def token_bytes(self, token: int) -> bytes:
+        """The raw bytes of one token's text (may be part of a UTF-8 character)."""
+        return bytes(self._llama.detokenize([token]))
+
     def piece_id(self, piece: str) -> int | None:
         if self._pieces is None:
             import llama_cpp
@@ -272,9 +278,49 @@ def classify_load_failure(path: Path, lines: Sequence[str], exc: BaseException) 
     return ModelLoadError(f"llama.cpp could not load {name}: {detail}", path=str(path), reason="failed", detail=detail)
 
 
+def _read_header_for_load(path: Path) -> GGUFHeader:
+    try:
+        return read_header(path)
+    except GGUFError as err:
+        reason = "truncated" if "truncated" in str(err) else "failed"
+        raise ModelLoadError(str(err), path=str(path), reason=reason, detail=str(err)) from err
+
+
+def _check_kv_fits_in_ram(path: Path, header: GGUFHeader, settings: LoadSettings) -> None:
+    """Refuse before llama.cpp allocates a KV cache larger than the free memory (it would be killed)."""
+    import psutil
+
+    needed = kv_cache_bytes(header, settings.n_ctx, settings.kv_type)
+    available = psutil.virtual_memory().available
+    if needed > available:
+        gib = 1024**3
+        raise ModelLoadError(
+            f"Not enough memory to load {path.name} with a {settings.n_ctx}-token context: its KV cache alone "
+            f"needs {needed / gib:.1f} GiB but only {available / gib:.1f} GiB are free. Lower the context size, "
+            "use a quantized KV cache (with flash attention), or close other programs.",
+            path=str(path),
+            reason="out_of_memory",
+            detail=f"kv cache {needed} bytes > available {available} bytes",
+        )
+
+
 def _metadata_int(metadata: dict[str, str], key: str) -> int:
     value = metadata.get(key, "0")
     return int(value) if value.isdigit() else 0
+
+
+class TokenTextDecoder:
+    """Turns token bytes into text deltas that never split a UTF-8 character."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def decode(self, piece: bytes) -> str:
+        return str(self._decoder.decode(piece))
+
+    def flush(self) -> str:
+        """Whatever is left; an incomplete character at the very end becomes U+FFFD."""
+        return str(self._decoder.decode(b"", final=True))
 
 
 class StopStringFilter:
@@ -385,10 +431,13 @@ class Engine:
         path = Path(settings.model_path).expanduser()
         _validate_settings(settings)
         check_gguf_file(path)
+        header = _read_header_for_load(path)
         self.unload()
         gpu_layers = settings.n_gpu_layers
         if gpu_layers is None:
             gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+        if not settings.vocab_only and (gpu_layers == 0 or not llama_cpp.llama_supports_gpu_offload()):
+            _check_kv_fits_in_ram(path, header, settings)
         kv = KV_CACHE_TYPES[settings.kv_type]
         kwargs: dict[str, Any] = {
             "model_path": str(path),
@@ -500,7 +549,7 @@ class Engine:
         llama.set_seed(seed if seed is not None else random.randrange(2**31))
         llama.cancel_event = generation.cancel_event
         llama.evaluated = 0
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        decoder = TokenTextDecoder()
         stops = StopStringFilter(sampling.stop)
         strip_leading = chat_format.is_chat
         start = time.perf_counter()
@@ -527,7 +576,7 @@ class Engine:
                     reason = STOP_EOS
                     break
                 generation.tokens_generated += 1
-                text, stopped = stops.push(decoder.decode(bytes(llama.detokenize([token]))))
+                text, stopped = stops.push(decoder.decode(vocab.token_bytes(token)))
                 if strip_leading and text:
                     text = text.lstrip()
                     strip_leading = not text
@@ -551,7 +600,7 @@ class Engine:
             tokens.close()
             llama.cancel_event = None
         if reason != STOP_STRING and reason != STOP_CANCELLED:
-            tail = stops.flush() + decoder.decode(b"", final=True)
+            tail = stops.flush() + decoder.flush()
             if strip_leading:
                 tail = tail.lstrip()
             if tail:
@@ -574,7 +623,7 @@ class Engine:
             else 0.0,
             total_time_s=round(end - start, 4),
             stop_reason=reason,
-            context_used=min(n_ctx, int(llama.n_tokens) + 1),
+            context_used=int(llama.n_tokens),
             context_size=n_ctx,
             dropped_messages=len(fitted.dropped),
         )
