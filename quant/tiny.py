@@ -142,6 +142,9 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> Path:
     """Quantize ``src`` to ``quant`` with llama.cpp and write ``dst`` atomically."""
     import llama_cpp
 
+    from app.core import llama_log
+
+    llama_log.install()  # keep llama.cpp's per-tensor log off the terminal
     if quant not in QUANT_FTYPES:
         raise ValueError(f"unknown quantization {quant!r}; choose from {', '.join(QUANT_FTYPES)}")
     params = llama_cpp.llama_model_quantize_default_params()

@@ -10,8 +10,8 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from app.core.demo import demo_model_path  # noqa: E402
-from quant.tiny import DEFAULT_QUANTS, build_tiny  # noqa: E402
+from app.core.demo import demo_model_path
+from quant.tiny import DEFAULT_QUANTS, build_tiny
 
 
 @pytest.fixture(scope="session")

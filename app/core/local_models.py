@@ -41,12 +41,13 @@ def resolve_model(spec: str | None) -> Path:
             )
         return demo
     candidate = Path(spec).expanduser()
-    if candidate.exists() or candidate.suffix == ".gguf" or "/" in spec or "\\" in spec:
-        return candidate  # the loader reports a missing or bad file precisely
-    for name in (spec, spec + ".gguf"):
-        for model in installed_models():
-            if model.name == name or model.stem == spec:
-                return model
+    if candidate.exists() or "/" in spec or "\\" in spec:
+        return candidate  # the loader reports a bad file precisely
+    for model in installed_models():
+        if spec in (model.name, model.stem):
+            return model
+    if candidate.suffix == ".gguf":
+        return candidate  # the loader says it is missing, naming the path
     raise NoModelError(
         f"No model called {spec!r}: pass a path to a .gguf file, the name of a file in "
         f"{paths.models_dir()}, or 'demo' for the built-in demo model."

@@ -1,0 +1,194 @@
+"""The command line, run as a user runs it: real processes, real models, a real terminal for chat."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.cli.main import build_parser
+
+SUBCOMMANDS = ["chat", "prompt"]
+
+
+def run_cli(*args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy(),
+    )
+
+
+def test_version_and_help() -> None:
+    from app import __version__
+
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"mixtral-desk {__version__}"
+    helped = run_cli("--help")
+    assert helped.returncode == 0
+    for name in SUBCOMMANDS:
+        assert name in helped.stdout
+
+
+def test_every_subcommand_has_help() -> None:
+    parser = build_parser()
+    registered = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert sorted(registered) == sorted(SUBCOMMANDS)
+    for name in registered:
+        result = run_cli(name, "--help")
+        assert result.returncode == 0 and "usage: mixtral-desk " + name in result.stdout
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "mixtral-desk"
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "mixtral-desk" in result.stdout
+
+
+def test_one_shot_answer_with_the_demo_model_as_json() -> None:
+    result = run_cli(
+        "chat", "--prompt", "How many days are in a week?", "--temperature", "0", "--repeat-penalty", "1", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert "7" in payload["reply"]
+    assert payload["model"]["chat_format"] == "gguf-template"
+    assert payload["stats"]["stop_reason"] == "eos" and payload["stats"]["generated_tokens"] > 0
+
+
+def test_question_on_stdin_is_answered_once(tiny_v1: dict[str, Path]) -> None:
+    result = run_cli("chat", "--model", str(tiny_v1["Q4_0"]), "--max-tokens", "5", "--json", stdin="Hello there")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["stats"]["generated_tokens"] == 5 and payload["stats"]["stop_reason"] == "max_tokens"
+    assert payload["model"]["chat_format"] == "mistral-v1"
+
+
+def test_raw_mode_continues_plain_text(tiny_v1: dict[str, Path]) -> None:
+    result = run_cli(
+        "chat", "--raw", "--model", str(tiny_v1["Q4_0"]), "--max-tokens", "3", "--json", "--prompt", "Once"
+    )
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["model"]["chat_format"] == "plain"
+    assert payload["stats"]["prompt_tokens"] == 2  # BOS + "Once": no template around it
+
+
+def test_prompt_tokens_match_mistral_common(tiny_v3: dict[str, Path], tmp_path: Path) -> None:
+    from tests.core.test_prompts import CONVERSATIONS, mistral_common_tokens
+
+    messages = CONVERSATIONS["multi-turn with system"]
+    file = tmp_path / "messages.json"
+    file.write_text(json.dumps([m.to_json() for m in messages]), encoding="utf-8")
+    result = run_cli("prompt", "--model", str(tiny_v3["Q4_K_M"]), "--messages", str(file), "--tokens")
+    assert result.returncode == 0, result.stderr
+    assert [int(line) for line in result.stdout.split()] == mistral_common_tokens("v3", messages)
+    text = run_cli("prompt", "--model", str(tiny_v3["Q4_K_M"]), "--messages", str(file))
+    assert text.stdout.startswith("<s>[INST]") and "Be nice.\n\nTell me a joke.[/INST]" in text.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (["chat", "--model", "/nowhere/model.gguf", "--prompt", "x"], None, "Model file not found"),
+        (["chat", "--model", "mixtral-9000", "--prompt", "x"], None, "No model called"),
+        (["chat", "--kv", "q8_0", "--prompt", "x"], None, "flash attention"),
+        (["prompt", "--messages", "-"], "{not json", "not valid JSON"),
+        (["prompt", "--messages", "/nowhere.json"], None, "Cannot read"),
+    ],
+)
+def test_errors_are_one_clear_line_and_exit_1(args: list[str], stdin: str | None, message: str) -> None:
+    result = run_cli(*args, stdin=stdin)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+class Terminal:
+    """A child process on a pseudo-terminal, read with select() against a deadline."""
+
+    def __init__(self, *args: str) -> None:
+        master, slave = os.openpty()
+        self.fd = master
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app", *args], stdin=slave, stdout=slave, stderr=slave, env=os.environ.copy()
+        )
+        os.close(slave)
+        self.buffer = ""
+
+    def expect(self, text: str, timeout: float = 60) -> str:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while text not in self.buffer:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"did not see {text!r}; got:\n{self.buffer[-2000:]}"
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            if ready:
+                try:
+                    chunk = os.read(self.fd, 65536)
+                except OSError:
+                    chunk = b""
+                assert chunk, f"terminal closed before {text!r}; got:\n{self.buffer[-2000:]}"
+                self.buffer += chunk.decode("utf-8", errors="replace")
+        index = self.buffer.index(text) + len(text)
+        seen, self.buffer = self.buffer[:index], self.buffer[index:]
+        return seen
+
+    def send(self, line: str) -> None:
+        os.write(self.fd, (line + "\n").encode())
+
+    def close(self) -> int:
+        try:
+            return self.proc.wait(30)
+        finally:
+            os.close(self.fd)
+
+
+def test_interactive_chat_commands_and_ctrl_c_stops_only_the_reply(tiny_v1: dict[str, Path]) -> None:
+    term = Terminal("chat", "--model", str(tiny_v1["Q4_0"]), "--max-tokens", "0", "--ctx", "8192")
+    try:
+        term.expect("Type /help")
+        term.expect("> ")
+        term.send("Write a very long story")
+        term.expect("Write a very long story")  # the terminal's echo
+        term.expect("\n")
+        term.expect(" ")  # the reply has started streaming
+        term.proc.send_signal(signal.SIGINT)  # what Ctrl-C delivers
+        assert "stopped]" in term.expect("]")
+        term.expect("> ")
+        assert term.proc.poll() is None  # the program is still running
+        term.send("/stats")
+        assert '"stop_reason": "cancelled"' in term.expect("}")
+        term.send("/system Be brief.")
+        term.expect("system prompt set")
+        term.send("/reset")
+        term.expect("conversation cleared")
+        term.send("/quit")
+        assert term.close() == 0
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+            term.proc.wait()
+
+
+def test_quant_tiny_command_writes_loadable_models(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "quant", "tiny", "--tokenizer", "v3", "--out", str(tmp_path), "--quants", "Q4_0,Q2_K"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in tmp_path.glob("*.gguf"))
+    assert names == ["mixtral-tiny-v3-F16.gguf", "mixtral-tiny-v3-Q2_K.gguf", "mixtral-tiny-v3-Q4_0.gguf"]
+    assert "Q2_K" in result.stdout and not list(tmp_path.glob("*.tmp"))
