@@ -60,16 +60,29 @@ def run(args: argparse.Namespace) -> int:
     return _interactive(session)
 
 
-def _answer_once(session: ChatSession, text: str, *, as_json: bool) -> int:
-    out = sys.stdout
+def _stream_reply(session: ChatSession, text: str, out: TextIO | None) -> None:
+    """Stream the reply to ``text`` into ``out`` (None: only collect it); Ctrl-C stops it.
+
+    A notice about turns left out of the prompt is printed before the reply starts.
+    """
+    noticed = False
     with _ctrl_c_cancels(session):
         for delta in session.stream(text):
-            if not as_json:
+            if not noticed:
+                noticed = True
+                _report_dropped(session)
+            if out is not None:
                 out.write(delta)
                 out.flush()
+    if not noticed:
+        _report_dropped(session)
+
+
+def _answer_once(session: ChatSession, text: str, *, as_json: bool) -> int:
+    out = sys.stdout
+    _stream_reply(session, text, None if as_json else out)
     generation = session.last
     assert generation is not None and generation.stats is not None
-    _report_dropped(session)
     if as_json:
         info = session.engine.info
         payload = {
@@ -98,12 +111,8 @@ def _interactive(session: ChatSession) -> int:
             if _command(session, line.strip()):
                 return 0
             continue
-        with _ctrl_c_cancels(session):
-            for delta in session.stream(line):
-                sys.stdout.write(delta)
-                sys.stdout.flush()
+        _stream_reply(session, line, sys.stdout)
         sys.stdout.write("\n")
-        _report_dropped(session)
         if session.last is not None and session.last.stats is not None:
             print(_stats_line(session.last.stats), file=sys.stderr)
 
@@ -142,10 +151,10 @@ def _stats_line(stats: GenerationStats) -> str:
     )
 
 
-def _report_dropped(session: ChatSession, stream: TextIO | None = None) -> None:
+def _report_dropped(session: ChatSession) -> None:
     prompt = session.last.prompt if session.last else None
     if prompt is not None and prompt.dropped:
-        print(f"({prompt.describe_dropped()})", file=stream or sys.stderr)
+        print(f"({prompt.describe_dropped()})", file=sys.stderr)
 
 
 @contextmanager

@@ -14,7 +14,6 @@ one generation at a time; callers on other threads may only call :meth:`Engine.c
 from __future__ import annotations
 
 import codecs
-import os
 import random
 import re
 import threading
@@ -139,7 +138,7 @@ def _make_llama_class() -> type:
     """A ``Llama`` that evaluates prompts batch by batch, counting tokens and honouring cancel."""
     from llama_cpp import Llama
 
-    class InstrumentedLlama(Llama):  # type: ignore[misc]
+    class InstrumentedLlama(Llama):
         evaluated = 0
         cancel_event: threading.Event | None = None
 
@@ -208,7 +207,7 @@ class LlamaVocabulary:
         bos = self.decode([self.bos_id]) if self.bos_id >= 0 else ""
         eos = self.decode([self.eos_id]) if self.eos_id >= 0 else ""
         formatter = Jinja2ChatFormatter(self._template, eos_token=eos, bos_token=bos, add_generation_prompt=True)
-        result = formatter(messages=[m.to_json() for m in messages])
+        result = formatter(messages=[m.to_json() for m in messages])  # type: ignore[misc]
         return str(result.prompt)
 
 
@@ -641,8 +640,3 @@ def _validate_settings(settings: LoadSettings) -> None:
         raise DeskError(f"A context of {settings.n_ctx} tokens is too small; use at least 512.")
     if settings.chat_format is not None and settings.chat_format not in FORMATS:
         raise DeskError(f"Unknown prompt format {settings.chat_format!r}; use one of {', '.join(FORMATS)}.")
-
-
-def default_threads() -> int:
-    """Physical-core-ish thread count llama.cpp runs best with."""
-    return max(1, (os.cpu_count() or 2) // 2)

@@ -192,3 +192,23 @@ def test_quant_tiny_command_writes_loadable_models(tmp_path: Path) -> None:
     names = sorted(p.name for p in tmp_path.glob("*.gguf"))
     assert names == ["mixtral-tiny-v3-F16.gguf", "mixtral-tiny-v3-Q2_K.gguf", "mixtral-tiny-v3-Q4_0.gguf"]
     assert "Q2_K" in result.stdout and not list(tmp_path.glob("*.tmp"))
+
+
+def test_interactive_chat_says_when_old_turns_leave_the_context(tiny_v1: dict[str, Path]) -> None:
+    term = Terminal("chat", "--model", str(tiny_v1["Q4_0"]), "--max-tokens", "40", "--ctx", "256", "--seed", "1")
+    try:
+        term.expect("> ")
+        seen = ""
+        for turn in range(8):
+            term.send(f"Turn {turn}: " + "word " * 30)
+            seen += term.expect("tok/s")  # the stats line after each reply
+            term.expect("> ")
+            if "left out of the prompt" in seen:
+                break
+        assert "the oldest 2 messages (1 turn) were left out of the prompt" in seen
+        term.send("/quit")
+        assert term.close() == 0
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+            term.proc.wait()
