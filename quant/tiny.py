@@ -51,6 +51,10 @@ class TinyMixtralSpec:
     seed: int = 1234
     architecture: str = "llama"
     name: str = ""
+    #: None: seeded random F16 matrices (quantize afterwards). A ggml type name such as "Q4_0": matrices
+    #: written directly in that type as zero blocks, which makes full-width models (for memory planning
+    #: tests, where only sizes matter) quick to write.
+    zero_weights_type: str | None = None
 
     @property
     def display_name(self) -> str:
@@ -77,12 +81,17 @@ def write_f16(spec: TinyMixtralSpec, path: Path) -> Path:
     n_embd_kv = head_dim * spec.n_head_kv
     rng = np.random.default_rng(spec.seed)
 
-    def weight(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
+    def matrix(name: str, *shape: int) -> None:
+        if spec.zero_weights_type is None:
+            writer.add_tensor(name, (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16))
+        else:
+            zeros = np.zeros(gguf.quant_shape_to_byte_shape(shape, zero_type), dtype=np.uint8)
+            writer.add_tensor(name, zeros, raw_dtype=zero_type)
 
     def ones(n: int) -> np.ndarray:
         return np.ones(n, dtype=np.float32)
 
+    zero_type = gguf.GGMLQuantizationType[spec.zero_weights_type or "F16"]
     arch = spec.architecture
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -100,7 +109,7 @@ def write_f16(spec: TinyMixtralSpec, path: Path) -> Path:
     writer.add_expert_count(spec.n_expert)
     writer.add_expert_used_count(spec.n_expert_used)
     writer.add_vocab_size(n_vocab)
-    writer.add_file_type(1)  # LLAMA_FTYPE_MOSTLY_F16
+    writer.add_file_type(1 if spec.zero_weights_type is None else 2)  # MOSTLY_F16 / MOSTLY_Q4_0
     writer.add_tokenizer_model("llama")
     writer.add_token_list(vocab.pieces)
     writer.add_token_scores(vocab.scores)
@@ -111,24 +120,24 @@ def write_f16(spec: TinyMixtralSpec, path: Path) -> Path:
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
 
-    writer.add_tensor("token_embd.weight", weight(n_vocab, spec.n_embd))
+    matrix("token_embd.weight", n_vocab, spec.n_embd)
     for layer in range(spec.n_layer):
         p = f"blk.{layer}."
         writer.add_tensor(p + "attn_norm.weight", ones(spec.n_embd))
-        writer.add_tensor(p + "attn_q.weight", weight(spec.n_embd, spec.n_embd))
-        writer.add_tensor(p + "attn_k.weight", weight(n_embd_kv, spec.n_embd))
-        writer.add_tensor(p + "attn_v.weight", weight(n_embd_kv, spec.n_embd))
-        writer.add_tensor(p + "attn_output.weight", weight(spec.n_embd, spec.n_embd))
+        matrix(p + "attn_q.weight", spec.n_embd, spec.n_embd)
+        matrix(p + "attn_k.weight", n_embd_kv, spec.n_embd)
+        matrix(p + "attn_v.weight", n_embd_kv, spec.n_embd)
+        matrix(p + "attn_output.weight", spec.n_embd, spec.n_embd)
         writer.add_tensor(p + "ffn_norm.weight", ones(spec.n_embd))
         writer.add_tensor(
             p + "ffn_gate_inp.weight",
             (rng.standard_normal((spec.n_expert, spec.n_embd)) * 0.5).astype(np.float32),
         )
-        writer.add_tensor(p + "ffn_gate_exps.weight", weight(spec.n_expert, spec.n_ff, spec.n_embd))
-        writer.add_tensor(p + "ffn_down_exps.weight", weight(spec.n_expert, spec.n_embd, spec.n_ff))
-        writer.add_tensor(p + "ffn_up_exps.weight", weight(spec.n_expert, spec.n_ff, spec.n_embd))
+        matrix(p + "ffn_gate_exps.weight", spec.n_expert, spec.n_ff, spec.n_embd)
+        matrix(p + "ffn_down_exps.weight", spec.n_expert, spec.n_embd, spec.n_ff)
+        matrix(p + "ffn_up_exps.weight", spec.n_expert, spec.n_ff, spec.n_embd)
     writer.add_tensor("output_norm.weight", ones(spec.n_embd))
-    writer.add_tensor("output.weight", weight(n_vocab, spec.n_embd))
+    matrix("output.weight", n_vocab, spec.n_embd)
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

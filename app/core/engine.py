@@ -26,8 +26,8 @@ from typing import Any
 from app.core import llama_log
 from app.core.context import POLICIES, POLICY_ROLLING, FittedPrompt, fit_prompt, reply_reserve
 from app.core.errors import DeskError, EngineBusyError, ModelLoadError, NoModelError
-from app.core.gguf import GGUFError, GGUFHeader, read_header
-from app.core.planner import kv_cache_bytes
+from app.core.gguf import GGUFError, GGUFHeader, read_model
+from app.core.planner import PlanSettings, kv_cache_bytes, parse_buffer_lines
 from app.core.prompts import FORMATS, ChatFormat, Message, detect_format, get_format
 
 KV_CACHE_TYPES: dict[str, int] = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids
@@ -125,6 +125,7 @@ class ModelInfo:
     expert_used_count: int
     n_gpu_layers: int
     file_size: int
+    notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -279,9 +280,9 @@ def classify_load_failure(path: Path, lines: Sequence[str], exc: BaseException) 
 
 def _read_header_for_load(path: Path) -> GGUFHeader:
     try:
-        return read_header(path)
+        return read_model(path).header
     except GGUFError as err:
-        reason = "truncated" if "truncated" in str(err) else "failed"
+        reason = "truncated" if ("truncated" in str(err) or "incomplete" in str(err)) else "failed"
         raise ModelLoadError(str(err), path=str(path), reason=reason, detail=str(err)) from err
 
 
@@ -421,6 +422,9 @@ class Engine:
     def load(self, settings: LoadSettings) -> ModelInfo:
         """Load the model in ``settings`` (replacing any loaded one).
 
+        With ``n_gpu_layers=None`` the memory planner chooses how many layers go to the GPU; if llama.cpp
+        still runs out of GPU memory, loading is retried with fewer layers and ``info.notes`` says so.
+
         Raises:
             ModelLoadError: missing, not a GGUF, truncated, unsupported architecture, out of memory.
             DeskError: settings that cannot work together (e.g. a quantized V cache without flash attention).
@@ -432,34 +436,41 @@ class Engine:
         check_gguf_file(path)
         header = _read_header_for_load(path)
         self.unload()
-        gpu_layers = settings.n_gpu_layers
-        if gpu_layers is None:
-            gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
-        if not settings.vocab_only and (gpu_layers == 0 or not llama_cpp.llama_supports_gpu_offload()):
+        notes: list[str] = []
+        offload = bool(llama_cpp.llama_supports_gpu_offload()) and not settings.vocab_only
+        full_offload = max(header.arch_int("block_count"), 0) + 1
+        plan_settings = PlanSettings(settings.n_ctx, settings.kv_type, settings.flash_attn, settings.n_batch)
+        if not offload:
+            gpu_layers = 0
+        elif settings.n_gpu_layers is None:
+            from app.core.fit import device_for, plan_file
+
+            plan = plan_file(path, device_for(), plan_settings)
+            gpu_layers = plan.gpu_layers
+            notes.append(f"Memory plan: {plan.summary()}")
+        else:
+            gpu_layers = full_offload if settings.n_gpu_layers < 0 else min(settings.n_gpu_layers, full_offload)
+        if not settings.vocab_only and gpu_layers == 0:
             _check_kv_fits_in_ram(path, header, settings)
-        kv = KV_CACHE_TYPES[settings.kv_type]
-        kwargs: dict[str, Any] = {
-            "model_path": str(path),
-            "n_ctx": settings.n_ctx,
-            "n_gpu_layers": gpu_layers,
-            "flash_attn": settings.flash_attn,
-            "type_k": kv,
-            "type_v": kv,
-            "n_batch": settings.n_batch,
-            "verbose": False,
-        }
-        if settings.vocab_only:
-            kwargs.update(vocab_only=True, n_ctx=settings.n_ctx, n_gpu_layers=0)
-        if settings.n_threads:
-            kwargs["n_threads"] = settings.n_threads
-            kwargs["n_threads_batch"] = settings.n_threads
-        if settings.seed is not None:
-            kwargs["seed"] = settings.seed
-        with llama_log.capture() as lines:
+        while True:
             try:
-                llama = _make_llama_class()(**kwargs)
-            except (ValueError, RuntimeError, OSError) as exc:
-                raise classify_load_failure(path, lines, exc) from exc
+                llama, lines = self._construct(path, settings, gpu_layers)
+                break
+            except ModelLoadError as err:
+                if err.reason != "out_of_memory" or gpu_layers == 0:
+                    raise
+                fewer = max(0, gpu_layers - max(1, full_offload // 8))
+                notes.append(
+                    f"Loading with {gpu_layers} GPU layers ran out of GPU memory; retried with {fewer} "
+                    "(slower, but it runs)."
+                )
+                gpu_layers = fewer
+        if not settings.vocab_only:
+            measurement = parse_buffer_lines(lines)
+            if measurement is not None:
+                from app.core.fit import measurement_store
+
+                measurement_store().record(path, plan_settings, gpu_layers, measurement)
         vocab = LlamaVocabulary(llama)
         metadata: dict[str, str] = dict(llama.metadata)
         format_name = settings.chat_format or detect_format(metadata, vocab)
@@ -478,8 +489,36 @@ class Engine:
             expert_used_count=_metadata_int(metadata, f"{arch}.expert_used_count"),
             n_gpu_layers=gpu_layers,
             file_size=path.stat().st_size,
+            notes=tuple(notes),
         )
         return self.info
+
+    def _construct(self, path: Path, settings: LoadSettings, gpu_layers: int) -> tuple[Any, list[str]]:
+        """Create the llama.cpp model and context; returns it with llama.cpp's log lines of the load."""
+        kv = KV_CACHE_TYPES[settings.kv_type]
+        kwargs: dict[str, Any] = {
+            "model_path": str(path),
+            "n_ctx": settings.n_ctx,
+            "n_gpu_layers": gpu_layers,
+            "flash_attn": settings.flash_attn,
+            "type_k": kv,
+            "type_v": kv,
+            "n_batch": settings.n_batch,
+            "verbose": False,
+        }
+        if settings.vocab_only:
+            kwargs.update(vocab_only=True, n_gpu_layers=0)
+        if settings.n_threads:
+            kwargs["n_threads"] = settings.n_threads
+            kwargs["n_threads_batch"] = settings.n_threads
+        if settings.seed is not None:
+            kwargs["seed"] = settings.seed
+        with llama_log.capture() as lines:
+            try:
+                llama = _make_llama_class()(**kwargs)
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise classify_load_failure(path, lines, exc) from exc
+        return llama, lines
 
     def unload(self) -> None:
         """Free the loaded model, if any."""

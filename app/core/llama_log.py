@@ -61,7 +61,8 @@ def capture() -> Iterator[list[str]]:
         yield lines
     finally:
         with _lock:
-            _captures.remove(lines)
+            # by identity: two captures may hold equal lines
+            _captures[:] = [c for c in _captures if c is not lines]
 
 
 def recent(limit: int = 50) -> list[str]:

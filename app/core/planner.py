@@ -1,12 +1,45 @@
-"""Memory planning. For now: the KV cache size llama.cpp will allocate, used as a pre-flight check."""
+"""Memory planning: will this model fit, how many layers go to the GPU, and how fast will it run?
+
+Sizes follow what llama.cpp allocates: weights per tensor (the last N layers are offloaded; the output
+layer only when N exceeds the layer count; token embeddings stay on the CPU), the KV cache (context padded
+to 256 cells), and compute buffers from a model of llama.cpp's worst-case graph, checked against the
+buffer sizes llama.cpp itself reports (see ``python -m quant planner-check``). Speed comes from a bandwidth
+model: decoding one token reads every non-expert weight but only ``n_expert_used`` of ``n_expert`` experts.
+"""
 
 from __future__ import annotations
 
-from app.core.gguf import GGUFHeader
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
-# bytes per element of each KV cache type (ggml block size / elements per block)
+from app.core.gguf import GGUFHeader, GGUFModel
+from app.core.jsonfile import read_json_dict, write_json_atomic
+
+MIB = 1024**2
+GIB = 1024**3
+
 KV_BYTES_PER_ELEMENT: dict[str, float] = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 CONTEXT_PADDING = 256  # llama.cpp rounds the context up to a multiple of this
+MAX_UBATCH = 512  # llama.cpp's default n_ubatch
+GPU_RESERVE_BYTES: dict[str, int] = {"cuda": 512 * MIB, "metal": 512 * MIB}  # driver / context overhead
+RAM_RESERVE_BYTES = 1 * GIB  # the OS and this app
+# Share of peak memory bandwidth llama.cpp reaches while decoding (typical of published measurements).
+BANDWIDTH_EFFICIENCY: dict[str, float] = {"cuda": 0.6, "metal": 0.6, "cpu": 0.5}
+DEFAULT_RAM_BANDWIDTH_GBPS = 40.0
+MIN_USABLE_TOKENS_PER_S = 5.0
+
+VERDICT_FULL = "full_gpu"
+VERDICT_PARTIAL = "partial"
+VERDICT_CPU = "cpu_only"
+VERDICT_TOO_BIG = "too_big"
+
+SOURCE_HEADER = "exact from GGUF header"
+SOURCE_CATALOG = "estimated from catalog"
+SOURCE_MEASURED = "measured"
 
 
 def padded_context(n_ctx: int) -> int:
@@ -16,12 +49,523 @@ def padded_context(n_ctx: int) -> int:
 
 def kv_cache_bytes(header: GGUFHeader, n_ctx: int, kv_type: str = "f16") -> int:
     """Bytes of K and V cache for ``n_ctx`` tokens: layers x context x KV heads x head dim x (K + V bytes)."""
-    n_layer = header.arch_int("block_count")
-    n_embd = header.arch_int("embedding_length")
-    n_head = header.arch_int("attention.head_count", 1) or 1
-    n_head_kv = header.arch_int("attention.head_count_kv", n_head) or n_head
-    key_length = header.arch_int("attention.key_length", n_embd // n_head)
-    value_length = header.arch_int("attention.value_length", n_embd // n_head)
-    per_element = KV_BYTES_PER_ELEMENT[kv_type]
-    per_token_per_layer = n_head_kv * (key_length + value_length) * per_element
-    return int(n_layer * padded_context(n_ctx) * per_token_per_layer)
+    return ModelShape.from_metadata(header).kv_bytes(n_ctx, kv_type)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A model's dimensions and where its bytes are: per layer, token embeddings, output layer."""
+
+    name: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim_k: int
+    head_dim_v: int
+    n_vocab: int
+    n_ff: int
+    n_expert: int
+    n_expert_used: int
+    layer_bytes: tuple[int, ...] = ()
+    layer_active_bytes: tuple[int, ...] = ()
+    input_bytes: int = 0
+    output_bytes: int = 0
+    source: str = SOURCE_HEADER
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(self.layer_bytes) + self.input_bytes + self.output_bytes
+
+    @property
+    def active_bytes_per_token(self) -> int:
+        return sum(self.layer_active_bytes) + self.output_bytes
+
+    def kv_bytes(self, n_ctx: int, kv_type: str = "f16") -> int:
+        per_token_layer = self.n_head_kv * (self.head_dim_k + self.head_dim_v) * KV_BYTES_PER_ELEMENT[kv_type]
+        return int(self.n_layer * padded_context(n_ctx) * per_token_layer)
+
+    @classmethod
+    def from_metadata(cls, header: GGUFHeader, name: str = "") -> ModelShape:
+        """Dimensions only (no tensor bytes), from GGUF metadata."""
+        n_embd = header.arch_int("embedding_length")
+        n_head = header.arch_int("attention.head_count", 1) or 1
+        n_vocab = header.arch_int("vocab_size") or header.array_lengths.get("tokenizer.ggml.tokens", 0)
+        return cls(
+            name=name or str(header.metadata.get("general.name", "")),
+            n_layer=header.arch_int("block_count"),
+            n_embd=n_embd,
+            n_head=n_head,
+            n_head_kv=header.arch_int("attention.head_count_kv", n_head) or n_head,
+            head_dim_k=header.arch_int("attention.key_length", n_embd // n_head),
+            head_dim_v=header.arch_int("attention.value_length", n_embd // n_head),
+            n_vocab=n_vocab,
+            n_ff=header.arch_int("expert_feed_forward_length") or header.arch_int("feed_forward_length"),
+            n_expert=header.arch_int("expert_count"),
+            n_expert_used=header.arch_int("expert_used_count"),
+        )
+
+    @classmethod
+    def from_gguf(cls, model: GGUFModel, name: str = "") -> ModelShape:
+        """Exact per-tensor placement from a model's tensor table (all parts of a split model)."""
+        shape = cls.from_metadata(model.header, name)
+        layers = [0] * shape.n_layer
+        active = [0.0] * shape.n_layer
+        used_share = shape.n_expert_used / shape.n_expert if shape.n_expert else 1.0
+        input_bytes = output_bytes = 0
+        for tensor in model.tensors:
+            layer = tensor.layer
+            if layer is not None and 0 <= layer < shape.n_layer:
+                layers[layer] += tensor.nbytes
+                active[layer] += tensor.nbytes * (used_share if tensor.is_expert else 1.0)
+            elif tensor.name.startswith("token_embd"):
+                input_bytes += tensor.nbytes
+            else:
+                output_bytes += tensor.nbytes  # output.weight, output_norm.weight
+        return replace(
+            shape,
+            layer_bytes=tuple(layers),
+            layer_active_bytes=tuple(int(a) for a in active),
+            input_bytes=input_bytes,
+            output_bytes=output_bytes,
+            source=SOURCE_HEADER,
+        )
+
+    @classmethod
+    def from_architecture(
+        cls,
+        name: str,
+        *,
+        n_layer: int,
+        n_embd: int,
+        n_head: int,
+        n_head_kv: int,
+        n_ff: int,
+        n_expert: int,
+        n_expert_used: int,
+        n_vocab: int,
+        file_size: int,
+    ) -> ModelShape:
+        """An estimate from catalog fields and the file size: the bytes are shared out by parameter count."""
+        head_dim = n_embd // n_head
+        kv_width = n_head_kv * head_dim
+        experts = max(n_expert, 1)
+        attention = n_embd * (2 * n_embd + 2 * kv_width)
+        expert_params = 3 * experts * n_embd * n_ff
+        layer_params = attention + expert_params + experts * n_embd + 2 * n_embd
+        embedding_params = n_vocab * n_embd
+        total_params = n_layer * layer_params + 2 * embedding_params + n_embd
+        bytes_per_param = file_size / total_params
+        used_share = n_expert_used / n_expert if n_expert else 1.0
+        layer = int(layer_params * bytes_per_param)
+        layer_active = int((layer_params - expert_params * (1 - used_share)) * bytes_per_param)
+        return cls(
+            name=name,
+            n_layer=n_layer,
+            n_embd=n_embd,
+            n_head=n_head,
+            n_head_kv=n_head_kv,
+            head_dim_k=head_dim,
+            head_dim_v=head_dim,
+            n_vocab=n_vocab,
+            n_ff=n_ff,
+            n_expert=n_expert,
+            n_expert_used=n_expert_used,
+            layer_bytes=(layer,) * n_layer,
+            layer_active_bytes=(layer_active,) * n_layer,
+            input_bytes=int(embedding_params * bytes_per_param),
+            output_bytes=int((embedding_params + n_embd) * bytes_per_param),
+            source=SOURCE_CATALOG,
+        )
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """The load settings that change memory use. ``gpu_layers`` None = let the planner choose."""
+
+    n_ctx: int = 4096
+    kv_type: str = "f16"
+    flash_attn: bool = False
+    n_batch: int = 512
+    gpu_layers: int | None = None
+
+    @property
+    def n_ubatch(self) -> int:
+        return min(self.n_batch, MAX_UBATCH)
+
+
+def compute_buffer_bytes(shape: ModelShape, settings: PlanSettings) -> int:
+    """llama.cpp's compute buffer: the peak of its worst-case graph (attention, expert FFN or output)."""
+    ub = settings.n_ubatch
+    n_ctx = padded_context(settings.n_ctx)
+    embd = shape.n_embd * ub * 4
+    mask = n_ctx * ub * (2 if settings.flash_attn else 4)
+    scores = 0 if settings.flash_attn else shape.n_head * n_ctx * ub * 4
+    attention = scores + mask + 5.5 * embd
+    ff_width = shape.n_ff * max(shape.n_expert_used, 1)
+    feed_forward = 3 * ff_width * ub * 4 + 4 * embd + mask
+    output = shape.n_vocab * ub * 4 + 2 * embd
+    return int(max(attention, feed_forward, output))
+
+
+def host_buffer_bytes(shape: ModelShape, settings: PlanSettings) -> int:
+    """The small host-side compute buffer left on the CPU when every layer runs on the GPU."""
+    return 2 * shape.n_embd * settings.n_ubatch * 4 + shape.n_vocab * 4
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where the model would run: the GPU budget (0 for CPU only), RAM and bandwidths."""
+
+    backend: str  # "cuda", "metal" or "cpu"
+    name: str
+    gpu_total_bytes: int
+    gpu_free_bytes: int
+    ram_total_bytes: int
+    ram_available_bytes: int
+    gpu_bandwidth_gbps: float
+    ram_bandwidth_gbps: float
+    assumed: bool = False
+
+    @property
+    def gpu_reserve_bytes(self) -> int:
+        return GPU_RESERVE_BYTES.get(self.backend, 0)
+
+    @classmethod
+    def from_report(cls, report: Any, ram_bandwidth_gbps: float | None = None) -> Device:
+        """The best device in a :class:`app.core.hardware.HardwareReport`: the GPU with most free memory, if the
+        installed llama.cpp can offload to it; else the CPU."""
+        ram_bw = ram_bandwidth_gbps or DEFAULT_RAM_BANDWIDTH_GBPS
+        usable = [g for g in report.gpus if report.llama_supports_gpu_offload]
+        if usable:
+            gpu = max(usable, key=lambda g: g.free_bytes)
+            return cls(
+                gpu.backend,
+                gpu.name,
+                gpu.total_bytes,
+                gpu.free_bytes,
+                report.ram_total_bytes,
+                report.ram_available_bytes,
+                gpu.bandwidth_gbps,
+                gpu.bandwidth_gbps if gpu.backend == "metal" else ram_bw,
+            )
+        return cls("cpu", "CPU", 0, 0, report.ram_total_bytes, report.ram_available_bytes, 0.0, ram_bw)
+
+    @classmethod
+    def assumed_machine(
+        cls,
+        *,
+        backend: str,
+        vram_bytes: int | None,
+        ram_bytes: int,
+        gpu_name: str = "",
+        ram_bandwidth_gbps: float | None = None,
+    ) -> Device:
+        """A what-if machine (``--assume-vram 24GiB --assume-ram 64GiB --assume-backend cuda``)."""
+        from app.core.hardware import gpu_bandwidth_gbps, metal_working_set_limit
+
+        if backend == "cpu":
+            return cls(
+                "cpu",
+                "CPU (assumed)",
+                0,
+                0,
+                ram_bytes,
+                ram_bytes,
+                0.0,
+                ram_bandwidth_gbps or DEFAULT_RAM_BANDWIDTH_GBPS,
+                assumed=True,
+            )
+        if backend == "metal":
+            limit = vram_bytes or metal_working_set_limit(ram_bytes)
+            bandwidth, _ = gpu_bandwidth_gbps(gpu_name or "Apple M2 Max")
+            return cls(
+                "metal",
+                (gpu_name or "Apple Silicon") + " (assumed)",
+                limit,
+                limit,
+                ram_bytes,
+                ram_bytes,
+                bandwidth,
+                bandwidth,
+                assumed=True,
+            )
+        if vram_bytes is None:
+            raise ValueError("A what-if CUDA machine needs --assume-vram.")
+        bandwidth, _ = gpu_bandwidth_gbps(gpu_name or "RTX 4090")
+        return cls(
+            "cuda",
+            (gpu_name or "CUDA GPU") + " (assumed)",
+            vram_bytes,
+            vram_bytes,
+            ram_bytes,
+            ram_bytes,
+            bandwidth,
+            ram_bandwidth_gbps or DEFAULT_RAM_BANDWIDTH_GBPS,
+            assumed=True,
+        )
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """Bytes on one side (GPU or RAM)."""
+
+    weights: int = 0
+    kv_cache: int = 0
+    compute: int = 0
+    reserve: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.compute + self.reserve
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Where everything goes, the verdict, and the expected decode speed."""
+
+    model: str
+    device: str
+    backend: str
+    settings: PlanSettings
+    gpu_layers: int
+    n_layer: int
+    verdict: str
+    gpu: Breakdown
+    ram: Breakdown
+    decode_tokens_per_s: float
+    efficiency: float
+    source: str
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def full_offload_layers(self) -> int:
+        return self.n_layer + 1
+
+    def summary(self) -> str:
+        """One line a person can act on."""
+        speed = (
+            f"~{self.decode_tokens_per_s:.0f} tokens/s"
+            if self.decode_tokens_per_s >= 1
+            else (f"~{self.decode_tokens_per_s:.1f} tokens/s")
+        )
+        gpu = f"{self.gpu.total / GIB:.1f} GiB on the GPU"
+        ram = f"{self.ram.total / GIB:.1f} GiB in RAM"
+        if self.verdict == VERDICT_FULL:
+            return f"Fits fully on the GPU ({gpu}); {speed}."
+        if self.verdict == VERDICT_PARTIAL:
+            return f"Partly on the GPU: {self.gpu_layers} of {self.full_offload_layers} layers ({gpu}, {ram}); {speed}."
+        if self.verdict == VERDICT_CPU:
+            return f"Runs on the CPU only ({ram}); {speed}."
+        return f"Does not fit: needs {ram} beyond what the GPU holds, more than this machine has."
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["summary"] = self.summary()
+        return data
+
+
+def _split(shape: ModelShape, gpu_layers: int) -> tuple[int, int, int, int]:
+    """(gpu weight bytes, cpu weight bytes, gpu active bytes, cpu active bytes) for ``gpu_layers``."""
+    n = shape.n_layer
+    on_gpu = min(gpu_layers, n)
+    first_gpu = n - on_gpu
+    output_on_gpu = gpu_layers > n
+    gpu_w = sum(shape.layer_bytes[first_gpu:]) + (shape.output_bytes if output_on_gpu else 0)
+    cpu_w = shape.input_bytes + sum(shape.layer_bytes[:first_gpu]) + (0 if output_on_gpu else shape.output_bytes)
+    gpu_a = sum(shape.layer_active_bytes[first_gpu:]) + (shape.output_bytes if output_on_gpu else 0)
+    cpu_a = sum(shape.layer_active_bytes[:first_gpu]) + (0 if output_on_gpu else shape.output_bytes)
+    return gpu_w, cpu_w, gpu_a, cpu_a
+
+
+def _plan_for_layers(
+    shape: ModelShape, device: Device, settings: PlanSettings, gpu_layers: int, measured: Measurement | None
+) -> MemoryPlan:
+    n = shape.n_layer
+    gpu_w, cpu_w, gpu_a, cpu_a = _split(shape, gpu_layers)
+    kv_total = shape.kv_bytes(settings.n_ctx, settings.kv_type)
+    kv_gpu = kv_total * min(gpu_layers, n) // max(n, 1)
+    compute = compute_buffer_bytes(shape, settings)
+    gpu_compute = compute if gpu_layers > 0 else 0
+    cpu_compute = compute if gpu_layers <= n else host_buffer_bytes(shape, settings)
+    source = shape.source
+    notes: list[str] = []
+    if measured is not None:
+        kv_gpu = measured.gpu_kv if gpu_layers > 0 else 0
+        kv_total = measured.gpu_kv + measured.cpu_kv
+        gpu_compute, cpu_compute = measured.gpu_compute, measured.cpu_compute
+        source = SOURCE_MEASURED
+        notes.append("KV cache and compute buffers as llama.cpp reported them for this file and settings.")
+    gpu = Breakdown(gpu_w, kv_gpu, gpu_compute, device.gpu_reserve_bytes if device.backend != "cpu" else 0)
+    ram = Breakdown(cpu_w, kv_total - kv_gpu, cpu_compute, RAM_RESERVE_BYTES)
+    efficiency = BANDWIDTH_EFFICIENCY.get(device.backend, 0.5)
+    seconds = 0.0
+    if gpu_a:
+        seconds += gpu_a / (device.gpu_bandwidth_gbps * 1e9 * efficiency)
+    if cpu_a:
+        seconds += cpu_a / (device.ram_bandwidth_gbps * 1e9 * BANDWIDTH_EFFICIENCY["cpu"])
+    speed = 1.0 / seconds if seconds > 0 else 0.0
+    ram_needed = ram.total + (gpu.total if device.backend == "metal" else 0)
+    if ram_needed > device.ram_total_bytes:
+        verdict = VERDICT_TOO_BIG
+        speed = 0.0
+    elif gpu_layers > n:
+        verdict = VERDICT_FULL
+    elif gpu_layers > 0:
+        verdict = VERDICT_PARTIAL
+    else:
+        verdict = VERDICT_CPU
+    if verdict != VERDICT_TOO_BIG and ram_needed > device.ram_available_bytes:
+        notes.append(
+            f"Needs {ram_needed / GIB:.1f} GiB of RAM but {device.ram_available_bytes / GIB:.1f} GiB are free now: "
+            "close other programs first."
+        )
+    if device.backend != "cpu":
+        notes.append(f"Keeps {device.gpu_reserve_bytes / MIB:.0f} MiB of GPU memory free for the driver.")
+    notes.append(
+        f"Speed assumes {efficiency:.0%} of peak memory bandwidth and a short conversation; long contexts are slower."
+    )
+    return MemoryPlan(
+        model=shape.name,
+        device=device.name,
+        backend=device.backend,
+        settings=settings,
+        gpu_layers=gpu_layers,
+        n_layer=n,
+        verdict=verdict,
+        gpu=gpu,
+        ram=ram,
+        decode_tokens_per_s=round(speed, 2),
+        efficiency=efficiency,
+        source=source,
+        notes=tuple(notes),
+    )
+
+
+def plan_memory(shape: ModelShape, device: Device, settings: PlanSettings | None = None) -> MemoryPlan:
+    """The plan for ``shape`` on ``device``: the most GPU layers that fit (or ``settings.gpu_layers``)."""
+    measured = None
+    settings = settings or PlanSettings()
+    if settings.kv_type not in KV_BYTES_PER_ELEMENT:
+        raise ValueError(f"unknown KV cache type {settings.kv_type!r}")
+    full = shape.n_layer + 1
+    if settings.gpu_layers is not None:
+        layers = full if settings.gpu_layers < 0 else min(settings.gpu_layers, full)
+        if device.backend == "cpu":
+            layers = 0
+        return _plan_for_layers(shape, device, settings, layers, measured)
+    if device.backend == "cpu" or device.gpu_total_bytes <= 0:
+        return _plan_for_layers(shape, device, settings, 0, measured)
+    budget = device.gpu_free_bytes
+    chosen = _plan_for_layers(shape, device, settings, 0, measured)
+    for layers in range(full, 0, -1):
+        candidate = _plan_for_layers(shape, device, settings, layers, measured)
+        if candidate.gpu.total <= budget:
+            chosen = candidate
+            break
+    return chosen
+
+
+def with_measurement(plan: MemoryPlan, shape: ModelShape, device: Device, measured: Measurement) -> MemoryPlan:
+    """``plan`` redone with the KV and compute sizes llama.cpp reported for the same file and settings."""
+    return _plan_for_layers(shape, device, plan.settings, plan.gpu_layers, measured)
+
+
+def recommend(plans: Sequence[tuple[str, MemoryPlan]]) -> tuple[str, MemoryPlan] | None:
+    """The best quantization among ``(quant, plan)`` pairs ordered from smallest to largest file.
+
+    The largest that fits fully on the GPU; else the largest that still decodes at a usable speed; else the
+    fastest that fits at all; None when nothing fits.
+    """
+    fitting = [(q, p) for q, p in plans if p.verdict != VERDICT_TOO_BIG]
+    if not fitting:
+        return None
+    full = [(q, p) for q, p in fitting if p.verdict == VERDICT_FULL]
+    if full:
+        return full[-1]
+    usable = [(q, p) for q, p in fitting if p.decode_tokens_per_s >= MIN_USABLE_TOKENS_PER_S]
+    if usable:
+        return usable[-1]
+    return max(fitting, key=lambda pair: pair[1].decode_tokens_per_s)
+
+
+# -- learning from real loads ---------------------------------------------------------------------------
+
+_BUFFER_KINDS = {"model": "weights", "KV": "kv", "compute": "compute"}
+_BUFFER_LINE = re.compile(r"^\S+:\s+(\S+)\s+(model|KV|compute) buffer size =\s*([\d.]+) MiB")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Buffer sizes llama.cpp reported for one load (bytes)."""
+
+    gpu_weights: int = 0
+    cpu_weights: int = 0
+    gpu_kv: int = 0
+    cpu_kv: int = 0
+    gpu_compute: int = 0
+    cpu_compute: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _is_gpu_buffer(device: str) -> bool:
+    upper = device.upper()
+    return not upper.startswith("CPU") and "HOST" not in upper
+
+
+def parse_buffer_lines(lines: Sequence[str]) -> Measurement | None:
+    """Sum llama.cpp's ``... buffer size = X MiB`` log lines into a :class:`Measurement`."""
+    totals: dict[str, float] = {}
+    for line in lines:
+        match = _BUFFER_LINE.match(line.strip())
+        if not match:
+            continue
+        device, kind, mib = match.groups()
+        if kind == "model" and device.endswith("_REPACK"):
+            continue  # repacked copies of mapped CPU weights, not extra model bytes
+        side = "gpu" if _is_gpu_buffer(device) else "cpu"
+        key = f"{side}_{_BUFFER_KINDS[kind]}"
+        totals[key] = totals.get(key, 0.0) + float(mib)
+    if not totals:
+        return None
+    return Measurement(**{key: int(value * MIB) for key, value in totals.items()})
+
+
+class MeasurementStore:
+    """Measured buffer sizes per model file and settings, in a JSON file under the cache dir."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @staticmethod
+    def key(model_path: Path, settings: PlanSettings, gpu_layers: int) -> str:
+        stat = model_path.stat()
+        return json.dumps(
+            [
+                str(model_path.resolve()),
+                stat.st_size,
+                stat.st_mtime_ns,
+                padded_context(settings.n_ctx),
+                settings.kv_type,
+                settings.flash_attn,
+                settings.n_ubatch,
+                gpu_layers,
+            ]
+        )
+
+    def record(self, model_path: Path, settings: PlanSettings, gpu_layers: int, measurement: Measurement) -> None:
+        """Remember what llama.cpp reported for this file and settings (atomic write)."""
+        data = read_json_dict(self.path)
+        data[self.key(model_path, settings, gpu_layers)] = measurement.to_json()
+        write_json_atomic(self.path, data)
+
+    def lookup(self, model_path: Path, settings: PlanSettings, gpu_layers: int) -> Measurement | None:
+        value = read_json_dict(self.path).get(self.key(model_path, settings, gpu_layers))
+        if not isinstance(value, dict):
+            return None
+        try:
+            return Measurement(**{k: int(v) for k, v in value.items()})
+        except (TypeError, ValueError):
+            return None

@@ -1,0 +1,214 @@
+"""The catalog joined with what is on disk and what the hub says: sizes, local status, and plans for every
+quantization before anything is downloaded.
+
+Shapes for planning come from, in order: the local file's header (exact), a cached remote header read
+(exact), a fresh remote header read over HTTP ranges when allowed (exact), else the catalog's architecture
+fields and file size ("estimated from catalog").
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from app.core import paths
+from app.core.demo import demo_model_path
+from app.core.errors import DeskError
+from app.core.gguf import GGUFError, GGUFModel, read_model, read_remote_header
+from app.core.jsonfile import read_json_dict, write_json_atomic
+from app.core.planner import ModelShape
+from models_manifest import CatalogFile, CatalogModel, CatalogQuant, load_catalog
+
+HUB_CACHE_FILE = "hub_files.json"
+SHAPE_CACHE_DIR = "shapes"
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One downloadable (or built-in) file set: a model at one quantization, with its local status."""
+
+    model: CatalogModel
+    quant: CatalogQuant
+    local_paths: tuple[Path, ...]
+
+    @property
+    def id(self) -> str:
+        return f"{self.model.id}:{self.quant.quant}"
+
+    @property
+    def installed(self) -> bool:
+        return bool(self.local_paths) and all(p.is_file() for p in self.local_paths)
+
+    @property
+    def first_path(self) -> Path:
+        """The path to load (the first part of a split model)."""
+        return local_path(self.model, self.quant.files[0])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "model": self.model.id,
+            "name": self.model.name,
+            "quant": self.quant.quant,
+            "repo": self.model.repo,
+            "files": [f.name for f in self.quant.files],
+            "size": self.quant.size,
+            "size_exact": self.quant.size_exact,
+            "note": self.quant.note,
+            "installed": self.installed,
+            "path": str(self.first_path) if self.installed else None,
+        }
+
+
+def local_path(model: CatalogModel, file: CatalogFile) -> Path:
+    """Where a catalog file lives once downloaded (the demo model: inside its package)."""
+    if model.package:
+        demo = demo_model_path()
+        if demo is not None:
+            return demo
+    return paths.models_dir() / model.id / file.name
+
+
+def catalog() -> tuple[CatalogModel, ...]:
+    """The catalog with sizes and hashes the hub reported earlier filled in."""
+    models = load_catalog()
+    cache = read_json_dict(paths.cache_dir() / HUB_CACHE_FILE)
+    return tuple(_with_hub_metadata(m, cache.get(m.repo or "", {})) for m in models)
+
+
+def _with_hub_metadata(model: CatalogModel, files: dict[str, Any]) -> CatalogModel:
+    if not files:
+        return model
+    quants = []
+    for quant in model.quants:
+        new_files = tuple(
+            CatalogFile(
+                f.name,
+                f.size if f.size is not None else files.get(f.name, {}).get("size"),
+                f.sha256 or files.get(f.name, {}).get("sha256"),
+            )
+            for f in quant.files
+        )
+        sizes = [f.size for f in new_files]
+        if all(s is not None for s in sizes):
+            quant = replace(quant, files=new_files, size=sum(s for s in sizes if s is not None), size_exact=True)
+        else:
+            quant = replace(quant, files=new_files)
+        quants.append(quant)
+    return replace(model, quants=tuple(quants))
+
+
+def entries() -> list[CatalogEntry]:
+    """Every model at every quantization, smallest first within a model."""
+    result = []
+    for model in catalog():
+        for quant in sorted(model.quants, key=lambda q: q.size):
+            result.append(CatalogEntry(model, quant, tuple(local_path(model, f) for f in quant.files)))
+    return result
+
+
+def find_model(model_id: str) -> CatalogModel:
+    """The catalog model called ``model_id``.
+
+    Raises:
+        DeskError: no such model, listing the ids that exist.
+    """
+    models = catalog()
+    for model in models:
+        if model.id == model_id:
+            return model
+    raise DeskError(f"No catalog model called {model_id!r}; known: {', '.join(m.id for m in models)}.")
+
+
+def entry(model_id: str, quant: str) -> CatalogEntry:
+    """One catalog entry by model id and quantization."""
+    model = find_model(model_id)
+    chosen = model.quant(quant)
+    return CatalogEntry(model, chosen, tuple(local_path(model, f) for f in chosen.files))
+
+
+def refresh_from_hub(model: CatalogModel, token: str | None = None) -> int:
+    """Fill in sizes and sha256 from the hub's file metadata (``files_metadata=True``) and cache them.
+
+    Returns the number of catalog files the hub described. Raises :class:`DeskError` when the hub cannot be
+    reached (offline is a normal state: callers show the cached or estimated figures).
+    """
+    if not model.repo:
+        return 0
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi().model_info(model.repo, revision=model.revision, files_metadata=True, token=token)
+    except Exception as err:  # network errors, offline mode, HTTP errors: all mean "not now"
+        raise DeskError(f"Could not read {model.repo} from the hub ({type(err).__name__}: {err}).") from err
+    wanted = {f.name for q in model.quants for f in q.files}
+    found: dict[str, dict[str, Any]] = {}
+    for sibling in info.siblings or []:
+        if sibling.rfilename in wanted:
+            lfs = getattr(sibling, "lfs", None)
+            sha = getattr(lfs, "sha256", None) if lfs is not None else None
+            found[sibling.rfilename] = {"size": sibling.size, "sha256": sha}
+    cache_path = paths.cache_dir() / HUB_CACHE_FILE
+    cache = read_json_dict(cache_path)
+    cache[model.repo] = {**cache.get(model.repo, {}), **found}
+    write_json_atomic(cache_path, cache)
+    return len(found)
+
+
+def shape_for(entry: CatalogEntry, *, remote: bool = False, token: str | None = None) -> ModelShape:
+    """The best-known shape of a catalog entry (see the module docstring for the order)."""
+    label = f"{entry.model.name} {entry.quant.quant}"
+    if entry.installed:
+        try:
+            return ModelShape.from_gguf(read_model(entry.first_path), label)
+        except GGUFError:
+            pass  # a damaged local file: fall back to what we know without it
+    cached = _cached_shape(entry)
+    if cached is not None:
+        return replace(cached, name=label)
+    if remote and entry.model.repo:
+        parts = tuple(
+            read_remote_header(entry.model.repo, f.name, revision=entry.model.revision, file_size=f.size, token=token)
+            for f in entry.quant.files
+        )
+        shape = ModelShape.from_gguf(GGUFModel(parts), label)
+        _store_shape(entry, shape)
+        return shape
+    arch = entry.model.architecture
+    return ModelShape.from_architecture(
+        label,
+        n_layer=arch.n_layer,
+        n_embd=arch.n_embd,
+        n_head=arch.n_head,
+        n_head_kv=arch.n_head_kv,
+        n_ff=arch.n_ff,
+        n_expert=arch.n_expert,
+        n_expert_used=arch.n_expert_used,
+        n_vocab=arch.n_vocab,
+        file_size=entry.quant.size,
+    )
+
+
+def _shape_cache_path(entry: CatalogEntry) -> Path:
+    safe = entry.id.replace(":", "__").replace("/", "_")
+    return paths.cache_dir() / SHAPE_CACHE_DIR / f"{safe}.json"
+
+
+def _cached_shape(entry: CatalogEntry) -> ModelShape | None:
+    data = read_json_dict(_shape_cache_path(entry))
+    if not data:
+        return None
+    try:
+        fields = {
+            **data,
+            "layer_bytes": tuple(data["layer_bytes"]),
+            "layer_active_bytes": tuple(data["layer_active_bytes"]),
+        }
+        return ModelShape(**fields)
+    except (KeyError, TypeError):
+        return None
+
+
+def _store_shape(entry: CatalogEntry, shape: ModelShape) -> None:
+    write_json_atomic(_shape_cache_path(entry), asdict(shape))

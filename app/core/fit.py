@@ -1,0 +1,107 @@
+""""Will it fit, and how fast?": the planner applied to this machine (or an assumed one), for a local file,
+one catalog entry, or every quantization of a catalog model. The CLI, the GUI and the runner all ask here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.core import hardware, paths
+from app.core.catalog import CatalogEntry, entry, shape_for
+from app.core.errors import DeskError
+from app.core.gguf import read_model
+from app.core.jsonfile import read_json_dict, write_json_atomic
+from app.core.planner import (
+    Device,
+    MeasurementStore,
+    MemoryPlan,
+    ModelShape,
+    PlanSettings,
+    plan_memory,
+    recommend,
+    with_measurement,
+)
+from models_manifest import CatalogModel
+
+MEASUREMENTS_FILE = "measured_buffers.json"
+BANDWIDTH_FILE = "ram_bandwidth.json"
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    """An assumed machine for planning before buying: any field left None comes from this machine."""
+
+    vram_bytes: int | None = None
+    ram_bytes: int | None = None
+    backend: str | None = None  # "cuda", "metal" or "cpu"
+    gpu_name: str = ""
+
+
+def measurement_store() -> MeasurementStore:
+    return MeasurementStore(paths.cache_dir() / MEASUREMENTS_FILE)
+
+
+def ram_bandwidth_gbps() -> float:
+    """This machine's memory copy bandwidth, measured once and cached."""
+    cache_path = paths.cache_dir() / BANDWIDTH_FILE
+    cached = read_json_dict(cache_path).get("gbps")
+    if isinstance(cached, (int, float)) and cached > 0:
+        return float(cached)
+    measured = round(hardware.measure_ram_bandwidth_gbps(), 1)
+    write_json_atomic(cache_path, {"gbps": measured})
+    return measured
+
+
+def device_for(what_if: WhatIf | None = None, report: hardware.HardwareReport | None = None) -> Device:
+    """The device to plan for: this machine, or the assumed one."""
+    if what_if is None or (what_if.backend is None and what_if.vram_bytes is None and what_if.ram_bytes is None):
+        return Device.from_report(report or hardware.probe(), ram_bandwidth_gbps())
+    report = report or hardware.probe()
+    backend = what_if.backend or ("cuda" if what_if.vram_bytes else "cpu")
+    if backend not in ("cuda", "metal", "cpu"):
+        raise DeskError(f"Unknown backend {backend!r}; assume one of cuda, metal, cpu.")
+    ram = what_if.ram_bytes or report.ram_total_bytes
+    try:
+        return Device.assumed_machine(
+            backend=backend, vram_bytes=what_if.vram_bytes, ram_bytes=ram, gpu_name=what_if.gpu_name
+        )
+    except ValueError as err:
+        raise DeskError(str(err)) from err
+
+
+def plan_file(path: Path, device: Device, settings: PlanSettings) -> MemoryPlan:
+    """Exact plan for a local GGUF (all parts of a split model), corrected by earlier real loads."""
+    shape = ModelShape.from_gguf(read_model(path), path.name)
+    plan = plan_memory(shape, device, settings)
+    if device.assumed:
+        return plan
+    measured = measurement_store().lookup(path, settings, plan.gpu_layers)
+    return with_measurement(plan, shape, device, measured) if measured else plan
+
+
+def plan_entry(item: CatalogEntry, device: Device, settings: PlanSettings, *, remote: bool = False) -> MemoryPlan:
+    """Plan for one catalog entry, downloaded or not."""
+    if item.installed and item.model.repo:
+        return plan_file(item.first_path, device, settings)
+    return plan_memory(shape_for(item, remote=remote), device, settings)
+
+
+@dataclass(frozen=True)
+class ModelAdvice:
+    """Every quantization of a model planned for one device, and the one we recommend."""
+
+    model: CatalogModel
+    plans: tuple[tuple[CatalogEntry, MemoryPlan], ...]
+    recommended: CatalogEntry | None
+
+
+def advise(model: CatalogModel, device: Device, settings: PlanSettings, *, remote: bool = False) -> ModelAdvice:
+    """Plan every quantization of ``model`` and pick the best for this device and context."""
+    planned = []
+    for quant in sorted(model.quants, key=lambda q: q.size):
+        item = entry(model.id, quant.quant)
+        planned.append((item, plan_entry(item, device, settings, remote=remote)))
+    best = recommend([(item.id, plan) for item, plan in planned])
+    chosen = next((item for item, _ in planned if best and item.id == best[0]), None)
+    return ModelAdvice(model, tuple(planned), chosen)
