@@ -16,6 +16,9 @@ from app.core.errors import DeskError
 
 CATALOG_VERSION = 1
 TOKENIZERS = ("v1", "v3")
+LAYOUT_MERGED = "merged"  # ffn_*_exps tensors: what current llama.cpp loads
+LAYOUT_PER_EXPERT = "per-expert"  # ffn_*.E tensors from late 2023: current llama.cpp refuses them
+LAYOUTS = (LAYOUT_MERGED, LAYOUT_PER_EXPERT)
 
 
 class CatalogError(DeskError):
@@ -74,6 +77,12 @@ class CatalogModel:
     architecture: Architecture
     quants: tuple[CatalogQuant, ...]
     package: str | None = None
+    tensor_layout: str = LAYOUT_MERGED
+
+    @property
+    def loadable(self) -> bool:
+        """False for files in the old per-expert layout, which current llama.cpp no longer loads."""
+        return self.tensor_layout == LAYOUT_MERGED
 
     def quant(self, name: str) -> CatalogQuant:
         """The level called ``name`` (case-insensitive)."""
@@ -131,6 +140,7 @@ def _model(entry: Any, index: int) -> CatalogModel:
             architecture=arch,
             quants=quants,
             package=entry.get("package"),
+            tensor_layout=str(entry.get("tensor_layout", LAYOUT_MERGED)),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise CatalogError(f"{where} is malformed ({type(err).__name__}: {err}).") from err
@@ -138,6 +148,8 @@ def _model(entry: Any, index: int) -> CatalogModel:
         raise CatalogError(f"{where} has tokenizer {model.tokenizer!r}; use one of {', '.join(TOKENIZERS)}.")
     if not model.quants:
         raise CatalogError(f"{where} lists no files.")
+    if model.tensor_layout not in LAYOUTS:
+        raise CatalogError(f"{where} has tensor_layout {model.tensor_layout!r}; use one of {', '.join(LAYOUTS)}.")
     if model.repo is None and model.package is None:
         raise CatalogError(f"{where} names neither a hub repo nor a package.")
     return model
@@ -151,7 +163,9 @@ def _quant(entry: Any, where: str) -> CatalogQuant:
     if not files:
         raise CatalogError(f"{where}: {entry.get('quant')} lists no files.")
     for file in files:
-        if file.sha256 is not None and (len(file.sha256) != 64 or any(c not in "0123456789abcdef" for c in file.sha256)):
+        if file.sha256 is not None and (
+            len(file.sha256) != 64 or any(c not in "0123456789abcdef" for c in file.sha256)
+        ):
             raise CatalogError(f"{where}: {file.name} has a malformed sha256.")
         if not file.name.endswith(".gguf"):
             raise CatalogError(f"{where}: {file.name} is not a .gguf file.")

@@ -6,6 +6,7 @@ The F16 file is written with the `gguf` package; quantized copies are made by ll
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -55,6 +56,9 @@ class TinyMixtralSpec:
     #: written directly in that type as zero blocks, which makes full-width models (for memory planning
     #: tests, where only sizes matter) quick to write.
     zero_weights_type: str | None = None
+    #: write experts the older way (``blk.N.ffn_gate.E.weight``, one tensor per expert), as TheBloke's
+    #: 8x7B files do, instead of merged ``ffn_gate_exps`` tensors
+    legacy_experts: bool = False
 
     @property
     def display_name(self) -> str:
@@ -71,8 +75,12 @@ def quant_path(out_dir: Path, spec: TinyMixtralSpec, quant: str) -> Path:
     return out_dir / f"mixtral-tiny-{spec.tokenizer}-{quant}.gguf"
 
 
-def write_f16(spec: TinyMixtralSpec, path: Path) -> Path:
-    """Write the F16 model described by ``spec`` to ``path`` (atomically) and return the path."""
+def write_f16(spec: TinyMixtralSpec, path: Path, split_max_tensors: int = 0) -> Path:
+    """Write the model described by ``spec`` to ``path`` (atomically) and return the path.
+
+    With ``split_max_tensors`` the model is written as parts of at most that many tensors, named
+    ``STEM-0000k-of-0000n.gguf`` beside ``path``; the first part's path is returned.
+    """
     import gguf
 
     vocab = read_sentencepiece_vocab(mistral_tokenizer_path(spec.tokenizer))
@@ -94,8 +102,8 @@ def write_f16(spec: TinyMixtralSpec, path: Path) -> Path:
     zero_type = gguf.GGMLQuantizationType[spec.zero_weights_type or "F16"]
     arch = spec.architecture
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    writer = gguf.GGUFWriter(str(tmp), arch)
+    staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=path.parent))
+    writer = gguf.GGUFWriter(str(staging / path.name), arch, split_max_tensors=split_max_tensors)
     writer.add_name(spec.display_name)
     writer.add_context_length(spec.n_ctx_train)
     writer.add_embedding_length(spec.n_embd)
@@ -133,9 +141,15 @@ def write_f16(spec: TinyMixtralSpec, path: Path) -> Path:
             p + "ffn_gate_inp.weight",
             (rng.standard_normal((spec.n_expert, spec.n_embd)) * 0.5).astype(np.float32),
         )
-        matrix(p + "ffn_gate_exps.weight", spec.n_expert, spec.n_ff, spec.n_embd)
-        matrix(p + "ffn_down_exps.weight", spec.n_expert, spec.n_embd, spec.n_ff)
-        matrix(p + "ffn_up_exps.weight", spec.n_expert, spec.n_ff, spec.n_embd)
+        if spec.legacy_experts:
+            for expert in range(spec.n_expert):
+                matrix(p + f"ffn_gate.{expert}.weight", spec.n_ff, spec.n_embd)
+                matrix(p + f"ffn_down.{expert}.weight", spec.n_embd, spec.n_ff)
+                matrix(p + f"ffn_up.{expert}.weight", spec.n_ff, spec.n_embd)
+        else:
+            matrix(p + "ffn_gate_exps.weight", spec.n_expert, spec.n_ff, spec.n_embd)
+            matrix(p + "ffn_down_exps.weight", spec.n_expert, spec.n_embd, spec.n_ff)
+            matrix(p + "ffn_up_exps.weight", spec.n_expert, spec.n_ff, spec.n_embd)
     writer.add_tensor("output_norm.weight", ones(spec.n_embd))
     matrix("output.weight", n_vocab, spec.n_embd)
 
@@ -143,8 +157,11 @@ def write_f16(spec: TinyMixtralSpec, path: Path) -> Path:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    tmp.replace(path)
-    return path
+    written = sorted(staging.glob("*.gguf"))
+    for part in written:
+        part.replace(path.parent / part.name)
+    staging.rmdir()
+    return path.parent / written[0].name
 
 
 def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> Path:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from app import APP_NAME, __version__
 from app.core.errors import DeskError
 
-COMMAND_MODULES = ("app.cli.chat", "app.cli.prompt")
+COMMAND_MODULES = ("app.cli.chat", "app.cli.prompt", "app.cli.hw", "app.cli.plan", "app.cli.models")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -239,6 +239,7 @@ def check_gguf_file(path: Path) -> None:
 _TRUNCATED = re.compile(
     r"not within the file bounds|file is truncated|unexpectedly reached end of file|failed to read", re.I
 )
+_OUTDATED = re.compile(r"ffn_(gate|down|up)_exps\.weight' not found|missing tensor 'blk\.\d+\.ffn_\w+_exps", re.I)
 _ARCH = re.compile(r"unknown model architecture: '([^']*)'", re.I)
 _OOM = re.compile(
     r"failed to allocate|unable to allocate|out of memory|cudaMalloc failed|failed to create .*buffer", re.I
@@ -259,6 +260,10 @@ def classify_load_failure(path: Path, lines: Sequence[str], exc: BaseException) 
             reason="unsupported_arch",
             detail=detail,
         )
+    if _OUTDATED.search(text):
+        return ModelLoadError(
+            OUTDATED_LAYOUT_MESSAGE.format(name=name), path=str(path), reason="outdated_layout", detail=detail
+        )
     if _TRUNCATED.search(text):
         return ModelLoadError(
             f"{name} is incomplete or corrupted (its data ends before the model does). Delete it and "
@@ -278,12 +283,23 @@ def classify_load_failure(path: Path, lines: Sequence[str], exc: BaseException) 
     return ModelLoadError(f"llama.cpp could not load {name}: {detail}", path=str(path), reason="failed", detail=detail)
 
 
+OUTDATED_LAYOUT_MESSAGE = (
+    "{name} stores Mixtral's experts in the old per-expert layout (converted before April 2024), which "
+    "current llama.cpp no longer loads. Download a newer conversion of the same model, e.g. the "
+    "mixtral-8x7b-instruct entry of `mixtral-desk models list`."
+)
+
+
 def _read_header_for_load(path: Path) -> GGUFHeader:
+    """Pre-flight: every part present and complete, and a tensor layout llama.cpp can load."""
     try:
-        return read_model(path).header
+        model = read_model(path)
     except GGUFError as err:
         reason = "truncated" if ("truncated" in str(err) or "incomplete" in str(err)) else "failed"
         raise ModelLoadError(str(err), path=str(path), reason=reason, detail=str(err)) from err
+    if model.expert_layout == "per-expert":
+        raise ModelLoadError(OUTDATED_LAYOUT_MESSAGE.format(name=path.name), path=str(path), reason="outdated_layout")
+    return model.header
 
 
 def _check_kv_fits_in_ram(path: Path, header: GGUFHeader, settings: LoadSettings) -> None:

@@ -13,7 +13,7 @@ class ModelLoadError(DeskError):
     Attributes:
         path: the file that was being loaded.
         reason: a short machine-readable cause: ``missing``, ``not_gguf``, ``truncated``,
-            ``unsupported_arch``, ``out_of_memory`` or ``failed``.
+            ``unsupported_arch``, ``outdated_layout``, ``out_of_memory`` or ``failed``.
         detail: llama.cpp's own last error line, when there was one.
     """
 

@@ -1,10 +1,10 @@
-""""Will it fit, and how fast?": the planner applied to this machine (or an assumed one), for a local file,
+""" "Will it fit, and how fast?": the planner applied to this machine (or an assumed one), for a local file,
 one catalog entry, or every quantization of a catalog model. The CLI, the GUI and the runner all ask here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from app.core import hardware, paths
@@ -82,9 +82,14 @@ def plan_file(path: Path, device: Device, settings: PlanSettings) -> MemoryPlan:
 
 def plan_entry(item: CatalogEntry, device: Device, settings: PlanSettings, *, remote: bool = False) -> MemoryPlan:
     """Plan for one catalog entry, downloaded or not."""
-    if item.installed and item.model.repo:
-        return plan_file(item.first_path, device, settings)
-    return plan_memory(shape_for(item, remote=remote), device, settings)
+    if item.installed:
+        plan = plan_file(item.first_path, device, settings)
+    else:
+        plan = plan_memory(shape_for(item, remote=remote), device, settings)
+    if not item.model.loadable:
+        note = "Old per-expert file layout: current llama.cpp no longer loads it (llama.cpp issue #10244)."
+        plan = replace(plan, notes=(note, *plan.notes))
+    return plan
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,6 @@ def advise(model: CatalogModel, device: Device, settings: PlanSettings, *, remot
     for quant in sorted(model.quants, key=lambda q: q.size):
         item = entry(model.id, quant.quant)
         planned.append((item, plan_entry(item, device, settings, remote=remote)))
-    best = recommend([(item.id, plan) for item, plan in planned])
+    best = recommend([(item.id, plan) for item, plan in planned if item.model.loadable])
     chosen = next((item for item, _ in planned if best and item.id == best[0]), None)
     return ModelAdvice(model, tuple(planned), chosen)

@@ -144,6 +144,14 @@ class GGUFModel:
     def weight_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
 
+    @property
+    def expert_layout(self) -> str:
+        """``merged`` (``ffn_*_exps``), ``per-expert`` (older ``ffn_*.E``) or ``none`` (a dense model)."""
+        names = [t.name for t in self.tensors if t.is_expert]
+        if not names:
+            return "none"
+        return "merged" if any("_exps." in n for n in names) else "per-expert"
+
 
 class _Source:
     """Sequential reads over a file or a remote byte range, with a clear error when it runs out."""
