@@ -30,6 +30,18 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--out", required=True, help="output directory")
     tiny.add_argument("--quants", default="", help="comma-separated levels, e.g. Q2_K,Q4_K_M,Q8_0")
     tiny.set_defaults(func=_cmd_tiny)
+    check = commands.add_parser(
+        "planner-check",
+        help="compare the memory planner with llama.cpp's own buffer sizes",
+        add_help=False,
+    )
+    check.set_defaults(func=None)
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "planner-check":
+        from quant.planner_check import main as planner_check
+
+        return planner_check(argv[1:])
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -40,11 +40,45 @@ def demo_model() -> Path:
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own MIXTRAL_DESK_HOME, so nothing touches the user's data."""
+    """Every test gets its own MIXTRAL_DESK_HOME and an offline hub, so nothing touches the user's data
+    or the network."""
+    import huggingface_hub.constants
+
     home = tmp_path / "home"
     monkeypatch.setenv("MIXTRAL_DESK_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     return home
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch):
+    """A local hub on 127.0.0.1; huggingface-hub is pointed at it (HF_ENDPOINT) and put online."""
+    import huggingface_hub.constants
+
+    from tests.fakehub import FakeHub
+
+    hub = FakeHub()
+    hub.start()
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(
+        huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+@pytest.fixture(scope="session")
+def wide_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A full-width Mixtral-shaped model (4096 wide, 8 experts of 14336, 2 layers, zero Q4_0 weights, ~1.7 GB)."""
+    from quant.planner_check import wide_model as build_wide
+
+    return build_wide(tmp_path_factory.mktemp("wide-model"))
 
 
 @pytest.fixture(autouse=True)

@@ -336,7 +336,7 @@ def read_remote_header(
     Only the header bytes are fetched, in 1 MiB blocks and never more than 64 MiB.
     """
     from huggingface_hub import get_session, hf_hub_url
-    from huggingface_hub.utils import build_hf_headers
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
     url = hf_hub_url(repo_id, filename, revision=revision)
     session = get_session()

@@ -14,7 +14,7 @@ import pytest
 
 from app.cli.main import build_parser
 
-SUBCOMMANDS = ["chat", "prompt"]
+SUBCOMMANDS = ["chat", "prompt", "hw", "plan", "models"]
 
 
 def run_cli(*args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -104,6 +104,10 @@ def test_prompt_tokens_match_mistral_common(tiny_v3: dict[str, Path], tmp_path: 
         (["chat", "--kv", "q8_0", "--prompt", "x"], None, "flash attention"),
         (["prompt", "--messages", "-"], "{not json", "not valid JSON"),
         (["prompt", "--messages", "/nowhere.json"], None, "Cannot read"),
+        (["plan", "mixtral-9000"], None, "No catalog model"),
+        (["plan", "mixtral-8x7b-instruct", "--quant", "Q1"], None, "has no Q1 file"),
+        (["plan", "mixtral-8x7b-instruct", "--assume-vram", "lots"], None, "Cannot read the size"),
+        (["plan", "/nowhere/model.gguf"], None, "not found"),
     ],
 )
 def test_errors_are_one_clear_line_and_exit_1(args: list[str], stdin: str | None, message: str) -> None:
@@ -212,3 +216,64 @@ def test_interactive_chat_says_when_old_turns_leave_the_context(tiny_v1: dict[st
         if term.proc.poll() is None:
             term.proc.kill()
             term.proc.wait()
+
+
+def test_hw_reports_this_machine_as_json() -> None:
+    result = run_cli("hw", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ram_total_bytes"] > 0 and report["llama_backend"] == "cpu" and report["gpus"] == []
+    assert report["ram_bandwidth_gbps"] > 0
+    human = run_cli("hw")
+    assert "RAM:" in human.stdout and "GPU:      none found" in human.stdout
+
+
+def test_plan_a_local_file(tiny_v1: dict[str, Path]) -> None:
+    result = run_cli("plan", str(tiny_v1["Q4_K_M"]), "--ctx", "8192", "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["verdict"] == "cpu_only" and plan["source"] == "exact from GGUF header"
+    assert plan["ram"]["kv_cache"] == 2 * 8192 * 2 * 32 * 2 * 2  # layers x ctx x kv heads x dim x (K+V) x f16
+    human = run_cli("plan", str(tiny_v1["Q4_K_M"]))
+    assert "Runs on the CPU only" in human.stdout and "KV cache" in human.stdout
+
+
+def test_plan_every_quant_for_an_assumed_4090() -> None:
+    args = [
+        "plan",
+        "mixtral-8x7b-instruct",
+        "--assume-vram",
+        "24GiB",
+        "--assume-ram",
+        "64GiB",
+        "--assume-gpu",
+        "RTX 4090",
+    ]
+    result = run_cli(*args, "--json")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    verdicts = {p["entry"]["quant"]: p["plan"]["verdict"] for p in payload["plans"]}
+    assert verdicts["Q2_K"] == "full_gpu" and verdicts["Q8_0"] == "partial"
+    assert payload["recommended"].startswith("mixtral-8x7b-instruct:")
+    human = run_cli(*args)
+    assert "<- recommended" in human.stdout and "estimated from catalog" in human.stdout
+
+
+def test_plan_8x22b_on_an_assumed_mac() -> None:
+    result = run_cli(
+        "plan", "mixtral-8x22b-instruct", "--quant", "Q4_K_M", "--assume-backend", "metal", "--assume-ram", "128GiB"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "(metal)" in result.stdout and "Fits fully on the GPU" in result.stdout
+
+
+def test_models_list_shows_every_entry_with_a_verdict() -> None:
+    result = run_cli("models", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    listing = json.loads(result.stdout)
+    by_id = {m["id"]: m for m in listing["models"]}
+    assert by_id["demo:Q4_1"]["installed"] and by_id["demo:Q4_1"]["plan"]["verdict"] == "cpu_only"
+    assert not by_id["mixtral-8x22b-instruct:Q8_0"]["installed"]
+    assert len(by_id) >= 30
+    human = run_cli("models", "list")
+    assert "old layout" in human.stdout and "installed" in human.stdout

@@ -1,0 +1,186 @@
+"""Compare the memory planner with what llama.cpp itself reports when it loads a model.
+
+    python -m quant planner-check [--models-dir DIR] [--gpu]
+
+On the CPU it loads the tiny Mixtral and a full-width Mixtral-shaped model (4096 wide, 8 experts of 14336,
+two layers, zero weights) at several context lengths and KV cache types, reads llama.cpp's own log lines
+for the model size, KV buffer and compute buffer, and prints them next to the plan. Each figure must be
+within 10% or 32 MiB. With ``--gpu`` (a CUDA build of llama-cpp-python and an NVIDIA GPU) it also loads at
+full and partial offload and compares the plan with the CUDA buffers and with NVML's used memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.core.planner import MIB, Device, Measurement, ModelShape, PlanSettings, parse_buffer_lines, plan_memory
+from quant.tiny import TinyMixtralSpec, build_tiny, write_f16
+
+TOLERANCE_SHARE = 0.10
+TOLERANCE_BYTES = 32 * MIB
+WIDE_SPEC = TinyMixtralSpec(
+    n_layer=2, n_embd=4096, n_ff=14336, n_head=32, n_head_kv=8, zero_weights_type="Q4_0", name="Mixtral-wide-zero"
+)
+CPU_GRID: tuple[PlanSettings, ...] = tuple(
+    PlanSettings(n_ctx=ctx, kv_type=kv, flash_attn=fa)
+    for ctx in (512, 4096, 16384)
+    for kv, fa in (("f16", False), ("f16", True), ("q8_0", True), ("q4_0", True))
+)
+_FILE_SIZE = re.compile(r"file size\s*=\s*([\d.]+)\s*(MiB|GiB)")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One planned figure next to llama.cpp's."""
+
+    model: str
+    settings: PlanSettings
+    kind: str  # weights, KV cache, compute
+    planned: int
+    reported: int
+
+    @property
+    def within_tolerance(self) -> bool:
+        return abs(self.planned - self.reported) <= max(TOLERANCE_SHARE * self.reported, TOLERANCE_BYTES)
+
+
+def wide_model(folder: Path) -> Path:
+    """The full-width Mixtral-shaped model (about 1.7 GB), written once into ``folder``."""
+    path = folder / "mixtral-wide-zero-Q4_0.gguf"
+    if not path.exists():
+        write_f16(WIDE_SPEC, path)
+    return path
+
+
+def load_and_report(path: Path, settings: PlanSettings, gpu_layers: int = 0) -> tuple[Measurement, int, list[str]]:
+    """Load ``path`` with real llama.cpp; return its buffer sizes, its model size line, and the log."""
+    from app.core import llama_log
+    from app.core.engine import Engine, LoadSettings
+
+    engine = Engine()
+    with llama_log.capture() as lines:
+        engine.load(
+            LoadSettings(
+                model_path=str(path),
+                n_ctx=settings.n_ctx,
+                kv_type=settings.kv_type,
+                flash_attn=settings.flash_attn,
+                n_batch=settings.n_batch,
+                n_gpu_layers=gpu_layers,
+            )
+        )
+    engine.unload()
+    measurement = parse_buffer_lines(lines)
+    if measurement is None:
+        raise RuntimeError(f"llama.cpp reported no buffer sizes for {path.name}")
+    size = 0
+    for line in lines:
+        if match := _FILE_SIZE.search(line):
+            size = int(float(match.group(1)) * (MIB if match.group(2) == "MiB" else 1024 * MIB))
+    return measurement, size, list(lines)
+
+
+def compare_on_cpu(path: Path, settings: PlanSettings) -> list[Comparison]:
+    """Plan ``path`` for this CPU and load it: weights, KV cache and compute buffer side by side."""
+    from app.core.gguf import read_model
+
+    shape = ModelShape.from_gguf(read_model(path), path.name)
+    cpu = Device("cpu", "CPU", 0, 0, 1 << 50, 1 << 50, 0.0, 40.0)
+    plan = plan_memory(
+        shape, cpu, PlanSettings(settings.n_ctx, settings.kv_type, settings.flash_attn, settings.n_batch, 0)
+    )
+    measured, file_size, _ = load_and_report(path, settings)
+    return [
+        Comparison(path.name, settings, "weights", plan.ram.weights, file_size),
+        Comparison(path.name, settings, "KV cache", plan.ram.kv_cache, measured.cpu_kv),
+        Comparison(path.name, settings, "compute", plan.ram.compute, measured.cpu_compute),
+    ]
+
+
+def format_rows(rows: Sequence[Comparison]) -> str:
+    lines = [
+        f"{'model':32} {'ctx':>6} {'kv':5} {'fa':3} {'figure':9} {'planned MiB':>12} {'llama.cpp MiB':>14} {'ratio':>6}  ok"
+    ]
+    for row in rows:
+        ratio = row.planned / row.reported if row.reported else float("nan")
+        lines.append(
+            f"{row.model[:32]:32} {row.settings.n_ctx:>6} {row.settings.kv_type:5} {'on' if row.settings.flash_attn else 'off':3} "
+            f"{row.kind:9} {row.planned / MIB:>12.2f} {row.reported / MIB:>14.2f} {ratio:>6.3f}  "
+            f"{'yes' if row.within_tolerance else 'NO'}"
+        )
+    return "\n".join(lines)
+
+
+def gpu_check(path: Path, settings: PlanSettings) -> str:
+    """CUDA only: plan vs llama.cpp's CUDA buffers vs NVML's used memory at full and half offload."""
+    import pynvml
+
+    from app.core import hardware
+    from app.core.gguf import read_model
+
+    report = hardware.probe()
+    if not report.llama_supports_gpu_offload or not report.gpus:
+        raise RuntimeError("--gpu needs a CUDA build of llama-cpp-python and an NVIDIA GPU")
+    shape = ModelShape.from_gguf(read_model(path), path.name)
+    device = Device.from_report(report)
+    lines = [
+        "| GPU layers | planned GPU MiB (no reserve) | llama.cpp CUDA buffers MiB | NVML used delta MiB |",
+        "|---|---|---|---|",
+    ]
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    for layers in (shape.n_layer + 1, max(1, shape.n_layer // 2)):
+        plan = plan_memory(
+            shape, device, PlanSettings(settings.n_ctx, settings.kv_type, settings.flash_attn, settings.n_batch, layers)
+        )
+        before = pynvml.nvmlDeviceGetMemoryInfo(handle).used
+        from app.core import llama_log
+        from app.core.engine import Engine, LoadSettings
+
+        engine = Engine()
+        with llama_log.capture() as log:
+            engine.load(
+                LoadSettings(
+                    model_path=str(path),
+                    n_ctx=settings.n_ctx,
+                    kv_type=settings.kv_type,
+                    flash_attn=settings.flash_attn,
+                    n_gpu_layers=layers,
+                )
+            )
+        used = pynvml.nvmlDeviceGetMemoryInfo(handle).used - before
+        engine.unload()
+        measured = parse_buffer_lines(log) or Measurement()
+        reported = measured.gpu_weights + measured.gpu_kv + measured.gpu_compute
+        planned = plan.gpu.total - plan.gpu.reserve
+        lines.append(f"| {layers} | {planned / MIB:.0f} | {reported / MIB:.0f} | {used / MIB:.0f} |")
+    pynvml.nvmlShutdown()
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m quant planner-check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models-dir", default="", help="where to build/keep the test models (default: a cache dir)")
+    parser.add_argument("--gpu", action="store_true", help="also compare with CUDA buffers and NVML (needs a GPU)")
+    args = parser.parse_args(argv)
+    from app.core import paths
+
+    folder = Path(args.models_dir) if args.models_dir else paths.cache_dir() / "planner-check"
+    folder.mkdir(parents=True, exist_ok=True)
+    models = [build_tiny(folder, "v1", ("Q4_K_M",))["Q4_K_M"], wide_model(folder)]
+    rows = [row for model in models for settings in CPU_GRID for row in compare_on_cpu(model, settings)]
+    print(format_rows(rows))
+    bad = [r for r in rows if not r.within_tolerance]
+    print(f"\n{len(rows) - len(bad)} of {len(rows)} figures within 10% or 32 MiB of llama.cpp's own report.")
+    if args.gpu:
+        print("\n" + gpu_check(models[1], PlanSettings(n_ctx=4096)))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
