@@ -13,7 +13,7 @@ from app.core.engine import KV_CACHE_TYPES
 from app.core.errors import DeskError
 from app.core.fit import WhatIf, advise, device_for, plan_entry, plan_file
 from app.core.gguf import GGUFError
-from app.core.planner import PlanSettings
+from app.core.planner import PlanSettings, check_kv_settings
 
 
 def add_planning_options(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +39,7 @@ def planning_inputs(args: argparse.Namespace) -> tuple[Any, PlanSettings]:
     )
     if args.ctx < 64:
         raise DeskError("The context must be at least 64 tokens.")
+    check_kv_settings(args.kv, args.flash_attn)
     settings = PlanSettings(n_ctx=args.ctx, kv_type=args.kv, flash_attn=args.flash_attn, gpu_layers=args.gpu_layers)
     return device_for(what_if), settings
 

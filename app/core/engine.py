@@ -27,7 +27,7 @@ from app.core import llama_log
 from app.core.context import POLICIES, POLICY_ROLLING, FittedPrompt, fit_prompt, reply_reserve
 from app.core.errors import DeskError, EngineBusyError, ModelLoadError, NoModelError
 from app.core.gguf import GGUFError, GGUFHeader, read_model
-from app.core.planner import PlanSettings, kv_cache_bytes, parse_buffer_lines
+from app.core.planner import PlanSettings, check_kv_settings, kv_cache_bytes, parse_buffer_lines
 from app.core.prompts import FORMATS, ChatFormat, Message, detect_format, get_format
 
 KV_CACHE_TYPES: dict[str, int] = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids
@@ -684,13 +684,7 @@ class Engine:
 
 
 def _validate_settings(settings: LoadSettings) -> None:
-    if settings.kv_type not in KV_CACHE_TYPES:
-        raise DeskError(f"Unknown KV cache type {settings.kv_type!r}; use one of {', '.join(KV_CACHE_TYPES)}.")
-    if settings.kv_type != "f16" and not settings.flash_attn:
-        raise DeskError(
-            f"A {settings.kv_type} KV cache needs flash attention in llama.cpp: turn flash attention on, "
-            "or use the f16 KV cache."
-        )
+    check_kv_settings(settings.kv_type, settings.flash_attn)
     if settings.n_ctx < 64:
         raise DeskError(f"A context of {settings.n_ctx} tokens is too small; use at least 512.")
     if settings.chat_format is not None and settings.chat_format not in FORMATS:

@@ -42,6 +42,18 @@ SOURCE_CATALOG = "estimated from catalog"
 SOURCE_MEASURED = "measured"
 
 
+def check_kv_settings(kv_type: str, flash_attn: bool) -> None:
+    """Raise a user-facing error for a KV cache setting llama.cpp cannot use."""
+    from app.core.errors import DeskError
+
+    if kv_type not in KV_BYTES_PER_ELEMENT:
+        raise DeskError(f"Unknown KV cache type {kv_type!r}; use one of {', '.join(KV_BYTES_PER_ELEMENT)}.")
+    if kv_type != "f16" and not flash_attn:
+        raise DeskError(
+            f"A {kv_type} KV cache needs flash attention in llama.cpp: turn flash attention on, or use the f16 KV cache."
+        )
+
+
 def padded_context(n_ctx: int) -> int:
     """The context length llama.cpp actually allocates for a requested ``n_ctx``."""
     return -(-n_ctx // CONTEXT_PADDING) * CONTEXT_PADDING
