@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,17 +20,40 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @dataclass
+class Fault:
+    """One misbehaviour for the next GET of a file.
+
+    kind: ``cut`` (close the connection after ``after`` bytes), ``status`` (answer ``status``), ``trickle``
+    (send ``chunk`` bytes every ``delay`` seconds), ``corrupt`` (flip the bytes of the body), ``ignore_range``
+    (answer 200 with the whole file even when a Range was asked).
+    """
+
+    kind: str
+    after: int = 0
+    status: int = 500
+    chunk: int = 1
+    delay: float = 0.05
+
+
+@dataclass
 class FakeHub:
     """Repos of local files served over HTTP; ``bytes_served`` counts body bytes per file name."""
 
     files: dict[str, dict[str, Path]] = field(default_factory=dict)
+    faults: dict[str, list[Fault]] = field(default_factory=dict)
+    throttle_bytes_per_s: float = 0.0
     bytes_served: Counter[str] = field(default_factory=Counter)
     requests: list[str] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
+    _stopping: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
 
     def add(self, repo: str, path: Path, name: str | None = None) -> None:
         self.files.setdefault(repo, {})[name or path.name] = path
+
+    def fail_next(self, name: str, *faults: Fault) -> None:
+        """Queue faults for the next GETs of ``name``, one per request."""
+        self.faults.setdefault(name, []).extend(faults)
 
     @property
     def url(self) -> str:
@@ -89,17 +113,31 @@ class FakeHub:
                     self.send_header("X-Error-Code", "EntryNotFound")
                     self.end_headers()
                     return
+                fault = hub.faults[name].pop(0) if body and hub.faults.get(name) else None
+                if fault is not None and fault.kind == "status":
+                    self.send_response(fault.status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 size = path.stat().st_size
                 start, end = 0, size - 1
                 status = 200
-                if match := re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", "")):
+                match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+                if match and not (fault is not None and fault.kind == "ignore_range"):
                     start = int(match.group(1))
+                    if start >= size:
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{size}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
                     end = min(int(match.group(2)) if match.group(2) else size - 1, size - 1)
                     status = 206
                 self.send_response(status)
                 self.send_header("Content-Length", str(end - start + 1))
                 self.send_header("Accept-Ranges", "bytes")
                 self.send_header("ETag", f'"{sha256_of(path)}"')
+                self.send_header("X-Linked-Etag", f'"{sha256_of(path)}"')
                 self.send_header("X-Repo-Commit", COMMIT)
                 self.send_header("X-Linked-Size", str(size))
                 if status == 206:
@@ -107,26 +145,52 @@ class FakeHub:
                 self.end_headers()
                 if not body:
                     return
+                block = 1 << 16
+                if fault is not None and fault.kind == "trickle":
+                    block = fault.chunk
+                elif hub.throttle_bytes_per_s:
+                    block = max(1, int(hub.throttle_bytes_per_s / 20))
+                sent = 0
                 with path.open("rb") as handle:
                     handle.seek(start)
                     remaining = end - start + 1
                     while remaining > 0:
-                        chunk = handle.read(min(remaining, 1 << 20))
+                        chunk = handle.read(min(remaining, block))
                         if not chunk:
                             break
+                        if fault is not None and fault.kind == "cut" and sent + len(chunk) > fault.after:
+                            chunk = chunk[: fault.after - sent]
+                            self.wfile.write(chunk)
+                            hub.bytes_served[name] += len(chunk)
+                            self.wfile.flush()
+                            self.close_connection = True
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                            return
+                        if fault is not None and fault.kind == "corrupt":
+                            chunk = bytes(b ^ 0xFF for b in chunk)
                         try:
                             self.wfile.write(chunk)
                         except (BrokenPipeError, ConnectionResetError):
-                            break
+                            return
                         hub.bytes_served[name] += len(chunk)
+                        sent += len(chunk)
                         remaining -= len(chunk)
+                        if fault is not None and fault.kind == "trickle":
+                            hub.pause(fault.delay)
+                        elif hub.throttle_bytes_per_s:
+                            hub.pause(0.05)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="fake-hub", daemon=True)
         self.thread.start()
 
+    def pause(self, seconds: float) -> None:
+        """Server-side pacing for slow-line faults (the server's own timing, not test synchronisation)."""
+        self._stopping.wait(seconds)
+
     def stop(self) -> None:
+        self._stopping.set()
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()

@@ -1,0 +1,695 @@
+"""Model downloads from the Hugging Face Hub: resumable, verified, disk-aware, atomic.
+
+Built on huggingface-hub's own pieces (``hf_hub_url``, ``get_hf_file_metadata``, its configured HTTP
+session and auth headers), so ``HF_ENDPOINT``, ``HF_TOKEN``, proxies and ``HF_HUB_OFFLINE`` behave as users
+expect. On top of them this module adds what the library does not do for large files:
+
+- partial data is kept (``models/.partial/``) and resumed with a Range request across calls and restarts;
+- sha256 is computed while downloading (no second read of 26 GB) and checked against the catalog or the
+  hub's LFS metadata; a mismatch is quarantined, never presented as a model;
+- dropped connections, 5xx answers and stalls (no bytes, or too few, for a while) are retried with backoff;
+- free disk space is checked before starting;
+- files appear in the models folder only when complete and verified (all parts of a split model together);
+- every failure is one :class:`DownloadError` with a message a person can act on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from app.core import paths
+from app.core.errors import DeskError
+
+CHUNK_BYTES = 1024 * 1024
+DISK_MARGIN_BYTES = 512 * 1024 * 1024
+PROGRESS_INTERVAL_S = 0.5
+PARTIAL_DIR = ".partial"
+QUARANTINE_DIR = ".quarantine"
+
+
+class DownloadError(DeskError):
+    """A download failed. ``reason``: not_found, unauthorized, offline, network, checksum, disk_full,
+    cancelled or paused (the last two are not failures: the caller asked for them)."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try: attempts per file, backoff, and the stall watchdog (too few bytes for too long)."""
+
+    attempts: int = 8
+    backoff_s: float = 1.0
+    backoff_max_s: float = 30.0
+    stall_timeout_s: float = 30.0  # no byte at all for this long: reconnect
+    min_bytes_per_s: float = 1024.0  # averaged over the stall window: below this, reconnect
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One file to fetch: where it is on the hub and what it should be."""
+
+    repo: str
+    filename: str
+    revision: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+
+    @property
+    def name(self) -> str:
+        return Path(self.filename).name
+
+
+@dataclass(frozen=True)
+class DownloadSpec:
+    """A model to download: one file or every part of a split model, placed into ``folder`` together."""
+
+    id: str
+    files: tuple[FileSpec, ...]
+    folder: Path
+
+    @property
+    def known_size(self) -> int | None:
+        sizes = [f.size for f in self.files]
+        return None if any(s is None for s in sizes) else sum(s for s in sizes if s is not None)
+
+    @property
+    def targets(self) -> tuple[Path, ...]:
+        return tuple(self.folder / f.name for f in self.files)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "folder": str(self.folder), "files": [asdict(f) for f in self.files]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DownloadSpec:
+        return cls(str(data["id"]), tuple(FileSpec(**f) for f in data["files"]), Path(data["folder"]))
+
+
+def spec_for_catalog_entry(entry: Any) -> DownloadSpec:
+    """The download of a :class:`app.core.catalog.CatalogEntry` (every part) into its models folder place."""
+    model = entry.model
+    if not model.repo:
+        raise DownloadError(f"{model.name} is built in; there is nothing to download.", reason="not_found")
+    files = tuple(FileSpec(model.repo, f.name, model.revision, f.size, f.sha256) for f in entry.quant.files)
+    return DownloadSpec(entry.id, files, paths.models_dir() / model.id)
+
+
+def spec_for_repo_file(text: str, revision: str | None = None) -> DownloadSpec:
+    """``owner/name/path/to/file.gguf`` as a download into ``models/owner__name/``."""
+    parts = text.strip("/").split("/")
+    if len(parts) < 3 or not parts[-1].endswith(".gguf"):
+        raise DownloadError(
+            f"{text!r} is neither a catalog id nor OWNER/REPO/FILE.gguf; see `mixtral-desk models list`.",
+            reason="not_found",
+        )
+    repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    return DownloadSpec(text, (FileSpec(repo, filename, revision),), paths.models_dir() / repo.replace("/", "__"))
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a download stands. ``speed_bps`` is averaged over the last few seconds."""
+
+    id: str
+    state: str  # checking, downloading, verifying, retrying, done, paused, cancelled, failed
+    file: str = ""
+    file_index: int = 0
+    file_count: int = 0
+    file_done: int = 0
+    file_total: int | None = None
+    done: int = 0
+    total: int | None = None
+    speed_bps: float = 0.0
+    eta_s: float | None = None
+    message: str = ""
+
+    @property
+    def fraction(self) -> float | None:
+        return self.done / self.total if self.total else None
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class Control:
+    """Pause / cancel flags for one running download, safe to set from any thread."""
+
+    def __init__(self) -> None:
+        self._pause = threading.Event()
+        self._cancel = threading.Event()
+        self._changed = threading.Event()
+
+    def pause(self) -> None:
+        self._pause.set()
+        self._changed.set()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        self._changed.set()
+
+    def clear_pause(self) -> None:
+        self._pause.clear()
+        self._changed.clear()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True as soon as a pause or cancel arrives."""
+        return self._changed.wait(seconds)
+
+    @property
+    def paused(self) -> bool:
+        return self._pause.is_set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def check(self) -> None:
+        if self._cancel.is_set():
+            raise DownloadError("The download was cancelled.", reason="cancelled")
+        if self._pause.is_set():
+            raise DownloadError("The download is paused; resume it to continue from where it stopped.", reason="paused")
+
+
+def free_disk_bytes(folder: Path) -> int:
+    """Free bytes on the disk holding ``folder`` (its nearest existing parent)."""
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def partial_dir(spec: DownloadSpec) -> Path:
+    safe = spec.id.replace("/", "__").replace(":", "__")
+    return paths.models_dir() / PARTIAL_DIR / safe
+
+
+class _Retryable(Exception):
+    pass
+
+
+class _PartialFile:
+    """A ``.part`` file and the sha256 of exactly the bytes in it, kept in step on every append."""
+
+    def __init__(self, path: Path, expected_size: int | None) -> None:
+        self.path = path
+        self.hasher = hashlib.sha256()
+        self.size = path.stat().st_size if path.exists() else 0
+        if expected_size is not None and self.size > expected_size:
+            self.restart()
+        elif self.size:
+            with path.open("rb") as existing:  # resumed after a restart: the hash must cover the old bytes
+                for block in iter(lambda: existing.read(CHUNK_BYTES), b""):
+                    self.hasher.update(block)
+
+    def restart(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.hasher = hashlib.sha256()
+        self.size = 0
+
+    def append(self, handle: Any, chunk: bytes) -> None:
+        handle.write(chunk)
+        self.hasher.update(chunk)
+        self.size += len(chunk)
+
+
+class _Speedometer:
+    """Bytes per second over a sliding window, and the stall watchdog's judgement."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self.samples: list[tuple[float, int]] = []
+
+    def add(self, now: float, total: int) -> None:
+        self.samples.append((now, total))
+        while len(self.samples) > 2 and now - self.samples[0][0] > self.window_s:
+            self.samples.pop(0)
+
+    def rate(self) -> float:
+        if len(self.samples) < 2:
+            return 0.0
+        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
+        return (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def too_slow(self, now: float, started: float, min_rate: float) -> bool:
+        if now - started < self.window_s or len(self.samples) < 2:
+            return False
+        return self.rate() < min_rate and now - self.samples[0][0] >= self.window_s * 0.9
+
+
+class Downloader:
+    """Fetches one :class:`DownloadSpec`; ``run()`` blocks and returns the placed paths."""
+
+    def __init__(
+        self,
+        spec: DownloadSpec,
+        *,
+        on_progress: ProgressCallback | None = None,
+        control: Control | None = None,
+        retry: RetryPolicy | None = None,
+        token: str | None = None,
+        free_space: Callable[[Path], int] = free_disk_bytes,
+    ) -> None:
+        self.spec = spec
+        self.on_progress = on_progress or (lambda progress: None)
+        self.control = control or Control()
+        self.retry = retry or RetryPolicy()
+        self.token = token
+        self.free_space = free_space
+        self._last_report = 0.0
+        self._speed = _Speedometer(5.0)
+
+    # -- public -----------------------------------------------------------------------------------
+
+    def run(self) -> list[Path]:
+        """Download, verify and place every file; returns the final paths.
+
+        Raises:
+            DownloadError: for every failure, including pause and cancel (``reason`` tells which).
+        """
+        spec = self.spec
+        staging = partial_dir(spec)
+        self._report(Progress(spec.id, "checking", file_count=len(spec.files)))
+        files = self._resolve_sizes()
+        total = sum(f.size or 0 for f in files)
+        already = sum(self._partial_size(staging, f) for f in files)
+        self._check_disk(total - already)
+        staging.mkdir(parents=True, exist_ok=True)
+        done_before = 0
+        try:
+            for index, file in enumerate(files):
+                self._fetch(file, staging, index, len(files), done_before, total)
+                done_before += file.size or 0
+        except DownloadError as err:
+            if err.reason == "cancelled":
+                shutil.rmtree(staging, ignore_errors=True)
+                self._report(Progress(spec.id, "cancelled", message=str(err)))
+            elif err.reason == "paused":
+                self._report(Progress(spec.id, "paused", done=done_before, total=total, message=str(err)))
+            else:
+                self._report(Progress(spec.id, "failed", message=str(err)))
+            raise
+        placed = self._place(staging, files)
+        self._report(Progress(spec.id, "done", file_count=len(files), done=total, total=total))
+        return placed
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def _resolve_sizes(self) -> list[FileSpec]:
+        """Fill in size and sha256 from the hub where the spec does not know them (a HEAD request each)."""
+        resolved = []
+        for file in self.spec.files:
+            if file.size is not None and file.sha256 is not None:
+                resolved.append(file)
+                continue
+            metadata = self._metadata(file)
+            etag = (metadata.etag or "").strip('"')
+            sha = file.sha256 or (etag if len(etag) == 64 and all(c in "0123456789abcdef" for c in etag) else None)
+            resolved.append(replace(file, size=file.size or metadata.size, sha256=sha))
+        return resolved
+
+    def _metadata(self, file: FileSpec) -> Any:
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+        url = hf_hub_url(file.repo, file.filename, revision=file.revision)
+        try:
+            return get_hf_file_metadata(url, token=self.token)
+        except Exception as err:
+            raise _translate(err, file) from err
+
+    def _check_disk(self, needed: int) -> None:
+        folder = self.spec.folder
+        free = self.free_space(folder)
+        if needed + DISK_MARGIN_BYTES > free:
+            gib = 1024**3
+            raise DownloadError(
+                f"Not enough disk space for {self.spec.id}: it needs {needed / gib:.1f} GiB more (plus "
+                f"{DISK_MARGIN_BYTES / gib:.1f} GiB to spare) but only {free / gib:.1f} GiB are free on the disk "
+                f"holding {folder}. Free some space or choose a smaller quantization.",
+                reason="disk_full",
+            )
+
+    @staticmethod
+    def _partial_size(staging: Path, file: FileSpec) -> int:
+        for candidate in (staging / (file.name + ".part"), staging / file.name):
+            if candidate.exists():
+                return candidate.stat().st_size
+        return 0
+
+    def _fetch(self, file: FileSpec, staging: Path, index: int, count: int, done_before: int, total: int) -> None:
+        from huggingface_hub import get_session, hf_hub_url
+        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+
+        finished = staging / file.name
+        if finished.exists():
+            return  # verified earlier (a split model resumed after some parts were complete)
+        partial = _PartialFile(staging / (file.name + ".part"), file.size)
+        url = hf_hub_url(file.repo, file.filename, revision=file.revision)
+        headers = build_hf_headers(token=self.token)
+        attempt = 0
+        while True:
+            self.control.check()
+            if file.size is not None and partial.size >= file.size:
+                break
+            try:
+                self._stream(get_session(), url, headers, partial, file, index, count, done_before, total)
+                if file.size is None or partial.size >= file.size:
+                    break
+                raise _Retryable("the connection ended early")
+            except _Retryable as why:
+                attempt += 1
+                if attempt >= self.retry.attempts:
+                    raise DownloadError(
+                        f"Downloading {file.name} kept failing ({why}); {partial.size} of {file.size or '?'} bytes "
+                        "are kept, so trying again later resumes from there.",
+                        reason="network",
+                    ) from None
+                delay = min(self.retry.backoff_s * 2 ** (attempt - 1), self.retry.backoff_max_s)
+                self._report(
+                    Progress(
+                        self.spec.id,
+                        "retrying",
+                        file.name,
+                        index,
+                        count,
+                        partial.size,
+                        file.size,
+                        done_before + partial.size,
+                        total,
+                        message=f"{why}; retrying in {delay:.1f}s",
+                    )
+                )
+                if self.control.wait(delay):
+                    self.control.check()
+        self._report(
+            Progress(
+                self.spec.id,
+                "verifying",
+                file.name,
+                index,
+                count,
+                partial.size,
+                file.size,
+                done_before + partial.size,
+                total,
+            )
+        )
+        digest = partial.hasher.hexdigest()
+        if file.size is not None and partial.size != file.size:
+            self._quarantine(partial.path, file, f"it is {partial.size} bytes instead of {file.size}")
+        if file.sha256 is not None and digest != file.sha256:
+            self._quarantine(partial.path, file, f"its sha256 is {digest[:12]}… instead of {file.sha256[:12]}…")
+        partial.path.replace(finished)
+
+    def _stream(
+        self,
+        session: Any,
+        url: str,
+        headers: dict[str, str],
+        partial: _PartialFile,
+        file: FileSpec,
+        index: int,
+        count: int,
+        done_before: int,
+        total: int,
+    ) -> None:
+        import httpx2 as httpx
+
+        request_headers = dict(headers)
+        request_headers["Accept-Encoding"] = "identity"
+        if partial.size:
+            request_headers["Range"] = f"bytes={partial.size}-"
+        timeout = httpx.Timeout(self.retry.stall_timeout_s, connect=min(30.0, self.retry.stall_timeout_s))
+        started = time.monotonic()
+        speed = _Speedometer(self.retry.stall_timeout_s)
+        try:
+            with session.stream(
+                "GET", url, headers=request_headers, timeout=timeout, follow_redirects=True
+            ) as response:
+                status = response.status_code
+                if status == 416 and file.size is not None and partial.size >= file.size:
+                    return
+                if status in (401, 403, 404):
+                    raise _status_error(status, file)
+                if status >= 500 or status == 429:
+                    raise _Retryable(f"the hub answered {status}")
+                if status not in (200, 206):
+                    raise DownloadError(f"The hub answered {status} for {file.name}.", reason="network")
+                if partial.size and status == 200:  # the server ignored Range: start this file again
+                    partial.restart()
+                with partial.path.open("ab") as out:
+                    for chunk in response.iter_bytes():  # as received: nothing is lost when a connection drops
+                        self.control.check()
+                        partial.append(out, chunk)
+                        now = time.monotonic()
+                        speed.add(now, partial.size)
+                        self._speed.add(now, done_before + partial.size)
+                        if file.size is not None and partial.size > file.size:
+                            partial.restart()
+                            raise _Retryable("the server sent more bytes than the file has")
+                        if now - self._last_report >= PROGRESS_INTERVAL_S:
+                            self._progress(file, index, count, partial.size, done_before, total)
+                        if speed.too_slow(now, started, self.retry.min_bytes_per_s):
+                            raise _Retryable(f"the transfer stalled below {self.retry.min_bytes_per_s:.0f} B/s")
+        except (httpx.TransportError, httpx.StreamError) as err:
+            raise _Retryable(f"{type(err).__name__}: {err}") from err
+        self._progress(file, index, count, partial.size, done_before, total)
+
+    def _progress(self, file: FileSpec, index: int, count: int, have: int, done_before: int, total: int) -> None:
+        rate = self._speed.rate()
+        done = done_before + have
+        eta = (total - done) / rate if rate > 0 and total else None
+        self._report(
+            Progress(self.spec.id, "downloading", file.name, index, count, have, file.size, done, total, rate, eta)
+        )
+
+    def _report(self, progress: Progress) -> None:
+        self._last_report = time.monotonic()
+        self.on_progress(progress)
+
+    def _quarantine(self, part: Path, file: FileSpec, why: str) -> None:
+        quarantine = paths.models_dir() / QUARANTINE_DIR
+        quarantine.mkdir(parents=True, exist_ok=True)
+        target = quarantine / f"{file.name}.{int(time.time())}.bad"
+        part.replace(target)
+        raise DownloadError(
+            f"{file.name} arrived damaged ({why}). It was moved to {target} and is not used as a model; "
+            "download it again.",
+            reason="checksum",
+        )
+
+    def _place(self, staging: Path, files: list[FileSpec]) -> list[Path]:
+        """Move every verified file into the models folder at once, then drop the staging folder."""
+        self.spec.folder.mkdir(parents=True, exist_ok=True)
+        placed = []
+        for file in files:
+            target = self.spec.folder / file.name
+            (staging / file.name).replace(target)
+            placed.append(target)
+        shutil.rmtree(staging, ignore_errors=True)
+        return placed
+
+
+def _status_error(status: int, file: FileSpec) -> DownloadError:
+    if status == 404:
+        return DownloadError(
+            f"{file.filename} was not found in {file.repo}: check the repo and file name "
+            "(`mixtral-desk models list` shows the known ones).",
+            reason="not_found",
+        )
+    return DownloadError(
+        f"{file.repo} needs you to be logged in: accept its terms on the Hugging Face website and set HF_TOKEN.",
+        reason="unauthorized",
+    )
+
+
+def _translate(err: Exception, file: FileSpec) -> DownloadError:
+    """huggingface-hub and httpx errors as one :class:`DownloadError`."""
+    name = type(err).__name__
+    response = getattr(err, "response", None)
+    status = getattr(response, "status_code", None)
+    if status in (401, 403, 404):
+        return _status_error(int(status), file)
+    if name == "OfflineModeIsEnabled":
+        return DownloadError("Downloads are off because HF_HUB_OFFLINE is set; unset it to download.", reason="offline")
+    if name in ("RepositoryNotFoundError", "GatedRepoError"):
+        return _status_error(401 if name == "GatedRepoError" else 404, file)
+    if name in ("EntryNotFoundError", "RemoteEntryNotFoundError", "RevisionNotFoundError"):
+        return _status_error(404, file)
+    return DownloadError(
+        f"Could not reach the hub for {file.repo} ({name}: {err}). Check the connection and try again.",
+        reason="network",
+    )
+
+
+@dataclass
+class _Job:
+    spec: DownloadSpec
+    control: Control = field(default_factory=Control)
+    state: str = "queued"
+    progress: Progress | None = None
+    error: DownloadError | None = None
+    paths: list[Path] = field(default_factory=list)
+
+
+class DownloadManager:
+    """A queue of downloads, ``max_parallel`` at a time, with pause / resume / cancel and a state file so
+    unfinished downloads come back after a restart. ``listener`` receives every :class:`Progress`."""
+
+    STATE_FILE = "downloads.json"
+
+    def __init__(
+        self,
+        *,
+        max_parallel: int = 1,
+        listener: ProgressCallback | None = None,
+        retry: RetryPolicy | None = None,
+        free_space: Callable[[Path], int] = free_disk_bytes,
+    ) -> None:
+        self.max_parallel = max(1, max_parallel)
+        self.listener = listener or (lambda progress: None)
+        self.retry = retry
+        self.free_space = free_space
+        self._jobs: dict[str, _Job] = {}
+        self._lock = threading.Lock()
+        self._threads: dict[str, threading.Thread] = {}
+        self._idle = threading.Condition(self._lock)
+
+    # -- queue ------------------------------------------------------------------------------------
+
+    def submit(self, spec: DownloadSpec) -> str:
+        """Queue ``spec`` (a second submit of the same id resumes it)."""
+        with self._lock:
+            job = self._jobs.get(spec.id)
+            if job is None or job.state in ("done", "cancelled", "failed"):
+                self._jobs[spec.id] = _Job(spec)
+            else:
+                job.control.clear_pause()
+                if job.state == "paused":
+                    job.state = "queued"
+            self._save_locked()
+            self._start_next_locked()
+        return spec.id
+
+    def pause(self, job_id: str) -> None:
+        with self._lock:
+            job = self._jobs[job_id]
+            job.control.pause()
+            if job.state == "queued":
+                job.state = "paused"
+            self._save_locked()
+
+    def resume(self, job_id: str) -> None:
+        self.submit(self._jobs[job_id].spec)
+
+    def cancel(self, job_id: str) -> None:
+        """Stop and delete the partial data (the GUI asks the user first)."""
+        with self._lock:
+            job = self._jobs[job_id]
+            job.control.cancel()
+            if job.state in ("queued", "paused"):
+                job.state = "cancelled"
+                shutil.rmtree(partial_dir(job.spec), ignore_errors=True)
+            self._save_locked()
+
+    def state(self, job_id: str) -> str:
+        with self._lock:
+            return self._jobs[job_id].state
+
+    def error(self, job_id: str) -> DownloadError | None:
+        with self._lock:
+            return self._jobs[job_id].error
+
+    def jobs(self) -> list[tuple[str, str, Progress | None]]:
+        with self._lock:
+            return [(i, j.state, j.progress) for i, j in self._jobs.items()]
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until nothing is running or queued; True if that happened in time."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while any(j.state in ("queued", "running") for j in self._jobs.values()):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        for thread in list(self._threads.values()):
+            thread.join(timeout)
+        return True
+
+    # -- persistence ------------------------------------------------------------------------------
+
+    def restore(self) -> list[str]:
+        """Re-queue downloads that were unfinished when the app last stopped (paused ones stay paused)."""
+        from app.core.jsonfile import read_json_dict
+
+        data = read_json_dict(paths.data_dir() / self.STATE_FILE)
+        restored = []
+        for item in data.get("jobs", []):
+            try:
+                spec = DownloadSpec.from_json(item["spec"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            with self._lock:
+                job = _Job(spec, state="paused" if item.get("state") == "paused" else "queued")
+                if job.state == "paused":
+                    job.control.pause()
+                self._jobs[spec.id] = job
+            restored.append(spec.id)
+        with self._lock:
+            self._start_next_locked()
+        return restored
+
+    def _save_locked(self) -> None:
+        from app.core.jsonfile import write_json_atomic
+
+        unfinished = [
+            {"spec": j.spec.to_json(), "state": j.state}
+            for j in self._jobs.values()
+            if j.state in ("queued", "running", "paused")
+        ]
+        write_json_atomic(paths.data_dir() / self.STATE_FILE, {"jobs": unfinished})
+
+    # -- workers ----------------------------------------------------------------------------------
+
+    def _start_next_locked(self) -> None:
+        running = sum(1 for j in self._jobs.values() if j.state == "running")
+        for job_id, job in self._jobs.items():
+            if running >= self.max_parallel:
+                break
+            if job.state == "queued":
+                job.state = "running"
+                running += 1
+                thread = threading.Thread(target=self._work, args=(job_id,), name=f"download-{job_id}", daemon=True)
+                self._threads[job_id] = thread
+                thread.start()
+
+    def _work(self, job_id: str) -> None:
+        job = self._jobs[job_id]
+
+        def forward(progress: Progress) -> None:
+            job.progress = progress
+            self.listener(progress)
+
+        downloader = Downloader(
+            job.spec, on_progress=forward, control=job.control, retry=self.retry, free_space=self.free_space
+        )
+        try:
+            placed = downloader.run()
+            state, error = "done", None
+        except DownloadError as err:
+            placed, error = [], err
+            state = {"paused": "paused", "cancelled": "cancelled"}.get(err.reason, "failed")
+        with self._idle:
+            job.state, job.error, job.paths = state, error, placed
+            self._save_locked()
+            self._start_next_locked()
+            self._idle.notify_all()
