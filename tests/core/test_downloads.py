@@ -55,7 +55,7 @@ def test_download_is_verified_and_placed(hub, payload: Path) -> None:
     placed, events = run(spec())
     target = paths.models_dir() / "test" / "model.Q4_0.gguf"
     assert placed == [target] and sha256_of(target) == sha256_of(payload)
-    assert [e.state for e in events][0] == "checking" and events[-1].state == "done"
+    assert next(e.state for e in events) == "checking" and events[-1].state == "done"
     assert events[-1].done == events[-1].total == payload.stat().st_size
     assert not partial_dir(spec()).exists()
 
@@ -236,7 +236,7 @@ def test_split_models_appear_only_when_every_part_is_verified(split_hub) -> None
 
 
 def test_the_queue_runs_one_at_a_time_and_survives_a_restart(split_hub, payload: Path) -> None:
-    hub, parts, split = split_hub
+    hub, _parts, split = split_hub
     hub.add(REPO, payload, "model.Q4_0.gguf")
     seen: list[tuple[str, str]] = []
     manager = DownloadManager(max_parallel=1, listener=lambda p: seen.append((p.id, p.state)), retry=FAST)
