@@ -56,7 +56,7 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch):
     """A local hub on 127.0.0.1; huggingface-hub is pointed at it (HF_ENDPOINT) and put online."""
     import huggingface_hub.constants
 
-    from tests.fakehub import FakeHub
+    from quant.fakehub import FakeHub
 
     hub = FakeHub()
     hub.start()

@@ -266,6 +266,7 @@ class Downloader:
         self.free_space = free_space
         self._last_report = 0.0
         self._speed = _Speedometer(5.0)
+        self._digests: dict[str, str] = {}
 
     # -- public -----------------------------------------------------------------------------------
 
@@ -408,6 +409,7 @@ class Downloader:
         if file.sha256 is not None and digest != file.sha256:
             self._quarantine(partial.path, file, f"its sha256 is {digest[:12]}… instead of {file.sha256[:12]}…")
         partial.path.replace(finished)
+        self._digests[file.name] = digest
 
     def _stream(
         self,
@@ -490,11 +492,16 @@ class Downloader:
         """Move every verified file into the models folder at once, then drop the staging folder."""
         self.spec.folder.mkdir(parents=True, exist_ok=True)
         placed = []
+        from app.core.local_models import register, sha256_file
+
         for file in files:
             target = self.spec.folder / file.name
             (staging / file.name).replace(target)
             placed.append(target)
         shutil.rmtree(staging, ignore_errors=True)
+        for file, target in zip(files, placed, strict=True):
+            digest = self._digests.get(file.name) or sha256_file(target)  # parts verified in an earlier run
+            register(target, sha256=digest, source=f"{file.repo}/{file.filename}")
         return placed
 
 

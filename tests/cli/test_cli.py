@@ -277,3 +277,60 @@ def test_models_list_shows_every_entry_with_a_verdict() -> None:
     assert len(by_id) >= 30
     human = run_cli("models", "list")
     assert "old layout" in human.stdout and "installed" in human.stdout
+
+
+def hub_env(hub, home: Path) -> dict[str, str]:
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "MIXTRAL_DESK_HOME": str(home)}
+    env.pop("HF_HUB_OFFLINE", None)
+    return env
+
+
+def test_download_verify_and_remove_a_catalog_model(fake_hub, tiny_v1: dict[str, Path], isolated_home: Path) -> None:
+    from app.core import catalog
+
+    item = catalog.entry("mixtral-8x7b-instruct", "Q2_K")
+    fake_hub.add(item.model.repo, tiny_v1["Q2_K"], item.quant.files[0].name)
+    env = hub_env(fake_hub, isolated_home)
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "app", *args], capture_output=True, text=True, timeout=120, env=env
+    )
+    downloaded = run("models", "download", "mixtral-8x7b-instruct:Q2_K")
+    assert downloaded.returncode == 0, downloaded.stderr
+    target = Path(downloaded.stdout.strip())
+    assert target.name == item.quant.files[0].name and target.is_file()
+    listing = json.loads(run("models", "list", "--json").stdout)
+    assert {m["id"]: m["installed"] for m in listing["models"]}["mixtral-8x7b-instruct:Q2_K"]
+    again = run("models", "download", "mixtral-8x7b-instruct", "--quant", "Q2_K")
+    assert "already installed" in again.stdout
+    verified = run("models", "verify")
+    assert verified.returncode == 0 and verified.stdout.startswith("ok")
+    target.write_bytes(target.read_bytes()[:-1] + b"\0")
+    damaged = run("models", "verify", "mixtral-8x7b-instruct:Q2_K")
+    assert damaged.returncode == 1 and "DAMAGED" in damaged.stdout
+    removed = run("models", "remove", "mixtral-8x7b-instruct:Q2_K")
+    assert removed.returncode == 0 and not target.exists()
+
+
+def test_download_errors_are_one_line(fake_hub, isolated_home: Path) -> None:
+    env = hub_env(fake_hub, isolated_home)
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "models", "download", "nobody/nothing/missing.gguf"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert "not found" in result.stderr
+
+
+def test_import_and_scan_commands(tiny_v1: dict[str, Path], tmp_path: Path) -> None:
+    source = tmp_path / "mine.gguf"
+    source.write_bytes(tiny_v1["Q2_K"].read_bytes())
+    imported = run_cli("models", "import", str(source), "--mode", "link")
+    assert imported.returncode == 0 and Path(imported.stdout.strip()) == source.resolve()
+    scan = run_cli("models", "import", "--scan")
+    assert scan.returncode == 0
+    answer = run_cli("chat", "--model", "mine", "--prompt", "hi", "--max-tokens", "2", "--json")
+    assert answer.returncode == 0, answer.stderr
+    assert json.loads(answer.stdout)["model"]["path"] == str(source.resolve())

@@ -11,7 +11,7 @@ from app.core import catalog, paths
 from app.core.gguf import read_remote_header
 from app.core.planner import SOURCE_CATALOG, SOURCE_HEADER
 from models_manifest import LAYOUT_PER_EXPERT, CatalogError, default_path, load_catalog
-from tests.fakehub import sha256_of
+from quant.fakehub import sha256_of
 
 GIB = 1024**3
 LEVELS = {"Q2_K", "Q3_K_M", "Q4_0", "Q4_K_M", "Q5_0", "Q5_K_M", "Q6_K", "Q8_0"}

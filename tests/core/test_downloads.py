@@ -24,7 +24,7 @@ from app.core.downloads import (
     RetryPolicy,
     partial_dir,
 )
-from tests.fakehub import Fault, sha256_of
+from quant.fakehub import Fault, sha256_of
 
 REPO = "test/mixtral-tiny"
 FAST = RetryPolicy(attempts=6, backoff_s=0.01, backoff_max_s=0.05, stall_timeout_s=1.0, min_bytes_per_s=5_000)
