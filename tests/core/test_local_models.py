@@ -55,7 +55,7 @@ def test_import_in_place_copies_nothing(model_file: Path) -> None:
 def test_import_refuses_a_bad_file_and_names_the_reason(tmp_path: Path) -> None:
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 16)
-    with pytest.raises(DeskError, match="Cannot import bad.gguf"):
+    with pytest.raises(DeskError, match=r"Cannot import bad\.gguf"):
         import_model(bad)
     assert not installed_models()
 
