@@ -36,12 +36,19 @@ def main(argv: list[str] | None = None) -> int:
         add_help=False,
     )
     check.set_defaults(func=None)
+    commands.add_parser(
+        "download-bench", help="download speed against a plain copy from a local server", add_help=False
+    )
     if argv is None:
         argv = sys.argv[1:]
     if argv and argv[0] == "planner-check":
         from quant.planner_check import main as planner_check
 
         return planner_check(argv[1:])
+    if argv and argv[0] == "download-bench":
+        from quant.download_bench import main as download_bench
+
+        return download_bench(argv[1:])
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
