@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from app import APP_NAME, __version__
 from app.core.errors import DeskError
 
-COMMAND_MODULES = ("app.cli.chat", "app.cli.prompt", "app.cli.hw", "app.cli.plan", "app.cli.models")
+COMMAND_MODULES = ("app.cli.gui", "app.cli.chat", "app.cli.prompt", "app.cli.hw", "app.cli.plan", "app.cli.models")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,9 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+    if not getattr(args, "func", None):  # no command: open the desktop app
+        from app.cli.gui import run as run_gui
+
+        args.model = None
+        args.func = run_gui
     try:
         return int(args.func(args) or 0)
     except DeskError as err:

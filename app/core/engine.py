@@ -87,6 +87,7 @@ class GenerationRequest:
     messages: tuple[Message, ...]
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     context_policy: str = POLICY_ROLLING
+    chat_format: str | None = None  # None: the model's format; "plain" continues text with a chat model too
 
 
 @dataclass(frozen=True)
@@ -588,6 +589,8 @@ class Engine:
         llama, vocab, chat_format = self._llama, self._vocab, self._format
         assert llama is not None and vocab is not None and chat_format is not None
         request, sampling = generation.request, generation.request.sampling
+        if request.chat_format is not None:
+            chat_format = get_format(request.chat_format)
         n_ctx = int(llama.n_ctx())
         fitted = fit_prompt(
             request.messages,

@@ -1,0 +1,49 @@
+"""Starting the desktop app: QApplication, theme, main window, and stray exceptions shown, not lost."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Sequence
+from types import TracebackType
+
+from app import APP_NAME, __version__
+
+
+def run(argv: Sequence[str] | None = None, model: str | None = None) -> int:
+    """Open the main window and run the event loop; returns the exit code."""
+    from PySide6.QtWidgets import QApplication
+
+    from app.core.settings import load_settings
+    from app.gui.main_window import MainWindow
+    from app.gui.theme import apply_theme
+
+    app = QApplication.instance() or QApplication(list(argv or sys.argv[:1]))
+    app.setApplicationName(APP_NAME)
+    app.setApplicationVersion(__version__)
+    settings = load_settings().settings
+    apply_theme(settings.theme, settings.font_size)
+    window = MainWindow(model_path=model)
+    _route_stray_exceptions(window)
+    window.show()
+    return int(app.exec())
+
+
+def _route_stray_exceptions(window: object) -> None:
+    """Exceptions nobody caught (GUI thread or a worker) end in the window's error dialog."""
+    from PySide6.QtCore import QTimer
+
+    def show(error: BaseException) -> None:
+        QTimer.singleShot(0, lambda: window.show_error(error))  # type: ignore[attr-defined]
+
+    def hook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+        sys.__excepthook__(kind, error, trace)
+        show(error)
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        sys.__excepthook__(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
+        if args.exc_value is not None:
+            show(args.exc_value)
+
+    sys.excepthook = hook
+    threading.excepthook = thread_hook

@@ -1,0 +1,712 @@
+"""The main window: conversations on the left, the chat in the centre, settings on the right, status below."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QEvent, QObject, QSettings, Qt, QTimer
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeyEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListView,
+    QMainWindow,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QSpinBox,
+    QSplitter,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app import APP_NAME
+from app.core import paths
+from app.core.context import POLICIES
+from app.core.engine import Generation, GenerationRequest, LoadSettings, ModelInfo, SamplingSettings
+from app.core.errors import ModelLoadError
+from app.core.presets import PresetStore
+from app.core.prompts import FORMAT_PLAIN, Message
+from app.core.settings import Settings, load_settings, save_settings
+from app.core.store import Conversation, ConversationStore
+from app.gui.chat_view import ChatView, RenderedMessage
+from app.gui.controller import ChatController
+from app.gui.conversation_model import ConversationListModel
+
+
+class _EnterToSend(QObject):
+    """Enter sends, Shift+Enter makes a new line."""
+
+    def __init__(self, send: Any) -> None:
+        super().__init__()
+        self._send = send
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        is_enter = (
+            event.type() == QEvent.Type.KeyPress
+            and isinstance(event, QKeyEvent)
+            and event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+            and not (event.modifiers() & Qt.KeyboardModifier.ShiftModifier)
+        )
+        if is_enter:
+            self._send()
+        return is_enter
+
+
+class MainWindow(QMainWindow):
+    """The app's main window. Owns the store, presets and the controller; widgets react to signals."""
+
+    def __init__(self, *, model_path: str | None = None, load_on_start: bool = True) -> None:
+        super().__init__()
+        self.setWindowTitle(APP_NAME)
+        loaded = load_settings()
+        self.settings: Settings = loaded.settings
+        self.store = ConversationStore()
+        self.presets = PresetStore()
+        self.controller = ChatController(self)
+        self.conversation: Conversation | None = None
+        self._editing: int | None = None
+        self._streaming: Generation | None = None
+        self._plain_base = ""
+        self._deleted: int | None = None
+        self._build()
+        self._connect()
+        notices = [n for n in (loaded.notice, self.store.notice) if n]
+        if notices:
+            self.show_notice(" ".join(notices))
+        self._restore_window_state()
+        from app.gui.theme import is_dark
+
+        self.chat_view.set_dark(is_dark(self.settings.theme))
+        self._open_first_conversation()
+        if load_on_start:
+            self.load_model(model_path)
+
+    # -- layout -----------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        self.search = QLineEdit(placeholderText="Search chats (Ctrl+K)")
+        self.search.setAccessibleName("Search conversations")
+        self.list_model = ConversationListModel(self.store)
+        self.list_view = QListView()
+        self.list_view.setModel(self.list_model)
+        self.list_view.setAccessibleName("Conversations")
+        self.list_view.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.list_view.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.list_view.setUniformItemSizes(True)
+        self.new_button = QPushButton("New chat")
+        self.new_story_button = QPushButton("New story")
+        self.delete_button = QPushButton("Delete")
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.addWidget(self.search)
+        left_layout.addWidget(self.list_view)
+        buttons = QHBoxLayout()
+        for button in (self.new_button, self.new_story_button, self.delete_button):
+            buttons.addWidget(button)
+        left_layout.addLayout(buttons)
+
+        self.notice = QLabel()
+        self.notice.setWordWrap(True)
+        self.notice.setVisible(False)
+        self.notice.setStyleSheet("background:#fff4ce;color:#333;padding:6px;border-radius:4px;")
+        self.chat_view = ChatView()
+        self.story_edit = QPlainTextEdit()
+        self.story_edit.setAccessibleName("Story text")
+        self.story_edit.setPlaceholderText("Write the beginning; the model continues it.")
+        self.pages = QStackedWidget()
+        self.pages.addWidget(self.chat_view)
+        self.pages.addWidget(self.story_edit)
+        self.input = QPlainTextEdit()
+        self.input.setAccessibleName("Message")
+        self.input.setPlaceholderText("Message Mixtral (Enter sends, Shift+Enter for a new line)")
+        self.input.setMaximumHeight(110)
+        self._enter_filter = _EnterToSend(self.send)
+        self.input.installEventFilter(self._enter_filter)
+        self.send_button = QPushButton("Send")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.regenerate_button = QPushButton("Regenerate")
+        self.load_progress = QProgressBar()
+        self.load_progress.setRange(0, 0)
+        self.load_progress.setVisible(False)
+        centre = QWidget()
+        centre_layout = QVBoxLayout(centre)
+        centre_layout.addWidget(self.notice)
+        centre_layout.addWidget(self.load_progress)
+        centre_layout.addWidget(self.pages, 1)
+        centre_layout.addWidget(self.input)
+        actions = QHBoxLayout()
+        actions.addStretch(1)
+        for button in (self.regenerate_button, self.stop_button, self.send_button):
+            actions.addWidget(button)
+        centre_layout.addLayout(actions)
+
+        self.model_label = QLabel("No model")
+        self.model_label.setWordWrap(True)
+        self.model_label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+        self.model_label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        self.choose_model_button = QPushButton("Open model…")
+        self.preset_combo = QComboBox()
+        self.preset_combo.setAccessibleName("System prompt preset")
+        self.system_edit = QPlainTextEdit()
+        self.system_edit.setAccessibleName("System prompt")
+        self.system_edit.setMaximumHeight(120)
+        self.preset_new = QPushButton("Save as new")
+        self.preset_save = QPushButton("Update preset")
+        self.preset_duplicate = QPushButton("Duplicate")
+        self.preset_delete = QPushButton("Delete preset")
+        self.preset_reset = QPushButton("Reset built-ins")
+        self.temperature = QDoubleSpinBox(minimum=0.0, maximum=2.0, singleStep=0.05, value=0.7)
+        self.temperature.setAccessibleName("Temperature")
+        self.top_p = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, value=0.95)
+        self.max_tokens = QSpinBox(minimum=0, maximum=32768, value=1024)
+        self.max_tokens.setSpecialValueText("until the context is full")
+        self.context_policy = QComboBox()
+        self.context_policy.addItems(list(POLICIES))
+        right = QWidget()
+        right_layout = QVBoxLayout(right)
+        form = QFormLayout()
+        right_layout.addLayout(form)
+        right_layout.addStretch(1)
+        form.addRow("Model", self.model_label)
+        form.addRow("", self.choose_model_button)
+        form.addRow("Preset", self.preset_combo)
+        form.addRow("System prompt", self.system_edit)
+        preset_buttons = QGridLayout()
+        for i, button in enumerate(
+            (self.preset_new, self.preset_save, self.preset_duplicate, self.preset_delete, self.preset_reset)
+        ):
+            preset_buttons.addWidget(button, i // 2, i % 2)
+        form.addRow("", preset_buttons)
+        form.addRow("Temperature", self.temperature)
+        form.addRow("Top-p", self.top_p)
+        form.addRow("Max reply tokens", self.max_tokens)
+        form.addRow("When the context is full", self.context_policy)
+        self._fill_presets()
+
+        splitter = QSplitter()
+        splitter.addWidget(left)
+        splitter.addWidget(centre)
+        splitter.addWidget(right)
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([230, 690, 280])
+        self.splitter = splitter
+        self.setCentralWidget(splitter)
+
+        self.status_model = QLabel("No model")
+        self.status_backend = QLabel("")
+        self.status_speed = QLabel("")
+        self.status_context = QLabel("")
+        self.status_memory = QLabel("")
+        for label in (
+            self.status_model,
+            self.status_backend,
+            self.status_speed,
+            self.status_context,
+            self.status_memory,
+        ):
+            self.statusBar().addPermanentWidget(label)
+        self.undo_button = QPushButton("Undo delete")
+        self.undo_button.setVisible(False)
+        self.statusBar().addWidget(self.undo_button)
+        self._build_menus()
+
+    def _build_menus(self) -> None:
+        def action(menu: Any, text: str, slot: Any, shortcut: str | QKeySequence.StandardKey | None = None) -> QAction:
+            act = QAction(text, self)
+            if shortcut is not None:
+                act.setShortcut(QKeySequence(shortcut))
+            act.triggered.connect(slot)
+            menu.addAction(act)
+            return act
+
+        file_menu = self.menuBar().addMenu("&File")
+        self.new_action = action(file_menu, "New chat", self.new_conversation, "Ctrl+N")
+        action(file_menu, "Open model…", self.choose_model)
+        action(file_menu, "Import conversation (JSON)…", self._import_dialog)
+        action(file_menu, "Export as Markdown…", lambda: self._export_dialog("md"))
+        action(file_menu, "Export as JSON…", lambda: self._export_dialog("json"))
+        action(file_menu, "Quit", self.close, QKeySequence.StandardKey.Quit)
+        edit_menu = self.menuBar().addMenu("&Edit")
+        action(edit_menu, "Find chats", self._focus_search, "Ctrl+K")
+        action(edit_menu, "Copy last reply", self.copy_last_reply, "Ctrl+Shift+C")
+        action(edit_menu, "Stop reply", self.stop, "Esc")
+        action(edit_menu, "Regenerate", self.regenerate)
+        action(edit_menu, "Settings…", self.open_settings, "Ctrl+,")
+
+    def _connect(self) -> None:
+        self.send_button.clicked.connect(self.send)
+        self.stop_button.clicked.connect(self.stop)
+        self.regenerate_button.clicked.connect(self.regenerate)
+        self.new_button.clicked.connect(self.new_conversation)
+        self.new_story_button.clicked.connect(lambda: self.new_conversation(mode="plain"))
+        self.delete_button.clicked.connect(self.delete_conversation)
+        self.undo_button.clicked.connect(self.undo_delete)
+        self.choose_model_button.clicked.connect(self.choose_model)
+        self.search.textChanged.connect(lambda text: self.list_model.refresh(text))
+        self.list_view.selectionModel().currentChanged.connect(
+            lambda current, _previous: self._select_row(current.row())
+        )
+        self.chat_view.edit_requested.connect(self.begin_edit)
+        self.preset_combo.activated.connect(self._preset_chosen)
+        self.preset_new.clicked.connect(self._preset_create)
+        self.preset_save.clicked.connect(self._preset_update)
+        self.preset_duplicate.clicked.connect(self._preset_duplicate)
+        self.preset_delete.clicked.connect(self._preset_delete)
+        self.preset_reset.clicked.connect(self._preset_reset)
+        self.system_edit.textChanged.connect(self._save_conversation_settings)
+        self.controller.model_loaded.connect(self._on_model_loaded)
+        self.controller.model_load_failed.connect(self._on_model_failed)
+        self.controller.text_streamed.connect(self._on_text)
+        self.controller.reply_finished.connect(self._on_reply_finished)
+        self.controller.reply_failed.connect(self._on_reply_failed)
+
+    # -- model --------------------------------------------------------------------------------------
+
+    def load_model(self, path: str | None = None) -> None:
+        """Load ``path`` (default: the last model, else the newest installed, else the demo)."""
+        from app.core.local_models import resolve_model
+
+        try:
+            model_path = resolve_model(path or self.settings.last_model or None)
+        except Exception as err:
+            self.show_error(err)
+            return
+        s = self.settings
+        settings = LoadSettings(
+            model_path=str(model_path),
+            n_ctx=s.context_length,
+            n_gpu_layers=s.gpu_layers,
+            flash_attn=s.flash_attention,
+            kv_type=s.kv_cache_type,
+            n_threads=s.threads,
+        )
+        self.load_progress.setVisible(True)
+        self.model_label.setText(f"Loading {model_path.name}…")
+        self.send_button.setEnabled(False)
+        self.controller.load_model(settings)
+
+    def choose_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open a GGUF model", str(paths.models_dir()), "GGUF models (*.gguf)"
+        )
+        if path:
+            self.load_model(path)
+
+    def _on_model_loaded(self, info: ModelInfo) -> None:
+        self.load_progress.setVisible(False)
+        self.send_button.setEnabled(True)
+        self.model_label.setText(f"{info.name}\n{Path(info.path).name} · {info.chat_format}")
+        self.status_model.setText(Path(info.path).stem)
+        backend = "CPU" if info.n_gpu_layers == 0 else f"GPU {info.n_gpu_layers} layers"
+        self.status_backend.setText(backend)
+        self.status_context.setText(f"context 0/{info.n_ctx}")
+        if info.path != self.settings.last_model:
+            from dataclasses import replace
+
+            self.settings = replace(self.settings, last_model=info.path)
+            save_settings(self.settings)
+        self._update_memory()
+
+    def _on_model_failed(self, error: Exception) -> None:
+        self.load_progress.setVisible(False)
+        self.model_label.setText("No model loaded")
+        advice = ""
+        if isinstance(error, ModelLoadError) and error.reason == "out_of_memory":
+            advice = f"\n\n{self._memory_advice(Path(error.path))}"
+        self.show_error(error, advice)
+
+    def _memory_advice(self, path: Path) -> str:
+        from app.core.fit import device_for, plan_file
+        from app.core.planner import VERDICT_TOO_BIG, PlanSettings
+
+        try:
+            device = device_for()
+            for n_ctx in (self.settings.context_length // 2, self.settings.context_length // 4, 2048):
+                plan = plan_file(path, device, PlanSettings(n_ctx=max(512, n_ctx)))
+                if plan.verdict != VERDICT_TOO_BIG:
+                    return f"The planner suggests a {max(512, n_ctx)}-token context: {plan.summary()}"
+        except Exception:
+            return ""
+        return "Even small contexts do not fit: choose a smaller quantization in the model manager."
+
+    # -- conversations ------------------------------------------------------------------------------
+
+    def _open_first_conversation(self) -> None:
+        if self.list_model.rowCount() == 0:
+            self.new_conversation()
+        else:
+            self.list_view.setCurrentIndex(self.list_model.index(0))
+            self._select_row(0)
+
+    def new_conversation(self, mode: str = "chat") -> None:
+        preset_id = self.preset_combo.currentData() or "assistant"
+        text = self.presets.get(preset_id).text if mode == "chat" else ""
+        conversation = self.store.create(mode=mode, preset_id=preset_id if mode == "chat" else None, system_prompt=text)
+        self.search.clear()
+        self.list_model.refresh("")
+        row = self.list_model.row_of(conversation.id)
+        self.list_view.setCurrentIndex(self.list_model.index(row))
+        self._select_row(row)
+        self.input.setFocus()
+
+    def _select_row(self, row: int) -> None:
+        conversation = self.list_model.conversation(row)
+        if conversation is None:
+            return
+        self.conversation = conversation
+        self._editing = None
+        self._show_conversation()
+
+    def _show_conversation(self) -> None:
+        conversation = self.conversation
+        if conversation is None:
+            return
+        messages = self.store.messages(conversation.id)
+        plain = conversation.mode == "plain"
+        self.pages.setCurrentWidget(self.story_edit if plain else self.chat_view)
+        self.input.setVisible(not plain)
+        self.send_button.setText("Continue" if plain else "Send")
+        if plain:
+            self.story_edit.setPlainText(messages[0].content if messages else "")
+        else:
+            self.chat_view.set_messages([RenderedMessage(m.role, m.content, m.stats) for m in messages])
+        self.system_edit.blockSignals(True)
+        self.system_edit.setPlainText(conversation.system_prompt)
+        self.system_edit.blockSignals(False)
+        index = self.preset_combo.findData(conversation.preset_id)
+        if index >= 0:
+            self.preset_combo.setCurrentIndex(index)
+
+    def delete_conversation(self) -> None:
+        if self.conversation is None:
+            return
+        self._deleted = self.conversation.id
+        self.store.delete(self.conversation.id)
+        self.conversation = None
+        self.list_model.refresh()
+        self.undo_button.setVisible(True)
+        self.statusBar().showMessage("Chat deleted.", 10000)
+        QTimer.singleShot(10000, lambda: self.undo_button.setVisible(False))
+        self._open_first_conversation()
+
+    def undo_delete(self) -> None:
+        if self._deleted is None:
+            return
+        self.store.undelete(self._deleted)
+        self.list_model.refresh()
+        row = self.list_model.row_of(self._deleted)
+        self._deleted = None
+        self.undo_button.setVisible(False)
+        self.list_view.setCurrentIndex(self.list_model.index(row))
+        self._select_row(row)
+
+    def _save_conversation_settings(self) -> None:
+        if self.conversation is not None:
+            self.conversation = self.store.update(self.conversation.id, system_prompt=self.system_edit.toPlainText())
+
+    # -- chatting -----------------------------------------------------------------------------------
+
+    def _request(self, messages: list[Message], *, plain: bool = False) -> GenerationRequest:
+        sampling = SamplingSettings(
+            temperature=self.temperature.value(), top_p=self.top_p.value(), max_new_tokens=self.max_tokens.value()
+        )
+        return GenerationRequest(
+            tuple(messages), sampling, self.context_policy.currentText(), FORMAT_PLAIN if plain else None
+        )
+
+    def _history(self) -> list[Message]:
+        assert self.conversation is not None
+        system = self.system_edit.toPlainText().strip()
+        lead = [Message("system", system)] if system else []
+        return lead + [m.as_message() for m in self.store.messages(self.conversation.id)]
+
+    def send(self) -> None:
+        """Send the input (or continue the story); ignored while a reply streams or no model is loaded."""
+        if self.controller.busy or self.conversation is None:
+            return
+        if not self.controller.engine.loaded:
+            self.show_notice("Load a model first (File → Open model…).")
+            return
+        if self.conversation.mode == "plain":
+            self._continue_story()
+            return
+        text = self.input.toPlainText().strip()
+        if not text:
+            return
+        if self._editing is not None:
+            self.store.edit(self.conversation.id, self._editing, text)
+            self._editing = None
+        else:
+            self.store.append(self.conversation.id, "user", text)
+        self.input.clear()
+        self._start_reply(self._history())
+        self.list_model.refresh()
+
+    def _start_reply(self, history: list[Message], *, plain: bool = False) -> None:
+        if not plain:
+            self.chat_view.set_messages(
+                [RenderedMessage(m.role, m.content, m.stats) for m in self.store.messages(self.conversation.id)]  # type: ignore[union-attr]
+            )
+            self.chat_view.add_message(RenderedMessage("assistant", ""))
+        self._streaming = self.controller.send(self._request(history, plain=plain))
+        self.stop_button.setEnabled(True)
+        self.send_button.setEnabled(False)
+        self.regenerate_button.setEnabled(False)
+
+    def _continue_story(self) -> None:
+        assert self.conversation is not None
+        text = self.story_edit.toPlainText()
+        if not text.strip():
+            return
+        messages = self.store.messages(self.conversation.id)
+        if messages:
+            self.store.edit(self.conversation.id, 0, text)
+        else:
+            self.store.append(self.conversation.id, "user", text)
+        self._plain_base = text
+        self._start_reply([Message("user", text)], plain=True)
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def regenerate(self) -> None:
+        """Replace the last reply with a new one."""
+        if self.controller.busy or self.conversation is None or self.conversation.mode == "plain":
+            return
+        messages = self.store.messages(self.conversation.id)
+        if not messages:
+            return
+        if messages[-1].role == "assistant":
+            self.store.truncate(self.conversation.id, len(messages) - 1)
+        self._start_reply(self._history())
+
+    def begin_edit(self, position: int) -> None:
+        """Put a user message back into the input; sending replaces it and everything after it."""
+        if self.controller.busy or self.conversation is None:
+            return
+        messages = self.store.messages(self.conversation.id)
+        if 0 <= position < len(messages) and messages[position].role == "user":
+            self._editing = position
+            self.input.setPlainText(messages[position].content)
+            self.input.setFocus()
+            self.statusBar().showMessage("Editing a message: send to replace it and the replies after it.", 8000)
+
+    def _on_text(self, text: str) -> None:
+        if self.conversation is not None and self.conversation.mode == "plain":
+            self.story_edit.moveCursor(self.story_edit.textCursor().MoveOperation.End)
+            self.story_edit.insertPlainText(text)
+        else:
+            self.chat_view.append_to_last(text)
+
+    def _on_reply_finished(self, generation: Generation) -> None:
+        self._reply_done()
+        stats = generation.stats.to_json() if generation.stats else {}
+        if self.conversation is not None:
+            if self.conversation.mode == "plain":
+                self.store.edit(self.conversation.id, 0, self._plain_base + generation.text)
+            elif generation.text:
+                self.store.append(self.conversation.id, "assistant", generation.text, stats)
+            if generation.prompt is not None and generation.prompt.dropped:
+                self.show_notice(generation.prompt.describe_dropped())
+        if self.chat_view.messages and generation.stats:
+            self.chat_view.messages[-1].stats = stats
+            self.chat_view.messages[-1].text = generation.text
+            self.chat_view.set_messages(self.chat_view.messages)
+        if generation.stats:
+            self.status_speed.setText(f"{generation.stats.generation_tokens_per_s:.1f} tok/s")
+            self.status_context.setText(f"context {generation.stats.context_used}/{generation.stats.context_size}")
+        self._update_memory()
+        self.list_model.refresh()
+
+    def _on_reply_failed(self, error: Exception) -> None:
+        self._reply_done()
+        if (
+            self.chat_view.messages
+            and self.chat_view.messages[-1].role == "assistant"
+            and not self.chat_view.messages[-1].text
+        ):
+            self.chat_view.messages.pop()
+            self.chat_view.set_messages(self.chat_view.messages)
+        self.show_error(error)
+
+    def _reply_done(self) -> None:
+        self._streaming = None
+        self.stop_button.setEnabled(False)
+        self.send_button.setEnabled(True)
+        self.regenerate_button.setEnabled(True)
+
+    def copy_last_reply(self) -> None:
+        text = self.chat_view.last_text("assistant")
+        if text:
+            QGuiApplication.clipboard().setText(text)
+            self.statusBar().showMessage("Last reply copied.", 3000)
+
+    # -- presets ------------------------------------------------------------------------------------
+
+    def _fill_presets(self, select: str | None = None) -> None:
+        current = select or self.preset_combo.currentData()
+        self.preset_combo.clear()
+        for preset in self.presets.all():
+            label = preset.name + (" (edited)" if preset.modified else "") + ("" if preset.builtin else " ★")
+            self.preset_combo.addItem(label, preset.id)
+        index = self.preset_combo.findData(current)
+        self.preset_combo.setCurrentIndex(max(index, 0))
+
+    def _preset_chosen(self, index: int) -> None:
+        preset_id = self.preset_combo.itemData(index)
+        preset = self.presets.get(preset_id)
+        self.system_edit.setPlainText(preset.text)
+        if self.conversation is not None:
+            self.conversation = self.store.update(self.conversation.id, preset_id=preset_id, system_prompt=preset.text)
+
+    def _preset_create(self) -> None:
+        name = f"My preset {len(self.presets.all()) + 1}"
+        preset = self.presets.create(name, self.system_edit.toPlainText())
+        self._fill_presets(preset.id)
+
+    def _preset_update(self) -> None:
+        preset_id = self.preset_combo.currentData()
+        if preset_id:
+            self.presets.update(preset_id, text=self.system_edit.toPlainText())
+            self._fill_presets(preset_id)
+
+    def _preset_duplicate(self) -> None:
+        preset_id = self.preset_combo.currentData()
+        if preset_id:
+            self._fill_presets(self.presets.duplicate(preset_id).id)
+
+    def _preset_delete(self) -> None:
+        preset_id = self.preset_combo.currentData()
+        if preset_id:
+            self.presets.delete(preset_id)
+            self._fill_presets()
+
+    def _preset_reset(self) -> None:
+        self.presets.reset_builtins()
+        self._fill_presets()
+
+    # -- import / export ----------------------------------------------------------------------------
+
+    def export_to(self, path: Path, kind: str) -> None:
+        if self.conversation is None:
+            return
+        if kind == "md":
+            path.write_text(self.store.export_markdown(self.conversation.id), encoding="utf-8")
+        else:
+            path.write_text(
+                json.dumps(self.store.export_json(self.conversation.id), indent=1, ensure_ascii=False), encoding="utf-8"
+            )
+
+    def import_from(self, path: Path) -> None:
+        try:
+            conversation = self.store.import_json(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as err:
+            self.show_error(err)
+            return
+        except Exception as err:
+            self.show_error(err)
+            return
+        self.list_model.refresh("")
+        row = self.list_model.row_of(conversation.id)
+        self.list_view.setCurrentIndex(self.list_model.index(row))
+        self._select_row(row)
+
+    def _export_dialog(self, kind: str) -> None:
+        suffix = "Markdown (*.md)" if kind == "md" else "JSON (*.json)"
+        path, _ = QFileDialog.getSaveFileName(self, "Export conversation", "", suffix)
+        if path:
+            self.export_to(Path(path), kind)
+
+    def _import_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Import conversation", "", "JSON (*.json)")
+        if path:
+            self.import_from(Path(path))
+
+    # -- settings, status, errors -------------------------------------------------------------------
+
+    def open_settings(self) -> None:
+        from app.gui.settings_dialog import SettingsDialog
+
+        dialog = SettingsDialog(self.settings, self)
+        dialog.accepted.connect(lambda: self.apply_settings(dialog.result_settings()))
+        dialog.open()
+
+    def apply_settings(self, settings: Settings) -> None:
+        from app.gui.theme import apply_theme, is_dark
+
+        reload = (
+            settings.context_length,
+            settings.gpu_layers,
+            settings.flash_attention,
+            settings.kv_cache_type,
+            settings.threads,
+        ) != (
+            self.settings.context_length,
+            self.settings.gpu_layers,
+            self.settings.flash_attention,
+            self.settings.kv_cache_type,
+            self.settings.threads,
+        )
+        self.settings = settings
+        save_settings(settings)
+        apply_theme(settings.theme, settings.font_size)
+        self.chat_view.set_dark(is_dark(settings.theme))
+        if reload and self.controller.engine.loaded and not self.controller.busy:
+            self.load_model(self.settings.last_model or None)
+
+    def _update_memory(self) -> None:
+        import psutil
+
+        rss = psutil.Process().memory_info().rss
+        self.status_memory.setText(f"RAM {rss / 1024**3:.1f} GiB")
+
+    def _focus_search(self) -> None:
+        self.search.setFocus()
+        self.search.selectAll()
+
+    def show_notice(self, text: str) -> None:
+        self.notice.setText(text)
+        self.notice.setVisible(True)
+
+    def show_error(self, error: BaseException, extra: str = "") -> None:
+        """One place that shows errors: the message as core wrote it, in a non-blocking dialog."""
+        box = QMessageBox(QMessageBox.Icon.Warning, APP_NAME, f"{error}{extra}", parent=self)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self.last_error = f"{error}{extra}"
+        box.open()
+
+    def _window_settings(self) -> QSettings:
+        return QSettings(str(paths.config_dir() / "window.ini"), QSettings.Format.IniFormat)
+
+    def _restore_window_state(self) -> None:
+        stored = self._window_settings()
+        geometry = stored.value("geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1200, 780)
+        splitter = stored.value("splitter")
+        if splitter is not None:
+            self.splitter.restoreState(splitter)
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        stored = self._window_settings()
+        stored.setValue("geometry", self.saveGeometry())
+        stored.setValue("splitter", self.splitter.saveState())
+        stored.sync()
+        self.controller.shutdown()
+        self.store.close()
+        super().closeEvent(event)
