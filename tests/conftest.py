@@ -44,7 +44,10 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     or the network."""
     import huggingface_hub.constants
 
+    from app.core import paths
+
     home = tmp_path / "home"
+    paths.set_models_dir(None)
     monkeypatch.setenv("MIXTRAL_DESK_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)

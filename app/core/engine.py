@@ -127,6 +127,7 @@ class ModelInfo:
     n_gpu_layers: int
     file_size: int
     notes: tuple[str, ...] = ()
+    n_layer: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -507,6 +508,7 @@ class Engine:
             n_gpu_layers=gpu_layers,
             file_size=path.stat().st_size,
             notes=tuple(notes),
+            n_layer=_metadata_int(metadata, f"{arch}.block_count"),
         )
         return self.info
 

@@ -34,9 +34,18 @@ def cache_dir() -> Path:
     return root / "cache" if root else Path(platformdirs.user_cache_dir(APP_DIR_NAME, appauthor=False))
 
 
+_models_dir_override: Path | None = None
+
+
+def set_models_dir(path: str | Path | None) -> None:
+    """Use ``path`` for models (the user's "models folder" setting); None or "" restores the default."""
+    global _models_dir_override
+    _models_dir_override = Path(path).expanduser() if path else None
+
+
 def models_dir() -> Path:
     """Where downloaded and imported GGUF files are placed."""
-    return data_dir() / "models"
+    return _models_dir_override or data_dir() / "models"
 
 
 def ensure(path: Path) -> Path:

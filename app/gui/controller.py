@@ -29,6 +29,7 @@ class ChatController(QObject):
 
     model_loaded = Signal(object)
     model_load_failed = Signal(object)
+    model_load_cancelled = Signal()
     text_streamed = Signal(str)
     reply_finished = Signal(object)
     reply_failed = Signal(object)
@@ -44,6 +45,7 @@ class ChatController(QObject):
         self._flush_timer.setInterval(FLUSH_INTERVAL_MS)
         self._flush_timer.timeout.connect(self._flush)
         self._generation: Generation | None = None
+        self._load_cancelled = False
         self._futures: list[Future[Any]] = []
         self._worker_done.connect(self._on_worker_done)
         self.info: ModelInfo | None = None
@@ -53,8 +55,14 @@ class ChatController(QObject):
         return self._generation is not None
 
     def load_model(self, settings: LoadSettings) -> None:
-        """Load in the background; ``model_loaded`` or ``model_load_failed`` follows."""
+        """Load in the background; ``model_loaded``, ``model_load_failed`` or ``model_load_cancelled`` follows."""
+        self._load_cancelled = False
         self._submit("load", lambda: self.engine.load(settings))
+
+    def cancel_load(self) -> None:
+        """Give up on the load in progress: llama.cpp cannot be interrupted mid-load, so the model is freed as
+        soon as it finishes loading and ``model_load_cancelled`` is emitted; the window is usable meanwhile."""
+        self._load_cancelled = True
 
     def send(self, request: GenerationRequest) -> Generation:
         """Start a reply; text arrives through ``text_streamed``, then ``reply_finished``."""
@@ -101,11 +109,18 @@ class ChatController(QObject):
 
     def _on_worker_done(self, kind: str, result: Any, error: BaseException | None) -> None:
         if kind == "load":
-            if error is None:
+            if self._load_cancelled:
+                self._load_cancelled = False
+                if error is None:
+                    self._submit("unload", self.engine.unload)
+                self.model_load_cancelled.emit()
+            elif error is None:
                 self.info = result
                 self.model_loaded.emit(result)
             else:
                 self.model_load_failed.emit(error)
+            return
+        if kind == "unload":
             return
         self._flush()
         self._flush_timer.stop()

@@ -72,6 +72,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(APP_NAME)
         loaded = load_settings()
         self.settings: Settings = loaded.settings
+        paths.set_models_dir(self.settings.models_dir)
         self.store = ConversationStore()
         self.presets = PresetStore()
         self.controller = ChatController(self)
@@ -140,11 +141,17 @@ class MainWindow(QMainWindow):
         self.regenerate_button = QPushButton("Regenerate")
         self.load_progress = QProgressBar()
         self.load_progress.setRange(0, 0)
+        self.load_progress.setFormat("Loading the model…")
         self.load_progress.setVisible(False)
+        self.cancel_load_button = QPushButton("Cancel loading")
+        self.cancel_load_button.setVisible(False)
         centre = QWidget()
         centre_layout = QVBoxLayout(centre)
         centre_layout.addWidget(self.notice)
-        centre_layout.addWidget(self.load_progress)
+        loading = QHBoxLayout()
+        loading.addWidget(self.load_progress, 1)
+        loading.addWidget(self.cancel_load_button)
+        centre_layout.addLayout(loading)
         centre_layout.addWidget(self.pages, 1)
         centre_layout.addWidget(self.input)
         actions = QHBoxLayout()
@@ -269,6 +276,8 @@ class MainWindow(QMainWindow):
         self.system_edit.textChanged.connect(self._save_conversation_settings)
         self.controller.model_loaded.connect(self._on_model_loaded)
         self.controller.model_load_failed.connect(self._on_model_failed)
+        self.controller.model_load_cancelled.connect(self._on_load_cancelled)
+        self.cancel_load_button.clicked.connect(self.controller.cancel_load)
         self.controller.text_streamed.connect(self._on_text)
         self.controller.reply_finished.connect(self._on_reply_finished)
         self.controller.reply_failed.connect(self._on_reply_failed)
@@ -294,6 +303,7 @@ class MainWindow(QMainWindow):
             n_threads=s.threads,
         )
         self.load_progress.setVisible(True)
+        self.cancel_load_button.setVisible(True)
         self.model_label.setText(f"Loading {model_path.name}…")
         self.send_button.setEnabled(False)
         self.controller.load_model(settings)
@@ -305,12 +315,26 @@ class MainWindow(QMainWindow):
         if path:
             self.load_model(path)
 
+    def _on_load_cancelled(self) -> None:
+        self.load_progress.setVisible(False)
+        self.cancel_load_button.setVisible(False)
+        self.model_label.setText("No model loaded")
+        self.statusBar().showMessage("Loading cancelled.", 5000)
+
     def _on_model_loaded(self, info: ModelInfo) -> None:
         self.load_progress.setVisible(False)
+        self.cancel_load_button.setVisible(False)
         self.send_button.setEnabled(True)
-        self.model_label.setText(f"{info.name}\n{Path(info.path).name} · {info.chat_format}")
+        self.model_label.setText(f"{Path(info.path).stem}\n{info.chat_format} · {info.n_ctx} tokens context")
+        self.model_label.setToolTip(f"{info.name}\n{info.path}")
         self.status_model.setText(Path(info.path).stem)
-        backend = "CPU" if info.n_gpu_layers == 0 else f"GPU {info.n_gpu_layers} layers"
+        from app.core.hardware import llama_build_info
+
+        if info.n_gpu_layers == 0:
+            backend = "CPU"
+        else:
+            built_for = llama_build_info()[0].upper()
+            backend = f"{built_for} {min(info.n_gpu_layers, info.n_layer + 1)}/{info.n_layer + 1}"
         self.status_backend.setText(backend)
         self.status_context.setText(f"context 0/{info.n_ctx}")
         if info.path != self.settings.last_model:
@@ -322,6 +346,7 @@ class MainWindow(QMainWindow):
 
     def _on_model_failed(self, error: Exception) -> None:
         self.load_progress.setVisible(False)
+        self.cancel_load_button.setVisible(False)
         self.model_label.setText("No model loaded")
         advice = ""
         if isinstance(error, ModelLoadError) and error.reason == "out_of_memory":
@@ -662,6 +687,7 @@ class MainWindow(QMainWindow):
         )
         self.settings = settings
         save_settings(settings)
+        paths.set_models_dir(settings.models_dir)
         apply_theme(settings.theme, settings.font_size)
         self.chat_view.set_dark(is_dark(settings.theme))
         if reload and self.controller.engine.loaded and not self.controller.busy:

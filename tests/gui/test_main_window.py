@@ -1,0 +1,272 @@
+"""The desktop window with real models, a real SQLite file and real Qt widgets (offscreen)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QGuiApplication
+
+from app.core import paths
+from app.core.settings import Settings, load_settings, save_settings
+from app.core.store import ConversationStore
+from app.gui.conversation_model import ConversationListModel
+from app.gui.main_window import MainWindow
+
+LOAD_TIMEOUT = 60_000
+REPLY_TIMEOUT = 120_000
+
+
+def open_window(qtbot, model: Path) -> MainWindow:
+    window = MainWindow(load_on_start=False)
+    qtbot.addWidget(window)
+    with qtbot.waitSignal(window.controller.model_loaded, timeout=LOAD_TIMEOUT):
+        window.load_model(str(model))
+    return window
+
+
+def send(qtbot, window: MainWindow, text: str):
+    window.input.setPlainText(text)
+    with qtbot.waitSignal(window.controller.reply_finished, timeout=REPLY_TIMEOUT) as blocker:
+        qtbot.mouseClick(window.send_button, Qt.MouseButton.LeftButton)
+    return blocker.args[0]
+
+
+@pytest.fixture
+def demo_window(qtbot, demo_model: Path) -> MainWindow:
+    window = open_window(qtbot, demo_model)
+    window.temperature.setValue(0.0)
+    window.max_tokens.setValue(48)
+    return window
+
+
+@pytest.fixture
+def tiny_window(qtbot, tiny_v1: dict[str, Path]) -> MainWindow:
+    window = open_window(qtbot, tiny_v1["Q4_0"])
+    window.max_tokens.setValue(24)
+    return window
+
+
+def stored(window: MainWindow) -> list[tuple[str, str]]:
+    assert window.conversation is not None
+    return [(m.role, m.content) for m in window.store.messages(window.conversation.id)]
+
+
+def test_a_reply_streams_from_the_demo_model_and_is_saved(qtbot, demo_window: MainWindow) -> None:
+    streamed: list[str] = []
+    demo_window.controller.text_streamed.connect(streamed.append)
+    generation = send(qtbot, demo_window, "How many days are in a week?")
+    assert "7" in generation.text and streamed and "".join(streamed) == generation.text
+    assert stored(demo_window) == [("user", "How many days are in a week?"), ("assistant", generation.text)]
+    assert [m.role for m in demo_window.chat_view.messages] == ["user", "assistant"]
+    assert "tok/s" in demo_window.status_speed.text() and "/4096" in demo_window.status_context.text()
+    assert demo_window.list_model.data(demo_window.list_model.index(0)) == "How many days are in a week?"
+
+
+def test_stop_ends_the_reply_and_keeps_what_was_written(qtbot, tiny_window: MainWindow) -> None:
+    tiny_window.max_tokens.setValue(0)  # until the context is full: long enough to stop
+    tiny_window.input.setPlainText("Write forever")
+    with qtbot.waitSignal(tiny_window.controller.text_streamed, timeout=REPLY_TIMEOUT):
+        tiny_window.send()
+    with qtbot.waitSignal(tiny_window.controller.reply_finished, timeout=REPLY_TIMEOUT) as blocker:
+        qtbot.mouseClick(tiny_window.stop_button, Qt.MouseButton.LeftButton)
+    generation = blocker.args[0]
+    assert generation.stats.stop_reason == "cancelled" and generation.text
+    assert stored(tiny_window)[-1] == ("assistant", generation.text)
+    assert tiny_window.send_button.isEnabled() and not tiny_window.stop_button.isEnabled()
+
+
+def test_keyboard_shortcuts_are_wired(tiny_window: MainWindow) -> None:
+    menus = [action.menu() for action in tiny_window.menuBar().actions()]
+    shortcuts = {a.text(): a.shortcut().toString() for menu in menus for a in menu.actions()}
+    assert shortcuts["New chat"] == "Ctrl+N" and shortcuts["Find chats"] == "Ctrl+K"
+    assert shortcuts["Settings…"] == "Ctrl+," and shortcuts["Copy last reply"] == "Ctrl+Shift+C"
+    assert shortcuts["Stop reply"] == "Esc"
+
+
+def test_regenerate_replaces_the_last_reply(qtbot, tiny_window: MainWindow) -> None:
+    send(qtbot, tiny_window, "First question")
+    with qtbot.waitSignal(tiny_window.controller.reply_finished, timeout=REPLY_TIMEOUT) as blocker:
+        qtbot.mouseClick(tiny_window.regenerate_button, Qt.MouseButton.LeftButton)
+    assert stored(tiny_window) == [("user", "First question"), ("assistant", blocker.args[0].text)]
+
+
+def test_editing_a_message_replaces_it_and_the_turns_after_it(qtbot, tiny_window: MainWindow) -> None:
+    send(qtbot, tiny_window, "one")
+    send(qtbot, tiny_window, "two")
+    tiny_window.chat_view.edit_requested.emit(0)
+    assert tiny_window.input.toPlainText() == "one"
+    reply = send(qtbot, tiny_window, "one, edited")
+    assert stored(tiny_window) == [("user", "one, edited"), ("assistant", reply.text)]
+
+
+def test_enter_sends_and_shift_enter_makes_a_new_line(qtbot, tiny_window: MainWindow) -> None:
+    qtbot.keyClicks(tiny_window.input, "line one")
+    qtbot.keyClick(tiny_window.input, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier)
+    qtbot.keyClicks(tiny_window.input, "line two")
+    assert tiny_window.input.toPlainText() == "line one\nline two"
+    with qtbot.waitSignal(tiny_window.controller.reply_finished, timeout=REPLY_TIMEOUT):
+        qtbot.keyClick(tiny_window.input, Qt.Key.Key_Return)
+    assert stored(tiny_window)[0] == ("user", "line one\nline two")
+
+
+def test_story_mode_continues_the_text(qtbot, tiny_window: MainWindow) -> None:
+    tiny_window.new_conversation(mode="plain")
+    assert tiny_window.pages.currentWidget() is tiny_window.story_edit and not tiny_window.input.isVisible()
+    tiny_window.story_edit.setPlainText("Once upon a time")
+    with qtbot.waitSignal(tiny_window.controller.reply_finished, timeout=REPLY_TIMEOUT) as blocker:
+        qtbot.mouseClick(tiny_window.send_button, Qt.MouseButton.LeftButton)
+    generation = blocker.args[0]
+    assert generation.prompt.tokens[:2] == (1, *tiny_window.controller.engine.vocab.encode("Once", special=False))
+    assert tiny_window.story_edit.toPlainText() == "Once upon a time" + generation.text
+    assert stored(tiny_window) == [("user", "Once upon a time" + generation.text)]
+
+
+def test_presets_set_the_system_prompt_and_can_be_managed(qtbot, tiny_window: MainWindow) -> None:
+    combo = tiny_window.preset_combo
+    index = combo.findData("concise")
+    combo.setCurrentIndex(index)
+    combo.activated.emit(index)
+    assert tiny_window.system_edit.toPlainText().startswith("Answer in as few words")
+    assert tiny_window.store.get(tiny_window.conversation.id).preset_id == "concise"
+    count = combo.count()
+    tiny_window.system_edit.setPlainText("Talk like a pirate.")
+    qtbot.mouseClick(tiny_window.preset_new, Qt.MouseButton.LeftButton)
+    assert combo.count() == count + 1 and tiny_window.presets.get(combo.currentData()).text == "Talk like a pirate."
+    qtbot.mouseClick(tiny_window.preset_duplicate, Qt.MouseButton.LeftButton)
+    assert combo.count() == count + 2
+    qtbot.mouseClick(tiny_window.preset_delete, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(tiny_window.preset_delete, Qt.MouseButton.LeftButton)
+    assert combo.count() == count
+    reply = send(qtbot, tiny_window, "hello")
+    assert reply.prompt.kept[0].content == "Talk like a pirate."  # the conversation's own text is what is sent
+
+
+def test_delete_can_be_undone_and_search_filters(qtbot, tiny_window: MainWindow) -> None:
+    send(qtbot, tiny_window, "about Lisbon")
+    tiny_window.new_conversation()
+    send(qtbot, tiny_window, "about Python")
+    tiny_window.search.setText("lisbon")
+    assert tiny_window.list_model.rowCount() == 1
+    tiny_window.search.clear()
+    assert tiny_window.list_model.rowCount() == 2
+    tiny_window.delete_conversation()
+    assert tiny_window.list_model.rowCount() == 1 and tiny_window.undo_button.isVisibleTo(tiny_window)
+    qtbot.mouseClick(tiny_window.undo_button, Qt.MouseButton.LeftButton)
+    assert tiny_window.list_model.rowCount() == 2
+
+
+def test_restart_finds_conversations_and_settings(qtbot, tiny_v1: dict[str, Path]) -> None:
+    first = open_window(qtbot, tiny_v1["Q4_0"])
+    first.max_tokens.setValue(8)
+    reply = send(qtbot, first, "remember me")
+    first.apply_settings(Settings(context_length=2048, theme="dark", last_model=str(tiny_v1["Q4_0"])))
+    first.close()
+    second = MainWindow(load_on_start=False)
+    qtbot.addWidget(second)
+    assert load_settings().settings.context_length == 2048 and second.settings.theme == "dark"
+    assert stored(second) == [("user", "remember me"), ("assistant", reply.text)]
+    assert second.chat_view.messages[-1].text == reply.text
+
+
+def test_damaged_database_and_settings_are_reported_not_fatal(qtbot) -> None:
+    paths.ensure(paths.data_dir())
+    (paths.data_dir() / "conversations.db").write_bytes(b"garbage" * 200)
+    paths.ensure(paths.config_dir())
+    (paths.config_dir() / "settings.json").write_text("{not json")
+    window = MainWindow(load_on_start=False)
+    qtbot.addWidget(window)
+    assert window.notice.isVisibleTo(window)
+    assert "settings file could not be read" in window.notice.text()
+    assert "conversation database could not be opened" in window.notice.text()
+    assert window.list_model.rowCount() == 1  # a fresh chat to type into
+
+
+def test_a_model_that_fails_to_load_is_explained_and_the_app_stays_usable(qtbot, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"this is not a model")
+    window = MainWindow(load_on_start=False)
+    qtbot.addWidget(window)
+    with qtbot.waitSignal(window.controller.model_load_failed, timeout=LOAD_TIMEOUT):
+        window.load_model(str(bad))
+    assert "not a GGUF" in window.last_error
+    window.new_conversation()
+    window.input.setPlainText("hello")
+    window.send()
+    assert "Load a model first" in window.notice.text()
+
+
+def test_export_import_and_copy_last_reply(qtbot, tiny_window: MainWindow, tmp_path: Path) -> None:
+    reply = send(qtbot, tiny_window, "export me")
+    tiny_window.export_to(tmp_path / "chat.md", "md")
+    tiny_window.export_to(tmp_path / "chat.json", "json")
+    assert "export me" in (tmp_path / "chat.md").read_text()
+    tiny_window.import_from(tmp_path / "chat.json")
+    assert tiny_window.list_model.rowCount() == 2 and stored(tiny_window)[0] == ("user", "export me")
+    tiny_window.copy_last_reply()
+    assert QGuiApplication.clipboard().text() == reply.text
+    (tmp_path / "bad.json").write_text(json.dumps({"nope": 1}))
+    tiny_window.import_from(tmp_path / "bad.json")
+    assert "not a Mixtral Desk conversation" in tiny_window.last_error
+
+
+def test_conversation_list_model_is_a_well_behaved_qt_model(qtmodeltester) -> None:
+    store = ConversationStore()
+    for title in ("a", "b", "c"):
+        store.create(title=title)
+    model = ConversationListModel(store)
+    qtmodeltester.check(model)
+    assert model.setData(model.index(0), "renamed") and store.conversations()[0].title == "renamed"
+
+
+def test_settings_dialog_round_trip(qtbot) -> None:
+    from app.gui.settings_dialog import SettingsDialog
+
+    save_settings(Settings(gpu_layers=12))
+    dialog = SettingsDialog(load_settings().settings)
+    qtbot.addWidget(dialog)
+    assert not dialog.auto_layers.isChecked() and dialog.gpu_layers.value() == 12
+    dialog.auto_layers.setChecked(True)
+    dialog.kv.setCurrentText("q8_0")
+    dialog._accept()
+    result = dialog.result_settings()
+    assert result.gpu_layers is None and result.kv_cache_type == "q8_0" and result.flash_attention
+
+
+def test_screenshot_script_saves_both_themes(tmp_path: Path, qapp) -> None:
+    from app.gui.screenshot import main
+
+    assert main(["--out", str(tmp_path)]) == 0
+    shots = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert shots == ["main-window-dark.png", "main-window-light.png"]
+    assert all((tmp_path / name).stat().st_size > 20_000 for name in shots)
+
+
+def test_a_load_can_be_cancelled_and_the_window_stays_usable(qtbot, tiny_v1: dict[str, Path]) -> None:
+    window = MainWindow(load_on_start=False)
+    qtbot.addWidget(window)
+    with qtbot.waitSignal(window.controller.model_load_cancelled, timeout=LOAD_TIMEOUT):
+        window.load_model(str(tiny_v1["Q4_0"]))
+        assert window.cancel_load_button.isVisibleTo(window)
+        qtbot.mouseClick(window.cancel_load_button, Qt.MouseButton.LeftButton)
+    assert not window.cancel_load_button.isVisibleTo(window)
+    window.input.setPlainText("hello")
+    window.send()
+    assert "Load a model first" in window.notice.text()
+
+
+def test_models_folder_setting_moves_where_models_are_found(qtbot, tmp_path: Path, tiny_v1: dict[str, Path]) -> None:
+    folder = tmp_path / "my-models"
+    folder.mkdir()
+    (folder / "mine.gguf").write_bytes(tiny_v1["Q2_K"].read_bytes())
+    window = MainWindow(load_on_start=False)
+    qtbot.addWidget(window)
+    window.apply_settings(Settings(models_dir=str(folder)))
+    from app.core.local_models import installed_models
+
+    try:
+        assert installed_models() == [folder / "mine.gguf"]
+    finally:
+        paths.set_models_dir(None)
