@@ -81,6 +81,7 @@ class MainWindow(QMainWindow):
         self._streaming: Generation | None = None
         self._plain_base = ""
         self._deleted: int | None = None
+        self._restoring = False
         self._build()
         self._connect()
         notices = [n for n in (loaded.notice, self.store.notice) if n]
@@ -274,6 +275,9 @@ class MainWindow(QMainWindow):
         self.preset_delete.clicked.connect(self._preset_delete)
         self.preset_reset.clicked.connect(self._preset_reset)
         self.system_edit.textChanged.connect(self._save_conversation_settings)
+        for spin in (self.temperature, self.top_p, self.max_tokens):
+            spin.valueChanged.connect(self._save_sampling)
+        self.context_policy.currentTextChanged.connect(self._save_sampling)
         self.controller.model_loaded.connect(self._on_model_loaded)
         self.controller.model_load_failed.connect(self._on_model_failed)
         self.controller.model_load_cancelled.connect(self._on_load_cancelled)
@@ -414,6 +418,7 @@ class MainWindow(QMainWindow):
         index = self.preset_combo.findData(conversation.preset_id)
         if index >= 0:
             self.preset_combo.setCurrentIndex(index)
+        self._restore_sampling(conversation.settings)
 
     def delete_conversation(self) -> None:
         if self.conversation is None:
@@ -437,6 +442,30 @@ class MainWindow(QMainWindow):
         self.undo_button.setVisible(False)
         self.list_view.setCurrentIndex(self.list_model.index(row))
         self._select_row(row)
+
+    def _sampling_json(self) -> dict[str, Any]:
+        return {
+            "temperature": self.temperature.value(),
+            "top_p": self.top_p.value(),
+            "max_new_tokens": self.max_tokens.value(),
+            "context_policy": self.context_policy.currentText(),
+        }
+
+    def _save_sampling(self, *_: object) -> None:
+        if self.conversation is not None and not self._restoring:
+            self.conversation = self.store.update(self.conversation.id, settings=self._sampling_json())
+
+    def _restore_sampling(self, saved: dict[str, Any]) -> None:
+        self._restoring = True
+        try:
+            self.temperature.setValue(float(saved.get("temperature", self.temperature.value())))
+            self.top_p.setValue(float(saved.get("top_p", self.top_p.value())))
+            self.max_tokens.setValue(int(saved.get("max_new_tokens", self.max_tokens.value())))
+            policy = saved.get("context_policy")
+            if policy in POLICIES:
+                self.context_policy.setCurrentText(policy)
+        finally:
+            self._restoring = False
 
     def _save_conversation_settings(self) -> None:
         if self.conversation is not None:
@@ -697,7 +726,16 @@ class MainWindow(QMainWindow):
         import psutil
 
         rss = psutil.Process().memory_info().rss
-        self.status_memory.setText(f"RAM {rss / 1024**3:.1f} GiB")
+        text = f"RAM {rss / 1024**3:.1f} GiB"
+        info = self.controller.info
+        if info is not None and info.n_gpu_layers > 0:
+            from app.core.hardware import probe_nvml
+
+            gpus, _ = probe_nvml()
+            if gpus:
+                used = gpus[0].total_bytes - gpus[0].free_bytes
+                text += f" · VRAM {used / 1024**3:.1f}/{gpus[0].total_bytes / 1024**3:.0f} GiB"
+        self.status_memory.setText(text)
 
     def _focus_search(self) -> None:
         self.search.setFocus()

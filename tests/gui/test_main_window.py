@@ -270,3 +270,26 @@ def test_models_folder_setting_moves_where_models_are_found(qtbot, tmp_path: Pat
         assert installed_models() == [folder / "mine.gguf"]
     finally:
         paths.set_models_dir(None)
+
+
+def test_each_conversation_keeps_its_sampling_settings(qtbot) -> None:
+    window = MainWindow(load_on_start=False)
+    qtbot.addWidget(window)
+    first = window.conversation
+    window.temperature.setValue(1.3)
+    window.max_tokens.setValue(77)
+    window.new_conversation()
+    window.temperature.setValue(0.1)
+    window.list_view.setCurrentIndex(window.list_model.index(window.list_model.row_of(first.id)))
+    assert window.conversation.id == first.id
+    assert window.temperature.value() == pytest.approx(1.3) and window.max_tokens.value() == 77
+
+
+def test_window_geometry_is_restored(qtbot) -> None:
+    window = MainWindow(load_on_start=False)
+    qtbot.addWidget(window)
+    window.resize(700, 520)  # within the offscreen screen (800x600)
+    window.close()
+    again = MainWindow(load_on_start=False)
+    qtbot.addWidget(again)
+    assert (again.width(), again.height()) == (700, 520)
