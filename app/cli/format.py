@@ -6,7 +6,10 @@ import re
 from collections.abc import Sequence
 
 from app.core.errors import DeskError
-from app.core.planner import VERDICT_CPU, VERDICT_FULL, VERDICT_PARTIAL, MemoryPlan
+from app.core.planner import MemoryPlan
+from app.core.text import human_bytes, short_verdict, speed
+
+__all__ = ["human_bytes", "parse_size", "plan_report", "short_verdict", "speed", "table"]
 
 _UNITS = {
     "": 1,
@@ -34,40 +37,12 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
-def human_bytes(count: int | float) -> str:
-    """1.5 GiB, 640 MiB, 12 KiB."""
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit in ("B", "KiB", "MiB") else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
-
-
 def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
     """A plain left-aligned text table."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)]
     lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=False)).rstrip()]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in rows]
     return "\n".join(lines)
-
-
-def short_verdict(plan: MemoryPlan) -> str:
-    """``full GPU``, ``29/33 on GPU``, ``CPU only`` or ``too big``."""
-    if plan.verdict == VERDICT_FULL:
-        return "full GPU"
-    if plan.verdict == VERDICT_PARTIAL:
-        return f"{plan.gpu_layers}/{plan.full_offload_layers} on GPU"
-    if plan.verdict == VERDICT_CPU:
-        return "CPU only"
-    return "too big"
-
-
-def speed(plan: MemoryPlan) -> str:
-    if plan.decode_tokens_per_s <= 0:
-        return "-"
-    value = plan.decode_tokens_per_s
-    return f"~{value:.0f} tok/s" if value >= 10 else f"~{value:.1f} tok/s"
 
 
 def plan_report(plan: MemoryPlan) -> str:

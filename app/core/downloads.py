@@ -545,6 +545,7 @@ class _Job:
     progress: Progress | None = None
     error: DownloadError | None = None
     paths: list[Path] = field(default_factory=list)
+    run: int = 0  # bumped at every start, so a finishing old run cannot overwrite a newer one's state
 
 
 class DownloadManager:
@@ -674,16 +675,23 @@ class DownloadManager:
                 break
             if job.state == "queued":
                 job.state = "running"
+                job.run += 1
                 running += 1
-                thread = threading.Thread(target=self._work, args=(job_id,), name=f"download-{job_id}", daemon=True)
+                thread = threading.Thread(
+                    target=self._work, args=(job_id, job.run), name=f"download-{job_id}", daemon=True
+                )
                 self._threads[job_id] = thread
                 thread.start()
 
-    def _work(self, job_id: str) -> None:
+    def _work(self, job_id: str, run: int) -> None:
         job = self._jobs[job_id]
 
         def forward(progress: Progress) -> None:
             job.progress = progress
+            if progress.state in ("done", "paused", "cancelled", "failed"):
+                with self._lock:  # listeners that ask for the state right away must see the new one
+                    if job.run == run:
+                        job.state = progress.state
             self.listener(progress)
 
         downloader = Downloader(
@@ -696,7 +704,8 @@ class DownloadManager:
             placed, error = [], err
             state = {"paused": "paused", "cancelled": "cancelled"}.get(err.reason, "failed")
         with self._idle:
-            job.state, job.error, job.paths = state, error, placed
+            if job.run == run:
+                job.state, job.error, job.paths = state, error, placed
             self._save_locked()
             self._start_next_locked()
             self._idle.notify_all()

@@ -111,9 +111,11 @@ class ChatController(QObject):
         if kind == "load":
             if self._load_cancelled:
                 self._load_cancelled = False
+                self.info = None
                 if error is None:
-                    self._submit("unload", self.engine.unload)
-                self.model_load_cancelled.emit()
+                    self._submit("unload", self.engine.unload)  # cancelled is reported once it is freed
+                else:
+                    self.model_load_cancelled.emit()
             elif error is None:
                 self.info = result
                 self.model_loaded.emit(result)
@@ -121,6 +123,7 @@ class ChatController(QObject):
                 self.model_load_failed.emit(error)
             return
         if kind == "unload":
+            self.model_load_cancelled.emit()
             return
         self._flush()
         self._flush_timer.stop()

@@ -76,6 +76,11 @@ class MainWindow(QMainWindow):
         self.store = ConversationStore()
         self.presets = PresetStore()
         self.controller = ChatController(self)
+        from app.gui.downloads import DownloadService
+
+        self.downloads = DownloadService(max_parallel=self.settings.max_parallel_downloads, parent=self)
+        self.downloads.restore()  # unfinished downloads from the last session carry on
+        self.model_manager: Any = None
         self.conversation: Conversation | None = None
         self._editing: int | None = None
         self._streaming: Generation | None = None
@@ -166,6 +171,8 @@ class MainWindow(QMainWindow):
         self.model_label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         self.model_label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
         self.choose_model_button = QPushButton("Open model…")
+        self.models_button = QPushButton("Models…")
+        self.models_button.setToolTip("Choose, download and manage Mixtral quantizations (Ctrl+M)")
         self.preset_combo = QComboBox()
         self.preset_combo.setAccessibleName("System prompt preset")
         self.system_edit = QPlainTextEdit()
@@ -189,7 +196,10 @@ class MainWindow(QMainWindow):
         right_layout.addLayout(form)
         right_layout.addStretch(1)
         form.addRow("Model", self.model_label)
-        form.addRow("", self.choose_model_button)
+        model_buttons = QHBoxLayout()
+        model_buttons.addWidget(self.models_button)
+        model_buttons.addWidget(self.choose_model_button)
+        form.addRow("", model_buttons)
         form.addRow("Preset", self.preset_combo)
         form.addRow("System prompt", self.system_edit)
         preset_buttons = QGridLayout()
@@ -228,6 +238,10 @@ class MainWindow(QMainWindow):
             self.statusBar().addPermanentWidget(label)
         self.undo_button = QPushButton("Undo delete")
         self.undo_button.setVisible(False)
+        self._undo_timer = QTimer(self)  # owned by the window, so it cannot fire after the window is gone
+        self._undo_timer.setSingleShot(True)
+        self._undo_timer.setInterval(10000)
+        self._undo_timer.timeout.connect(lambda: self.undo_button.setVisible(False))
         self.statusBar().addWidget(self.undo_button)
         self._build_menus()
 
@@ -242,6 +256,7 @@ class MainWindow(QMainWindow):
 
         file_menu = self.menuBar().addMenu("&File")
         self.new_action = action(file_menu, "New chat", self.new_conversation, "Ctrl+N")
+        action(file_menu, "Models…", self.open_model_manager, "Ctrl+M")
         action(file_menu, "Open model…", self.choose_model)
         action(file_menu, "Import conversation (JSON)…", self._import_dialog)
         action(file_menu, "Export as Markdown…", lambda: self._export_dialog("md"))
@@ -263,6 +278,7 @@ class MainWindow(QMainWindow):
         self.delete_button.clicked.connect(self.delete_conversation)
         self.undo_button.clicked.connect(self.undo_delete)
         self.choose_model_button.clicked.connect(self.choose_model)
+        self.models_button.clicked.connect(self.open_model_manager)
         self.search.textChanged.connect(lambda text: self.list_model.refresh(text))
         self.list_view.selectionModel().currentChanged.connect(
             lambda current, _previous: self._select_row(current.row())
@@ -311,6 +327,17 @@ class MainWindow(QMainWindow):
         self.model_label.setText(f"Loading {model_path.name}…")
         self.send_button.setEnabled(False)
         self.controller.load_model(settings)
+
+    def open_model_manager(self) -> None:
+        """The model manager window (one per app; downloads continue when it is closed)."""
+        from app.gui.model_manager import ModelManagerWindow
+
+        if self.model_manager is None:
+            self.model_manager = ModelManagerWindow(self.downloads)
+            self.model_manager.load_requested.connect(lambda path: self.load_model(str(path)))
+            self.model_manager.context.setValue(self.settings.context_length)
+        self.model_manager.show()
+        self.model_manager.raise_()
 
     def choose_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -429,7 +456,7 @@ class MainWindow(QMainWindow):
         self.list_model.refresh()
         self.undo_button.setVisible(True)
         self.statusBar().showMessage("Chat deleted.", 10000)
-        QTimer.singleShot(10000, lambda: self.undo_button.setVisible(False))
+        self._undo_timer.start()
         self._open_first_conversation()
 
     def undo_delete(self) -> None:
@@ -772,5 +799,7 @@ class MainWindow(QMainWindow):
         stored.setValue("splitter", self.splitter.saveState())
         stored.sync()
         self.controller.shutdown()
+        if self.model_manager is not None:
+            self.model_manager.close()
         self.store.close()
         super().closeEvent(event)

@@ -1,0 +1,33 @@
+"""Short human-readable texts for figures, shared by the CLI and the GUI."""
+
+from __future__ import annotations
+
+from app.core.planner import VERDICT_CPU, VERDICT_FULL, VERDICT_PARTIAL, MemoryPlan
+
+
+def human_bytes(count: int | float) -> str:
+    """1.5 GiB, 640 MiB, 12 KiB."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit in ("B", "KiB", "MiB") else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def short_verdict(plan: MemoryPlan) -> str:
+    """``full GPU``, ``29/33 on GPU``, ``CPU only`` or ``too big``."""
+    if plan.verdict == VERDICT_FULL:
+        return "full GPU"
+    if plan.verdict == VERDICT_PARTIAL:
+        return f"{plan.gpu_layers}/{plan.full_offload_layers} on GPU"
+    if plan.verdict == VERDICT_CPU:
+        return "CPU only"
+    return "too big"
+
+
+def speed(plan: MemoryPlan) -> str:
+    if plan.decode_tokens_per_s <= 0:
+        return "-"
+    value = plan.decode_tokens_per_s
+    return f"~{value:.0f} tok/s" if value >= 10 else f"~{value:.1f} tok/s"

@@ -1,0 +1,492 @@
+"""The model manager: what this machine can run, and downloading, verifying and managing Mixtral files.
+
+Plans, hardware probes and verification run on worker threads; the table is a Qt model whose rows are the
+catalog entries and whose badges update when the context length or KV type changes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QDragEnterEvent, QDropEvent, QFont
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMessageBox,
+    QPushButton,
+    QSpinBox,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.core import catalog, paths
+from app.core.catalog import CatalogEntry
+from app.core.downloads import Progress, spec_for_catalog_entry
+from app.core.planner import VERDICT_TOO_BIG, Device, MemoryPlan, PlanSettings, recommend
+from app.core.text import human_bytes, short_verdict, speed
+from app.gui.downloads import DownloadService
+
+COLUMNS = ("Model", "Quant", "Size", "Quality", "Fits this machine", "Speed", "Status")
+Index = QModelIndex | QPersistentModelIndex
+
+
+@dataclass
+class Row:
+    entry: CatalogEntry
+    plan: MemoryPlan | None = None
+    status: str = ""
+    recommended: bool = False
+
+
+def status_text(progress: Progress) -> str:
+    """A row's status from a download event."""
+    if progress.state == "downloading" and progress.total:
+        eta = (
+            f", {progress.eta_s / 60:.0f} min left"
+            if progress.eta_s and progress.eta_s >= 60
+            else (f", {progress.eta_s:.0f} s left" if progress.eta_s else "")
+        )
+        return f"downloading {progress.done / progress.total:.0%} · {human_bytes(progress.speed_bps)}/s{eta}"
+    if progress.state == "failed":
+        return f"failed: {progress.message}"
+    if progress.state == "done":
+        return "ready"
+    if progress.state == "cancelled":
+        return "not downloaded"
+    if progress.state == "retrying":
+        return f"retrying: {progress.message}"
+    return progress.state
+
+
+class CatalogTableModel(QAbstractTableModel):
+    """Catalog entries with their plan for the chosen settings and their local status."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[Row] = []
+        self.reload()
+
+    def reload(self) -> None:
+        self.beginResetModel()
+        self.rows = [Row(e, status="ready" if e.installed else "not downloaded") for e in catalog.entries()]
+        self.endResetModel()
+
+    def row_of(self, entry_id: str) -> int:
+        return next((i for i, row in enumerate(self.rows) if row.entry.id == entry_id), -1)
+
+    def set_plans(self, plans: dict[str, MemoryPlan], recommended: set[str]) -> None:
+        for row in self.rows:
+            row.plan = plans.get(row.entry.id, row.plan)
+            row.recommended = row.entry.id in recommended
+        if self.rows:
+            self.dataChanged.emit(self.index(0, 0), self.index(len(self.rows) - 1, len(COLUMNS) - 1))
+
+    def set_status(self, entry_id: str, status: str) -> None:
+        row = self.row_of(entry_id)
+        if row >= 0:
+            self.rows[row].status = status
+            self.dataChanged.emit(self.index(row, 0), self.index(row, len(COLUMNS) - 1))
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 - Qt's signature
+        return 0 if parent.isValid() else len(self.rows)
+
+    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 - Qt's signature
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if (
+            role == Qt.ItemDataRole.DisplayRole
+            and orientation == Qt.Orientation.Horizontal
+            and 0 <= section < len(COLUMNS)
+        ):
+            return COLUMNS[section]
+        return None
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or not 0 <= index.row() < len(self.rows):
+            return None
+        row = self.rows[index.row()]
+        entry, plan, column = row.entry, row.plan, index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            if column == 0:
+                return entry.model.name
+            if column == 1:
+                return entry.quant.quant
+            if column == 2:
+                return human_bytes(entry.quant.size) + ("" if entry.quant.size_exact else " (est.)")
+            if column == 3:
+                return entry.quant.note
+            if column == 4:
+                if not entry.model.loadable:
+                    return "old file layout"
+                if plan is None:
+                    return "planning…"
+                return ("★ recommended · " if row.recommended else "") + short_verdict(plan)
+            if column == 5:
+                return speed(plan) if plan is not None else ""
+            if column == 6:
+                return row.status
+        if role == Qt.ItemDataRole.ToolTipRole and column == 4 and plan is not None:
+            return plan.summary() + "\n" + "\n".join(plan.notes)
+        if role == Qt.ItemDataRole.FontRole and row.recommended:
+            font = QFont()
+            font.setBold(True)
+            return font
+        if role == Qt.ItemDataRole.UserRole:
+            return row
+        return None
+
+
+class _Worker(QObject):
+    """Runs a function on a plain thread and delivers ``(tag, result, error)`` on the GUI thread."""
+
+    done = Signal(str, object, object)
+
+    def run(self, tag: str, work: Callable[[], Any]) -> None:
+        def target() -> None:
+            try:
+                result = work()
+            except Exception as err:
+                self.done.emit(tag, None, err)
+            else:
+                self.done.emit(tag, result, None)
+
+        threading.Thread(target=target, name=f"model-manager-{tag}", daemon=True).start()
+
+
+class ModelManagerWindow(QWidget):
+    """Hardware, every catalog quantization with its verdict for this machine, and download actions.
+
+    Signals:
+        load_requested(Path): the user asked to chat with a downloaded model.
+        plans_updated(): badges were recomputed (tests and screenshots wait on it).
+    """
+
+    load_requested = Signal(object)
+    plans_updated = Signal()
+    verified = Signal(str, object)
+
+    def __init__(
+        self,
+        downloads: DownloadService,
+        *,
+        device: Device | None = None,
+        hardware_text: str | None = None,
+        parent: QWidget | None = None,
+        confirm: Callable[[str], bool] | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Models")
+        self.setAcceptDrops(True)
+        self.downloads = downloads
+        self._device = device
+        self._confirm = confirm or self._ask
+        self._worker = _Worker()
+        self._worker.done.connect(self._on_work_done)
+        self.model = CatalogTableModel()
+        self.hardware_label = QLabel(hardware_text or "Checking this machine…")
+        self.hardware_label.setWordWrap(True)
+        self.context = QSpinBox(minimum=512, maximum=131072, singleStep=1024, value=4096)
+        self.context.setAccessibleName("Context length")
+        self.kv = QComboBox()
+        self.kv.addItems(["f16", "q8_0", "q4_0"])
+        self.kv.setAccessibleName("KV cache type")
+        self.table = QTableView()
+        self.table.setModel(self.model)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(COLUMNS.index("Quality"), QHeaderView.ResizeMode.Stretch)
+        self.table.setWordWrap(False)
+        self.table.setAccessibleName("Model quantizations")
+        self.buttons = {
+            name: QPushButton(name)
+            for name in (
+                "Download",
+                "Pause",
+                "Resume",
+                "Cancel",
+                "Verify",
+                "Delete",
+                "Load in chat",
+                "Open folder",
+                "Import…",
+            )
+        }
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.hardware_label)
+        settings = QHBoxLayout()
+        settings.addWidget(QLabel("Context length"))
+        settings.addWidget(self.context)
+        settings.addWidget(QLabel("KV cache"))
+        settings.addWidget(self.kv)
+        settings.addStretch(1)
+        layout.addLayout(settings)
+        layout.addWidget(self.table, 1)
+        actions = QHBoxLayout()
+        for button in self.buttons.values():
+            actions.addWidget(button)
+        layout.addLayout(actions)
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        layout.addWidget(self.message)
+        self._replan_timer = QTimer(self)
+        self._replan_timer.setSingleShot(True)
+        self._replan_timer.setInterval(150)
+        self._replan_timer.timeout.connect(self.replan)
+        self.context.valueChanged.connect(lambda _: self._replan_timer.start())
+        self.kv.currentTextChanged.connect(lambda _: self._replan_timer.start())
+        self.downloads.progressed.connect(self._on_progress)
+        self.table.selectionModel().currentRowChanged.connect(lambda *_: self._update_buttons())
+        handlers = {
+            "Download": self.download_selected,
+            "Pause": self.pause_selected,
+            "Resume": self.resume_selected,
+            "Cancel": self.cancel_selected,
+            "Verify": self.verify_selected,
+            "Delete": self.delete_selected,
+            "Load in chat": self.load_selected,
+            "Open folder": self.open_folder,
+            "Import…": self.import_dialog,
+        }
+        for name, handler in handlers.items():
+            self.buttons[name].clicked.connect(handler)
+        self.resize(1100, 620)
+        self._sync_statuses()
+        if hardware_text is None:
+            self._worker.run("hardware", self._probe)
+        self.replan()
+        self._update_buttons()
+
+    # -- planning -----------------------------------------------------------------------------------
+
+    def _probe(self) -> tuple[Device, str]:
+        from app.core import hardware
+        from app.core.fit import device_for
+
+        report = hardware.probe()
+        device = self._device or device_for(report=report)
+        free_disk = shutil.disk_usage(paths.ensure(paths.models_dir())).free
+        gpus = (
+            "; ".join(
+                f"{g.name}: {human_bytes(g.free_bytes)} free of {human_bytes(g.total_bytes)}"
+                + (" (Metal working-set limit)" if g.backend == "metal" else "")
+                for g in report.gpus
+            )
+            or "no GPU found"
+        )
+        build = f"llama.cpp {report.llama_cpp_version} built for {report.llama_backend}"
+        if not report.llama_supports_gpu_offload:
+            build += (
+                ' (CPU only: for a GPU reinstall with CMAKE_ARGS="-DGGML_CUDA=on" or "-DGGML_METAL=on" '
+                "pip install --force-reinstall --no-cache-dir llama-cpp-python)"
+            )
+        text = (
+            f"GPU: {gpus}. RAM: {human_bytes(report.ram_total_bytes)} ({human_bytes(report.ram_available_bytes)} free). "
+            f"{build}. Free disk in the models folder: {human_bytes(free_disk)}."
+        )
+        return device, text
+
+    def settings(self) -> PlanSettings:
+        kv = self.kv.currentText()
+        return PlanSettings(n_ctx=self.context.value(), kv_type=kv, flash_attn=kv != "f16")
+
+    def replan(self) -> None:
+        """Recompute every row's verdict for the current settings, off the GUI thread."""
+        settings, device = self.settings(), self._device
+        entries = [row.entry for row in self.model.rows]
+
+        def work() -> tuple[dict[str, MemoryPlan], set[str]]:
+            from app.core.fit import device_for, plan_entry
+
+            target = device or device_for()
+            plans = {e.id: plan_entry(e, target, settings) for e in entries}
+            recommended: set[str] = set()
+            for model_id in {e.model.id for e in entries if e.model.loadable and e.model.repo}:
+                pairs = [(e.id, plans[e.id]) for e in entries if e.model.id == model_id]
+                best = recommend(pairs)
+                if best is not None:
+                    recommended.add(best[0])
+            return plans, recommended
+
+        self._worker.run("plans", work)
+
+    def _on_work_done(self, tag: str, result: Any, error: Exception | None) -> None:
+        if tag == "hardware":
+            if error is None:
+                device, text = result
+                self._device = self._device or device
+                self.hardware_label.setText(text)
+            else:
+                self.hardware_label.setText(f"Could not check this machine: {error}")
+        elif tag == "plans" and error is None:
+            plans, recommended = result
+            self.model.set_plans(plans, recommended)
+            self.plans_updated.emit()
+        elif tag.startswith("verify:"):
+            entry_id = tag.partition(":")[2]
+            if error is not None:
+                self.model.set_status(entry_id, f"verify failed: {error}")
+            else:
+                bad = [v for v in result if v.ok is False]
+                status = (
+                    "ready (checksum verified)"
+                    if all(v.ok for v in result)
+                    else (
+                        "failed: damaged file, delete it and download again" if bad else "ready (no checksum published)"
+                    )
+                )
+                self.model.set_status(entry_id, status)
+            self.verified.emit(entry_id, result)
+        elif tag == "import":
+            self.message.setText(
+                f"Imported {result}: it is in the chat window's model list."
+                if error is None
+                else f"Import failed: {error}"
+            )
+        elif error is not None:
+            self.message.setText(str(error))
+
+    # -- downloads ----------------------------------------------------------------------------------
+
+    def _sync_statuses(self) -> None:
+        for row in self.model.rows:
+            state = self.downloads.state(row.entry.id)
+            progress = self.downloads.last_progress(row.entry.id)
+            if state in ("queued", "running", "paused") or (state == "failed" and progress):
+                row.status = status_text(progress) if progress else state or row.status
+
+    def _on_progress(self, progress: Progress) -> None:
+        if progress.state == "done":
+            self.model.reload()
+            self._sync_statuses()
+            self.replan()
+        else:
+            self.model.set_status(progress.id, status_text(progress))
+        self._update_buttons()
+
+    def selected(self) -> Row | None:
+        index = self.table.currentIndex()
+        return self.model.rows[index.row()] if index.isValid() else None
+
+    def select(self, entry_id: str) -> None:
+        self.table.selectRow(self.model.row_of(entry_id))
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        row = self.selected()
+        state = self.downloads.state(row.entry.id) if row else None
+        installed = bool(row and row.entry.installed)
+        downloadable = bool(row and row.entry.model.repo and row.entry.model.loadable)
+        self.buttons["Download"].setEnabled(
+            downloadable and not installed and state not in ("queued", "running", "paused")
+        )
+        self.buttons["Pause"].setEnabled(state in ("queued", "running"))
+        self.buttons["Resume"].setEnabled(state == "paused")
+        self.buttons["Cancel"].setEnabled(state in ("queued", "running", "paused"))
+        for name in ("Verify", "Delete", "Load in chat", "Open folder"):
+            self.buttons[name].setEnabled(installed)
+
+    def download_selected(self) -> None:
+        row = self.selected()
+        if row is None:
+            return
+        plan = row.plan
+        if (
+            plan is not None
+            and plan.verdict == VERDICT_TOO_BIG
+            and not self._confirm(f"{row.entry.id} does not fit this machine ({plan.summary()}) Download it anyway?")
+        ):
+            return
+        self.model.set_status(row.entry.id, "queued")
+        self.downloads.start(spec_for_catalog_entry(row.entry))
+        self._update_buttons()
+
+    def pause_selected(self) -> None:
+        row = self.selected()
+        if row is not None:
+            self.downloads.pause(row.entry.id)
+
+    def resume_selected(self) -> None:
+        row = self.selected()
+        if row is not None:
+            self.downloads.resume(row.entry.id)
+            self.model.set_status(row.entry.id, "queued")
+            self._update_buttons()
+
+    def cancel_selected(self) -> None:
+        row = self.selected()
+        if row is not None and self._confirm(f"Cancel the download of {row.entry.id} and delete what was fetched?"):
+            self.downloads.cancel(row.entry.id)
+            self.model.set_status(row.entry.id, "not downloaded")
+            self._update_buttons()
+
+    def verify_selected(self) -> None:
+        row = self.selected()
+        if row is None or not row.entry.installed:
+            return
+        from app.core.local_models import model_parts, verify_file
+
+        first = row.entry.first_path
+        self.model.set_status(row.entry.id, "verifying…")
+        self._worker.run(f"verify:{row.entry.id}", lambda: [verify_file(p) for p in model_parts(first)])
+
+    def delete_selected(self) -> None:
+        row = self.selected()
+        if row is None or not row.entry.installed:
+            return
+        from app.core.local_models import model_parts, remove_model
+
+        size = sum(p.stat().st_size for p in model_parts(row.entry.first_path))
+        if self._confirm(f"Delete {row.entry.id}? This frees {human_bytes(size)}."):
+            remove_model(row.entry.first_path)
+            self.model.reload()
+            self.replan()
+            self._update_buttons()
+
+    def load_selected(self) -> None:
+        row = self.selected()
+        if row is not None and row.entry.installed:
+            self.load_requested.emit(row.entry.first_path)
+
+    def open_folder(self) -> None:
+        row = self.selected()
+        if row is not None and row.entry.installed:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(row.entry.first_path.parent)))
+
+    # -- import -------------------------------------------------------------------------------------
+
+    def import_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Import a GGUF model", str(Path.home()), "GGUF models (*.gguf)")
+        if path:
+            self.import_file(Path(path))
+
+    def import_file(self, path: Path, mode: str = "copy") -> None:
+        from app.core.local_models import import_model
+
+        self._worker.run("import", lambda: import_model(path, mode))
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if any(url.toLocalFile().endswith(".gguf") for url in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        for url in event.mimeData().urls():
+            if url.toLocalFile().endswith(".gguf"):
+                self.import_file(Path(url.toLocalFile()))
+
+    def _ask(self, question: str) -> bool:
+        answer = QMessageBox.question(self, "Models", question)
+        return answer == QMessageBox.StandardButton.Yes

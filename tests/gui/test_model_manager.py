@@ -1,0 +1,185 @@
+"""The model manager window: verdicts per machine, and downloads driven from the table against the fake hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+
+from app.core import catalog
+from app.core.downloads import RetryPolicy, partial_dir, spec_for_catalog_entry
+from app.core.planner import GIB, Device
+from app.gui.downloads import DownloadService
+from app.gui.model_manager import ModelManagerWindow
+from quant.fakehub import Fault
+
+FAST = RetryPolicy(attempts=4, backoff_s=0.01, backoff_max_s=0.05, stall_timeout_s=2.0, min_bytes_per_s=1_000)
+CUDA_24 = Device.assumed_machine(backend="cuda", vram_bytes=24 * GIB, ram_bytes=64 * GIB, gpu_name="RTX 4090")
+MAC_64 = Device.assumed_machine(backend="metal", vram_bytes=None, ram_bytes=64 * GIB, gpu_name="Apple M2 Max")
+CPU_32 = Device.assumed_machine(backend="cpu", vram_bytes=None, ram_bytes=32 * GIB)
+ENTRY = "mixtral-8x7b-instruct:Q2_K"
+
+
+def open_manager(qtbot, device: Device, **kwargs) -> ModelManagerWindow:
+    service = DownloadService(retry=FAST)
+    window = ModelManagerWindow(service, device=device, hardware_text="test machine", confirm=lambda q: True, **kwargs)
+    qtbot.addWidget(window)
+    with qtbot.waitSignal(window.plans_updated, timeout=30_000):
+        pass
+    return window
+
+
+def cell(window: ModelManagerWindow, entry_id: str, column: int) -> str:
+    return window.model.data(window.model.index(window.model.row_of(entry_id), column))
+
+
+@pytest.mark.parametrize(
+    ("device", "expect"),
+    [
+        (
+            CUDA_24,
+            {"mixtral-8x7b-instruct:Q3_K_M": "★ recommended · full GPU", "mixtral-8x7b-instruct:Q8_0": "/33 on GPU"},
+        ),
+        (MAC_64, {"mixtral-8x7b-instruct:Q6_K": "full GPU", "mixtral-8x22b-instruct:Q8_0": "too big"}),
+        (CPU_32, {"mixtral-8x7b-instruct:Q2_K": "CPU only", "mixtral-8x7b-instruct:Q8_0": "too big"}),
+    ],
+    ids=["cuda-24GB", "mac-64GB", "cpu-only"],
+)
+def test_badges_for_simulated_machines(qtbot, device: Device, expect: dict[str, str]) -> None:
+    window = open_manager(qtbot, device)
+    for entry_id, text in expect.items():
+        assert text in cell(window, entry_id, 4), (entry_id, cell(window, entry_id, 4))
+    assert cell(window, "mixtral-8x7b-instruct-thebloke:Q4_K_M", 4) == "old file layout"
+
+
+def test_context_and_kv_changes_update_the_badges(qtbot) -> None:
+    window = open_manager(qtbot, CUDA_24)
+    assert "full GPU" in cell(window, "mixtral-8x7b-instruct:Q3_K_M", 4)
+    with qtbot.waitSignal(window.plans_updated, timeout=30_000):
+        window.context.setValue(32768)
+    long_context = cell(window, "mixtral-8x7b-instruct:Q3_K_M", 4)
+    assert "on GPU" in long_context and "full" not in long_context
+    with qtbot.waitSignal(window.plans_updated, timeout=30_000):
+        window.kv.setCurrentText("q4_0")
+    assert cell(window, "mixtral-8x7b-instruct:Q3_K_M", 4) != long_context
+
+
+@pytest.fixture
+def served(fake_hub, tiny_v1: dict[str, Path]):
+    item = catalog.entry("mixtral-8x7b-instruct", "Q2_K")
+    fake_hub.add(item.model.repo, tiny_v1["Q4_0"], item.quant.files[0].name)
+    return fake_hub, item.quant.files[0].name
+
+
+def test_download_pause_resume_and_finish_from_the_table(qtbot, served) -> None:
+    hub, name = served
+    hub.throttle_bytes_per_s = 3_000_000
+    window = open_manager(qtbot, CPU_32)
+    window.select(ENTRY)
+    qtbot.mouseClick(window.buttons["Download"], Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: cell(window, ENTRY, 6).startswith("downloading"), timeout=30_000)
+    assert "/s" in cell(window, ENTRY, 6)
+    qtbot.mouseClick(window.buttons["Pause"], Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: cell(window, ENTRY, 6) == "paused", timeout=30_000)
+    assert window.buttons["Resume"].isEnabled() and not window.buttons["Pause"].isEnabled()
+    hub.throttle_bytes_per_s = 0
+    qtbot.mouseClick(window.buttons["Resume"], Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: cell(window, ENTRY, 6) == "ready", timeout=60_000)
+    assert catalog.entry("mixtral-8x7b-instruct", "Q2_K").installed
+    window.select(ENTRY)
+    assert window.buttons["Load in chat"].isEnabled() and not window.buttons["Download"].isEnabled()
+    with qtbot.waitSignal(window.load_requested, timeout=5_000) as blocker:
+        qtbot.mouseClick(window.buttons["Load in chat"], Qt.MouseButton.LeftButton)
+    assert blocker.args[0].name == name
+    with qtbot.waitSignal(window.verified, timeout=30_000):
+        qtbot.mouseClick(window.buttons["Verify"], Qt.MouseButton.LeftButton)
+    assert cell(window, ENTRY, 6) == "ready (checksum verified)"
+    qtbot.mouseClick(window.buttons["Delete"], Qt.MouseButton.LeftButton)
+    assert cell(window, ENTRY, 6) == "not downloaded" and not catalog.entry("mixtral-8x7b-instruct", "Q2_K").installed
+
+
+def test_cancel_asks_and_removes_the_partial_data(qtbot, served) -> None:
+    hub, _ = served
+    hub.throttle_bytes_per_s = 2_000_000
+    questions: list[str] = []
+    window = open_manager(
+        qtbot,
+        CPU_32,
+    )
+    window._confirm = lambda question: questions.append(question) or True
+    window.select(ENTRY)
+    qtbot.mouseClick(window.buttons["Download"], Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: cell(window, ENTRY, 6).startswith("downloading"), timeout=30_000)
+    qtbot.mouseClick(window.buttons["Cancel"], Qt.MouseButton.LeftButton)
+    assert questions and "Cancel the download" in questions[0]
+    qtbot.waitUntil(lambda: window.downloads.state(ENTRY) == "cancelled", timeout=30_000)
+    item = catalog.entry("mixtral-8x7b-instruct", "Q2_K")
+    assert cell(window, ENTRY, 6) == "not downloaded" and not partial_dir(spec_for_catalog_entry(item)).exists()
+
+
+def test_a_failed_verification_shows_in_the_row(qtbot, served) -> None:
+    hub, name = served
+    hub.fail_next(name, Fault("corrupt"))
+    window = open_manager(qtbot, CPU_32)
+    window.select(ENTRY)
+    qtbot.mouseClick(window.buttons["Download"], Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: cell(window, ENTRY, 6).startswith("failed"), timeout=60_000)
+    assert "damaged" in cell(window, ENTRY, 6)
+    assert not catalog.entry("mixtral-8x7b-instruct", "Q2_K").installed
+
+
+def test_downloads_outlive_the_window(qtbot, served) -> None:
+    hub, _ = served
+    hub.throttle_bytes_per_s = 3_000_000
+    service = DownloadService(retry=FAST)
+    window = ModelManagerWindow(service, device=CPU_32, hardware_text="test", confirm=lambda q: True)
+    qtbot.addWidget(window)
+    window.select(ENTRY)
+    window.download_selected()
+    window.close()
+    hub.throttle_bytes_per_s = 0
+    qtbot.waitUntil(lambda: service.state(ENTRY) == "done", timeout=60_000)
+    reopened = ModelManagerWindow(service, device=CPU_32, hardware_text="test", confirm=lambda q: True)
+    qtbot.addWidget(reopened)
+    assert cell(reopened, ENTRY, 6) == "ready"
+
+
+def test_import_adds_a_local_file(qtbot, tiny_v1: dict[str, Path], tmp_path: Path) -> None:
+    from app.core.local_models import installed_models
+
+    source = tmp_path / "local.gguf"
+    source.write_bytes(tiny_v1["Q2_K"].read_bytes())
+    window = open_manager(qtbot, CPU_32)
+    window.import_file(source)
+    qtbot.waitUntil(lambda: window.message.text().startswith("Imported"), timeout=30_000)
+    assert any(p.name == "local.gguf" for p in installed_models())
+
+
+def test_the_real_hardware_panel_fills_in(qtbot) -> None:
+    window = ModelManagerWindow(DownloadService(retry=FAST), confirm=lambda q: True)
+    qtbot.addWidget(window)
+    qtbot.waitUntil(lambda: "RAM:" in window.hardware_label.text(), timeout=30_000)
+    assert "CPU only" in window.hardware_label.text() and "Free disk" in window.hardware_label.text()
+
+
+def test_main_window_opens_the_manager_and_loads_from_it(qtbot, tiny_v1: dict[str, Path]) -> None:
+    from app.gui.main_window import MainWindow
+
+    window = MainWindow(load_on_start=False)
+    qtbot.addWidget(window)
+    qtbot.mouseClick(window.models_button, Qt.MouseButton.LeftButton)
+    assert window.model_manager is not None and window.model_manager.isVisible()
+    with qtbot.waitSignal(window.controller.model_loaded, timeout=60_000):
+        window.model_manager.load_requested.emit(tiny_v1["Q4_0"])
+
+
+def test_screenshot_script_catches_a_download_in_progress(tmp_path: Path, qapp, monkeypatch) -> None:
+    import huggingface_hub.constants
+
+    from app.gui.screenshot_models import main
+
+    for name in ("ENDPOINT", "HUGGINGFACE_CO_URL_TEMPLATE", "HF_HUB_OFFLINE"):
+        monkeypatch.setattr(huggingface_hub.constants, name, getattr(huggingface_hub.constants, name))
+    assert main(["--out", str(tmp_path)]) == 0
+    assert (tmp_path / "model-manager.png").stat().st_size > 20_000
