@@ -268,6 +268,7 @@ class ModelManagerWindow(QWidget):
         if hardware_text is None:
             self._worker.run("hardware", self._probe)
         self.replan()
+        self._worker.run("refresh", self._refresh_from_hub)
         self._update_buttons()
 
     # -- planning -----------------------------------------------------------------------------------
@@ -298,6 +299,20 @@ class ModelManagerWindow(QWidget):
             f"{build}. Free disk in the models folder: {human_bytes(free_disk)}."
         )
         return device, text
+
+    @staticmethod
+    def _refresh_from_hub() -> int:
+        """Exact sizes and hashes from the hub when it can be reached; offline is normal and quiet."""
+        from app.core.errors import DeskError
+
+        described = 0
+        for model in catalog.catalog():
+            if model.repo:
+                try:
+                    described += catalog.refresh_from_hub(model)
+                except DeskError:
+                    return described  # offline or unreachable: keep the cached and estimated figures
+        return described
 
     def settings(self) -> PlanSettings:
         kv = self.kv.currentText()
@@ -331,6 +346,11 @@ class ModelManagerWindow(QWidget):
                 self.hardware_label.setText(text)
             else:
                 self.hardware_label.setText(f"Could not check this machine: {error}")
+        elif tag == "refresh":
+            if error is None and result:
+                self.model.reload()
+                self._sync_statuses()
+                self.replan()
         elif tag == "plans" and error is None:
             plans, recommended = result
             self.model.set_plans(plans, recommended)

@@ -183,3 +183,15 @@ def test_screenshot_script_catches_a_download_in_progress(tmp_path: Path, qapp, 
         monkeypatch.setattr(huggingface_hub.constants, name, getattr(huggingface_hub.constants, name))
     assert main(["--out", str(tmp_path)]) == 0
     assert (tmp_path / "model-manager.png").stat().st_size > 20_000
+
+
+def test_hub_details_fill_in_after_the_window_opens(qtbot, served, tiny_v1: dict[str, Path]) -> None:
+    window = open_manager(qtbot, CPU_32)
+    qtbot.waitUntil(lambda: "(est.)" not in cell(window, ENTRY, 2), timeout=30_000)
+    assert cell(window, ENTRY, 2) == "13 MiB"  # the served file's exact size replaced the catalog estimate
+    assert "(est.)" in cell(window, "mixtral-8x7b-instruct:Q8_0", 2)  # the hub does not have that one
+
+
+def test_the_window_opens_without_a_network(qtbot) -> None:
+    window = open_manager(qtbot, CPU_32)  # HF_HUB_OFFLINE is set by the test fixtures
+    assert window.model.rowCount() > 30 and "(est.)" in cell(window, ENTRY, 2)
