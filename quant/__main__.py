@@ -39,16 +39,22 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "download-bench", help="download speed against a plain copy from a local server", add_help=False
     )
+    commands.add_parser("requantize", help="requantize a GGUF with llama.cpp's quantizer", add_help=False)
+    commands.add_parser(
+        "eval", help="perplexity, KL divergence and top-1 agreement against a reference", add_help=False
+    )
     if argv is None:
         argv = sys.argv[1:]
-    if argv and argv[0] == "planner-check":
-        from quant.planner_check import main as planner_check
+    scripts = {
+        "planner-check": "quant.planner_check",
+        "download-bench": "quant.download_bench",
+        "requantize": "quant.requantize",
+        "eval": "quant.evaluate",
+    }
+    if argv and argv[0] in scripts:
+        import importlib
 
-        return planner_check(argv[1:])
-    if argv and argv[0] == "download-bench":
-        from quant.download_bench import main as download_bench
-
-        return download_bench(argv[1:])
+        return int(importlib.import_module(scripts[argv[0]]).main(argv[1:]))
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

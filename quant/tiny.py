@@ -12,23 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from quant.requantize import QUANT_FTYPES, quantize
 from quant.tokenizers import mistral_tokenizer_path, read_sentencepiece_vocab
 
-# llama.cpp file types (enum llama_ftype) for each quantization level we ship.
-QUANT_FTYPES: dict[str, int] = {
-    "Q2_K": 10,
-    "Q3_K_S": 11,
-    "Q3_K_M": 12,
-    "Q3_K_L": 13,
-    "Q4_0": 2,
-    "Q4_K_S": 14,
-    "Q4_K_M": 15,
-    "Q5_0": 8,
-    "Q5_K_S": 16,
-    "Q5_K_M": 17,
-    "Q6_K": 18,
-    "Q8_0": 7,
-}
+__all__ = ["DEFAULT_QUANTS", "QUANT_FTYPES", "TinyMixtralSpec", "build_tiny", "quantize", "write_f16"]
+
 DEFAULT_QUANTS = ("Q2_K", "Q3_K_M", "Q4_0", "Q4_K_M", "Q5_0", "Q5_K_M", "Q6_K", "Q8_0")
 
 
@@ -162,27 +150,6 @@ def write_f16(spec: TinyMixtralSpec, path: Path, split_max_tensors: int = 0) -> 
         part.replace(path.parent / part.name)
     staging.rmdir()
     return path.parent / written[0].name
-
-
-def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> Path:
-    """Quantize ``src`` to ``quant`` with llama.cpp and write ``dst`` atomically."""
-    import llama_cpp
-
-    from app.core import llama_log
-
-    llama_log.install()  # keep llama.cpp's per-tensor log off the terminal
-    if quant not in QUANT_FTYPES:
-        raise ValueError(f"unknown quantization {quant!r}; choose from {', '.join(QUANT_FTYPES)}")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = QUANT_FTYPES[quant]
-    params.nthread = threads
-    tmp = dst.with_suffix(dst.suffix + ".tmp")
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
-    if rc != 0:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"llama_model_quantize failed for {quant} (code {rc})")
-    tmp.replace(dst)
-    return dst
 
 
 def build_tiny(

@@ -13,10 +13,10 @@ import ctypes
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _recent: collections.deque[str] = collections.deque(maxlen=400)
 _captures: list[list[str]] = []
 _partial = ""
@@ -50,11 +50,24 @@ def install() -> None:
     llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
 
 
+class _Listener(list[str]):
+    """A capture list that also calls ``on_line`` for each line as it arrives."""
+
+    def __init__(self, on_line: Callable[[str], None] | None) -> None:
+        super().__init__()
+        self._on_line = on_line
+
+    def append(self, line: str) -> None:
+        super().append(line)
+        if self._on_line is not None:
+            self._on_line(line)
+
+
 @contextlib.contextmanager
-def capture() -> Iterator[list[str]]:
-    """Collect every complete log line written while the block runs."""
+def capture(on_line: Callable[[str], None] | None = None) -> Iterator[list[str]]:
+    """Collect every complete log line written while the block runs; ``on_line`` hears each one at once."""
     install()
-    lines: list[str] = []
+    lines: list[str] = _Listener(on_line)
     with _lock:
         _captures.append(lines)
     try:
