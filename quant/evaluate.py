@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,13 +45,13 @@ def default_text() -> str:
     return resources.files("resources").joinpath("eval_text.txt").read_text(encoding="utf-8")
 
 
-def _open(path: Path, n_ctx: int, threads: int | None) -> object:
+def _open(path: Path, n_ctx: int, threads: int | None) -> Any:
     import llama_cpp
 
     from app.core import llama_log
 
     llama_log.install()
-    kwargs: dict[str, object] = {
+    kwargs: dict[str, Any] = {
         "model_path": str(path),
         "n_ctx": n_ctx,
         "n_batch": n_ctx,
@@ -75,7 +76,8 @@ def _windows(llama: object, text: str, n_ctx: int) -> Iterator[list[int]]:
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    result: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return result
 
 
 def _scored_logprobs(llama: object, window: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -98,7 +100,7 @@ def evaluate(
             ref = _open(reference, n_ctx, threads)
             for index, window in enumerate(_windows(ref, text, n_ctx)):
                 logprobs, _ = _scored_logprobs(ref, window)
-                stored = np.lib.format.open_memmap(
+                stored = np.lib.format.open_memmap(  # type: ignore[no-untyped-call]
                     Path(scratch) / f"ref-{index}.npy", mode="w+", dtype=np.float32, shape=logprobs.shape
                 )
                 stored[:] = logprobs
