@@ -105,7 +105,7 @@ def evaluate(
                 )
                 stored[:] = logprobs
                 ref_store.append(stored)
-            ref.close()  # type: ignore[attr-defined]
+            ref.close()
         llama = _open(model, n_ctx, threads)
         nll, count, kls, agree = 0.0, 0, [], 0
         for index, window in enumerate(_windows(llama, text, n_ctx)):
@@ -117,7 +117,7 @@ def evaluate(
                 kl = (np.exp(ref_logprobs) * (ref_logprobs - logprobs)).sum(axis=-1)
                 kls.append(np.maximum(kl, 0.0))
                 agree += int((ref_logprobs.argmax(axis=-1) == logprobs.argmax(axis=-1)).sum())
-        llama.close()  # type: ignore[attr-defined]
+        llama.close()
         del ref_store
     all_kl = np.concatenate(kls) if kls else None
     return EvalResult(
