@@ -9,7 +9,15 @@ from collections.abc import Sequence
 from app import APP_NAME, __version__
 from app.core.errors import DeskError
 
-COMMAND_MODULES = ("app.cli.gui", "app.cli.chat", "app.cli.prompt", "app.cli.hw", "app.cli.plan", "app.cli.models")
+COMMAND_MODULES = (
+    "app.cli.gui",
+    "app.cli.chat",
+    "app.cli.prompt",
+    "app.cli.hw",
+    "app.cli.plan",
+    "app.cli.models",
+    "app.cli.bench",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

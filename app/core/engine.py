@@ -112,6 +112,26 @@ class GenerationStats:
 
 
 @dataclass(frozen=True)
+class SpeedSample:
+    """One timed run: prompt evaluation (until the first token) and generation after it."""
+
+    prompt_tokens: int
+    generated_tokens: int
+    prompt_seconds: float
+    decode_seconds: float
+    bare: bool = False
+
+    @property
+    def prompt_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def generation_tokens_per_s(self) -> float:
+        steps = self.generated_tokens - 1  # the first token belongs to the prompt phase
+        return steps / self.decode_seconds if self.decode_seconds > 0 and steps > 0 else 0.0
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What was loaded, as llama.cpp sees it."""
 
@@ -527,9 +547,17 @@ class Engine:
         }
         if settings.vocab_only:
             kwargs.update(vocab_only=True, n_gpu_layers=0)
-        if settings.n_threads:
-            kwargs["n_threads"] = settings.n_threads
-            kwargs["n_threads_batch"] = settings.n_threads
+        threads = settings.n_threads
+        if threads is None and not settings.vocab_only:
+            from app.core.bench import tuned_settings  # what `bench --tune` found fastest for this file
+
+            tuned = tuned_settings(path)
+            threads = tuned.get("n_threads")
+            if settings.n_batch == LoadSettings.n_batch and "n_batch" in tuned:
+                kwargs["n_batch"] = tuned["n_batch"]
+        if threads:
+            kwargs["n_threads"] = threads
+            kwargs["n_threads_batch"] = threads
         if settings.seed is not None:
             kwargs["seed"] = settings.seed
         with llama_log.capture() as lines:
@@ -552,6 +580,47 @@ class Engine:
         if self._busy.locked() and self._current is not None:
             raise EngineBusyError("The model is still answering; stop the reply first.")
         return self._busy
+
+    # -- measuring -------------------------------------------------------------------------------
+
+    def measure_speed(self, prompt_tokens: int, generate_tokens: int, *, bare: bool = False) -> SpeedSample:
+        """One llama-bench style run: evaluate ``prompt_tokens`` from an empty cache, then greedily generate
+        ``generate_tokens``. ``bare`` drives llama-cpp-python's own ``generate`` loop (the baseline); otherwise
+        the reply streams through :meth:`generate`, exactly as the CLI and GUI receive it.
+        """
+        llama, vocab = self._llama, self._vocab
+        if llama is None or vocab is None or self.settings.vocab_only:
+            raise NoModelError("Load a model before measuring it.")
+        n_ctx = int(llama.n_ctx())
+        if prompt_tokens + generate_tokens > n_ctx:
+            raise DeskError(f"{prompt_tokens}+{generate_tokens} tokens do not fit the {n_ctx}-token context.")
+        filler = vocab.encode(" the quick brown fox jumps over the lazy dog", special=False)
+        prompt = [vocab.bos_id, *(filler * (prompt_tokens // len(filler) + 1))[: prompt_tokens - 1]]
+        llama.reset()
+        start = time.perf_counter()
+        if bare:
+            produced = 0
+            first = 0.0
+            for _token in llama.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0):
+                produced += 1
+                if produced == 1:
+                    first = time.perf_counter()
+                if produced >= generate_tokens:
+                    break
+            end = time.perf_counter()
+            return SpeedSample(prompt_tokens, produced, first - start, end - first, bare=True)
+        text = vocab.decode(prompt[1:], special=False)
+        request = GenerationRequest(
+            (Message("user", text),),
+            SamplingSettings(temperature=0.0, top_k=1, repeat_penalty=1.0, max_new_tokens=generate_tokens),
+            chat_format="plain",
+        )
+        generation = self.generate(request)
+        generation.run_to_end()
+        stats = generation.stats
+        assert stats is not None
+        decode = stats.total_time_s - stats.time_to_first_token_s
+        return SpeedSample(stats.prompt_tokens_evaluated, stats.generated_tokens, stats.time_to_first_token_s, decode)
 
     # -- prompts ---------------------------------------------------------------------------------
 

@@ -1,0 +1,148 @@
+"""`mixtral-desk bench`: how fast models run on this machine (pp512 / tg128, TTFT, memory), tuning, overhead."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from app.cli.format import human_bytes, table
+from app.core.engine import Engine, LoadSettings
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "bench",
+        help="measure prompt and generation speed on this machine",
+        description="Prompt processing (pp) and generation (tg) tokens/s with a short prompt and with one that "
+        "fills most of the context, time to first token and peak memory, as median and min..max of repeated runs.",
+    )
+    parser.add_argument("models", nargs="*", metavar="MODEL|PATH", help="GGUF files or names (default: the newest)")
+    parser.add_argument("--ctx", type=int, default=2048, help="context length (default 2048)")
+    parser.add_argument("--prompt", type=int, default=512, help="short prompt length (default 512, as pp512)")
+    parser.add_argument("--generate", type=int, default=128, help="tokens to generate (default 128, as tg128)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (default 3)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--gpu-layers", type=int, default=None)
+    parser.add_argument("--no-long", action="store_true", help="skip the long-prompt scenario")
+    parser.add_argument("--overhead", action="store_true", help="compare our streaming path with bare llama-cpp-python")
+    parser.add_argument(
+        "--tune", action="store_true", help="find the fastest threads/batch and save them for the model"
+    )
+    parser.add_argument(
+        "--mixtral-shaped",
+        action="store_true",
+        help="bench full-width 8x7B-shaped test models and extrapolate to 32 layers",
+    )
+    parser.add_argument("--chart", metavar="FILE.png", help="save a bar chart of the results")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from app.core import bench, paths
+    from app.core.local_models import resolve_model
+
+    payload: dict[str, Any] = {"results": []}
+    if args.mixtral_shaped:
+        folder = paths.ensure(paths.cache_dir() / "bench-models")
+        models = bench.mixtral_shaped_models(folder)
+        speeds = {}
+        for layers, path in models.items():
+            engine = Engine()
+            engine.load(LoadSettings(model_path=str(path), n_ctx=args.ctx, n_threads=args.threads))
+            results = bench.run_bench(
+                engine,
+                prompt_tokens=min(args.prompt, args.ctx // 4),
+                generate_tokens=args.generate,
+                repeats=args.repeat,
+                long_prompt=False,
+            )
+            engine.unload()
+            speeds[layers] = results[0].tg_tokens_per_s.median
+            payload["results"] += [r.to_json() for r in results]
+        estimate = bench.extrapolate(speeds, 32)
+        payload["extrapolation"] = vars(estimate)
+        if not args.json:
+            print(
+                f"Mixtral 8x7B shape, {estimate.target_layers} layers: ~{estimate.tokens_per_s} tokens/s generation "
+                f"({estimate.note}; {estimate.seconds_per_layer * 1000:.1f} ms per layer)."
+            )
+    paths_to_run = [resolve_model(m) for m in args.models] or ([] if args.mixtral_shaped else [resolve_model(None)])
+    for model in paths_to_run:
+        settings = LoadSettings(
+            model_path=str(model), n_ctx=args.ctx, n_threads=args.threads, n_gpu_layers=args.gpu_layers
+        )
+        if args.tune:
+            best = bench.tune(
+                settings,
+                on_trial=lambda trial, pp, tg: print(
+                    f"  threads {trial['n_threads']:>2} batch {trial['n_batch']:>4}: pp {pp:8.1f}  tg {tg:7.2f} tok/s",
+                    file=sys.stderr,
+                ),
+            )
+            print(
+                f"{model.name}: fastest is {best['n_threads']} threads, batch {best['n_batch']} (saved)",
+                file=sys.stderr,
+            )
+            payload.setdefault("tuned", {})[model.name] = best
+        engine = Engine()
+        engine.load(settings)
+        results = bench.run_bench(
+            engine,
+            prompt_tokens=args.prompt,
+            generate_tokens=args.generate,
+            repeats=args.repeat,
+            long_prompt=not args.no_long,
+        )
+        payload["results"] += [r.to_json() for r in results]
+        if args.overhead:
+            overhead = bench.measure_overhead(engine, generate_tokens=args.generate)
+            payload.setdefault("overhead", {})[model.name] = {
+                "ours_tokens_per_s": overhead.ours_tokens_per_s,
+                "bare_tokens_per_s": overhead.bare_tokens_per_s,
+                "ratio": round(overhead.ratio, 3),
+            }
+        engine.unload()
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        rows = [
+            [
+                r["model"],
+                r["scenario"],
+                str(r["prompt_tokens"]),
+                f"{r['pp_tokens_per_s']['median']:.1f} ({r['pp_tokens_per_s']['low']:.1f}..{r['pp_tokens_per_s']['high']:.1f})",
+                f"{r['tg_tokens_per_s']['median']:.2f} ({r['tg_tokens_per_s']['low']:.2f}..{r['tg_tokens_per_s']['high']:.2f})",
+                f"{r['time_to_first_token_s']['median']:.2f}s",
+                human_bytes(r["peak_rss_bytes"]),
+            ]
+            for r in payload["results"]
+        ]
+        print(
+            table(
+                rows, ["model", "scenario", "prompt", "pp tok/s (min..max)", "tg tok/s (min..max)", "TTFT", "peak RAM"]
+            )
+        )
+        for name, figures in payload.get("overhead", {}).items():
+            print(
+                f"{name}: streaming path {figures['ours_tokens_per_s']} tok/s vs bare llama-cpp-python "
+                f"{figures['bare_tokens_per_s']} tok/s -> ratio {figures['ratio']:.3f} (target >= 0.97)"
+            )
+    if args.chart:
+        from app.gui.charts import bar_chart_png
+
+        short = [r for r in payload["results"] if r["scenario"] == "short prompt"]
+        bar_chart_png(
+            Path(args.chart),
+            "Generation and prompt speed on this machine",
+            [r["model"].removesuffix(".gguf")[-20:] for r in short],
+            {
+                "tg": [r["tg_tokens_per_s"]["median"] for r in short],
+                "pp / 10": [r["pp_tokens_per_s"]["median"] / 10 for r in short],
+            },
+        )
+        print(f"chart: {args.chart}", file=sys.stderr)
+    return 0

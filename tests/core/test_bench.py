@@ -1,0 +1,99 @@
+"""Benchmarks: repeated pp/tg measurements, the streaming-path overhead, extrapolation and tuning."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.core import bench
+from app.core.engine import Engine, LoadSettings
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_v1: dict[str, Path]) -> Engine:
+    engine = Engine()
+    engine.load(LoadSettings(model_path=str(tiny_v1["Q4_K_M"]), n_ctx=1024))
+    return engine
+
+
+def test_bench_reports_median_and_spread_for_short_and_long_prompts(engine: Engine) -> None:
+    results = bench.run_bench(engine, prompt_tokens=128, generate_tokens=16, repeats=2)
+    assert [r.scenario for r in results] == ["short prompt", "long prompt"]
+    short, long = results
+    assert short.prompt_tokens == 128 and long.prompt_tokens == 1024 - 16 - 16
+    for result in results:
+        for figure in (result.pp_tokens_per_s, result.tg_tokens_per_s, result.time_to_first_token_s):
+            assert 0 < figure.low <= figure.median <= figure.high
+        assert result.peak_rss_bytes > 50 * 1024 * 1024
+    assert long.time_to_first_token_s.median > short.time_to_first_token_s.median  # more prompt, longer wait
+
+
+def test_every_sample_counts_the_tokens_it_was_asked_for(engine: Engine) -> None:
+    ours = engine.measure_speed(64, 10)
+    bare = engine.measure_speed(64, 10, bare=True)
+    assert (ours.prompt_tokens, ours.generated_tokens) == (64, 10)
+    assert (bare.prompt_tokens, bare.generated_tokens) == (64, 10) and bare.bare
+
+
+def test_overhead_is_measured_in_one_run(engine: Engine) -> None:
+    overhead = bench.measure_overhead(engine, generate_tokens=16, repeats=2)
+    assert overhead.ours_tokens_per_s > 0 and overhead.bare_tokens_per_s > 0
+    assert 0.3 < overhead.ratio < 3  # the figure itself is for the benchmark script, not a timed assertion
+
+
+def test_extrapolation_from_one_and_two_layers() -> None:
+    estimate = bench.extrapolate({1: 100.0, 2: 50.0}, 32)  # 10 ms, then 20 ms per token: 10 ms per layer
+    assert estimate.seconds_per_layer == pytest.approx(0.01) and estimate.fixed_seconds == pytest.approx(0.0)
+    assert estimate.tokens_per_s == pytest.approx(1 / 0.32, rel=0.01) and "extrapolated" in estimate.note
+
+
+def test_tuning_saves_the_fastest_setting_and_loads_use_it(tiny_v1: dict[str, Path]) -> None:
+    trials: list[dict[str, int]] = []
+    best = bench.tune(
+        LoadSettings(model_path=str(tiny_v1["Q4_0"]), n_ctx=512),
+        generate_tokens=8,
+        on_trial=lambda trial, pp, tg: trials.append(trial),
+    )
+    assert len(trials) >= 4 and best in trials
+    assert bench.tuned_settings(tiny_v1["Q4_0"]) == best
+    engine = Engine()
+    engine.load(LoadSettings(model_path=str(tiny_v1["Q4_0"]), n_ctx=512))
+    assert engine._llama.n_batch == best["n_batch"]
+
+
+def test_bench_command_json_and_chart(tiny_v1: dict[str, Path], tmp_path: Path) -> None:
+    chart = tmp_path / "bench.png"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "bench",
+            str(tiny_v1["Q2_K"]),
+            "--ctx",
+            "512",
+            "--prompt",
+            "64",
+            "--generate",
+            "8",
+            "--repeat",
+            "1",
+            "--no-long",
+            "--overhead",
+            "--json",
+            "--chart",
+            str(chart),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["results"][0]["pp_tokens_per_s"]["median"] > 0
+    assert payload["overhead"][tiny_v1["Q2_K"].name]["ratio"] > 0
+    assert chart.stat().st_size > 5_000
