@@ -29,6 +29,11 @@ def register(commands: Any) -> None:
     parser.add_argument("--no-long", action="store_true", help="skip the long-prompt scenario")
     parser.add_argument("--overhead", action="store_true", help="compare our streaming path with bare llama-cpp-python")
     parser.add_argument(
+        "--parallel",
+        action="store_true",
+        help="aggregate tokens/s for 1, 2, 4 and 8 sequences decoded together in one batch",
+    )
+    parser.add_argument(
         "--tune", action="store_true", help="find the fastest threads/batch and save them for the model"
     )
     parser.add_argument(
@@ -105,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
                 "bare_tokens_per_s": overhead.bare_tokens_per_s,
                 "ratio": round(overhead.ratio, 3),
             }
+        if args.parallel:
+            payload.setdefault("parallel", {})[model.name] = bench.measure_batching(
+                engine, generate_tokens=args.generate
+            )
         engine.unload()
     if args.json:
         print(json.dumps(payload, indent=2))
@@ -126,6 +135,11 @@ def run(args: argparse.Namespace) -> int:
                 rows, ["model", "scenario", "prompt", "pp tok/s (min..max)", "tg tok/s (min..max)", "TTFT", "peak RAM"]
             )
         )
+        for name, speeds in payload.get("parallel", {}).items():
+            print(
+                f"{name}: aggregate generation with N sequences in one batch: "
+                + ", ".join(f"{n}: {v} tok/s" for n, v in speeds.items())
+            )
         for name, figures in payload.get("overhead", {}).items():
             print(
                 f"{name}: streaming path {figures['ours_tokens_per_s']} tok/s vs bare llama-cpp-python "

@@ -122,6 +122,13 @@ def measure_overhead(engine: Engine, *, generate_tokens: int = 128, repeats: int
     return Overhead(round(statistics.median(ours), 2), round(statistics.median(bare), 2))
 
 
+def measure_batching(
+    engine: Engine, counts: Sequence[int] = (1, 2, 4, 8), *, generate_tokens: int = 32
+) -> dict[int, float]:
+    """Aggregate generation tokens/s for several sequences decoded together in one llama.cpp batch."""
+    return {n: round(engine.measure_parallel(n, generate_tokens=generate_tokens), 2) for n in counts}
+
+
 @dataclass(frozen=True)
 class Extrapolation:
     """Generation speed of a full-size model estimated from full-width test models with few layers."""

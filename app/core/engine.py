@@ -622,6 +622,66 @@ class Engine:
         decode = stats.total_time_s - stats.time_to_first_token_s
         return SpeedSample(stats.prompt_tokens_evaluated, stats.generated_tokens, stats.time_to_first_token_s, decode)
 
+    def measure_parallel(self, sequences: int, *, prompt_tokens: int = 32, generate_tokens: int = 32) -> float:
+        """Aggregate generation tokens/s for ``sequences`` greedy streams decoded together: one llama.cpp
+        batch per step carries one token of every sequence (several sequence ids per decode).
+
+        A second context is created on the loaded weights for this, so the chat context is untouched.
+        """
+        import ctypes
+
+        import llama_cpp
+        import numpy as np
+
+        llama, vocab = self._llama, self._vocab
+        if llama is None or vocab is None or self.settings.vocab_only:
+            raise NoModelError("Load a model before measuring it.")
+        per_sequence = prompt_tokens + generate_tokens + 8
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = per_sequence * sequences
+        params.n_batch = max(prompt_tokens * sequences, sequences)
+        params.n_ubatch = params.n_batch
+        params.n_seq_max = sequences
+        if self.settings.n_threads:
+            params.n_threads = params.n_threads_batch = self.settings.n_threads
+        model = llama.model
+        ctx = llama_cpp.llama_init_from_model(model, params)
+        if not ctx:
+            raise DeskError(f"llama.cpp could not create a context for {sequences} parallel sequences.")
+        batch = llama_cpp.llama_batch_init(params.n_batch, 0, sequences)
+        n_vocab = vocab.size
+
+        def decode(items: list[tuple[int, int, int, bool]]) -> None:
+            batch.n_tokens = len(items)
+            for i, (token, position, sequence, wants_logits) in enumerate(items):
+                batch.token[i] = token
+                batch.pos[i] = position
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = sequence
+                batch.logits[i] = wants_logits
+            if llama_cpp.llama_decode(ctx, batch) != 0:
+                raise DeskError("llama.cpp could not decode a parallel batch.")
+
+        def argmax(index: int) -> int:
+            pointer = llama_cpp.llama_get_logits_ith(ctx, index)
+            logits = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,))
+            return int(logits.argmax())
+
+        try:
+            filler = vocab.encode(" the quick brown fox jumps over the lazy dog", special=False)
+            prompt = [vocab.bos_id, *(filler * (prompt_tokens // len(filler) + 1))[: prompt_tokens - 1]]
+            decode([(t, p, s, p == len(prompt) - 1) for s in range(sequences) for p, t in enumerate(prompt)])
+            last = [argmax(s * len(prompt) + len(prompt) - 1) for s in range(sequences)]
+            start = time.perf_counter()
+            for step in range(generate_tokens):
+                decode([(last[s], len(prompt) + step, s, True) for s in range(sequences)])
+                last = [argmax(s) for s in range(sequences)]
+            elapsed = time.perf_counter() - start
+        finally:
+            llama_cpp.llama_batch_free(batch)
+            llama_cpp.llama_free(ctx)
+        return sequences * generate_tokens / elapsed
+
     # -- prompts ---------------------------------------------------------------------------------
 
     def prompt_tokens(self, messages: Sequence[Message]) -> list[int]:

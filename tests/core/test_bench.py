@@ -45,6 +45,16 @@ def test_overhead_is_measured_in_one_run(engine: Engine) -> None:
     assert 0.3 < overhead.ratio < 3  # the figure itself is for the benchmark script, not a timed assertion
 
 
+def test_several_sequences_decode_in_one_batch(engine: Engine) -> None:
+    speeds = bench.measure_batching(engine, (1, 4), generate_tokens=8)
+    assert set(speeds) == {1, 4} and all(v > 0 for v in speeds.values())
+    from app.core.engine import GenerationRequest, SamplingSettings
+    from app.core.prompts import Message
+
+    # the chat context is untouched and still answers
+    assert engine.generate(GenerationRequest((Message("user", "hi"),), SamplingSettings(max_new_tokens=3))).run_to_end()
+
+
 def test_extrapolation_from_one_and_two_layers() -> None:
     estimate = bench.extrapolate({1: 100.0, 2: 50.0}, 32)  # 10 ms, then 20 ms per token: 10 ms per layer
     assert estimate.seconds_per_layer == pytest.approx(0.01) and estimate.fixed_seconds == pytest.approx(0.0)
