@@ -31,7 +31,7 @@ class Figure:
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Figure:
-        return cls(round(statistics.median(values), 2), round(min(values), 2), round(max(values), 2))
+        return cls(round(statistics.median(values), 4), round(min(values), 4), round(max(values), 4))
 
 
 @dataclass(frozen=True)
@@ -188,28 +188,54 @@ def tune(
     generate_tokens: int = 32,
     on_trial: Callable[[dict[str, int], float, float], None] | None = None,
 ) -> dict[str, int]:
-    """Try thread counts and batch sizes (within what was planned to fit), keep the fastest, save it.
+    """Try thread counts, batch sizes and (on GPU builds) the planner's GPU layers and a few fewer; keep the
+    fastest and save it.
 
     The score is generation speed, with prompt speed breaking ties; the result is stored per model file and
     used by later loads that do not set threads or batch themselves.
     """
+    from app.core.hardware import llama_build_info
+
     cores = os.cpu_count() or 2
     thread_options = sorted({max(1, cores // 2), cores, *([max(1, cores - 1)] if cores > 2 else [])})
     batch_options = (128, 512)
+    layer_options: list[int | None] = [None]
+    if llama_build_info()[1]:  # a GPU build: also try fewer layers than the planner's choice
+        from app.core.fit import device_for, plan_file
+        from app.core.planner import PlanSettings
+
+        planned = plan_file(
+            Path(settings.model_path),
+            device_for(),
+            PlanSettings(settings.n_ctx, settings.kv_type, settings.flash_attn, settings.n_batch),
+        )
+        layer_options = list[int | None](
+            sorted({planned.gpu_layers, max(0, planned.gpu_layers - 2), max(0, planned.gpu_layers - 4)})
+        )
     best: tuple[float, float, dict[str, int]] | None = None
     for threads in thread_options:
         for batch in batch_options:
-            trial = {"n_threads": threads, "n_batch": batch}
-            engine = Engine()
-            engine.load(replace(settings, n_threads=threads, n_batch=batch))
-            engine.measure_speed(16, 4)
-            sample = engine.measure_speed(min(256, engine.info.n_ctx // 2), generate_tokens)  # type: ignore[union-attr]
-            engine.unload()
-            if on_trial is not None:
-                on_trial(trial, sample.prompt_tokens_per_s, sample.generation_tokens_per_s)
-            score = (sample.generation_tokens_per_s, sample.prompt_tokens_per_s, trial)
-            if best is None or score[:2] > best[:2]:
-                best = score
+            for layers in layer_options:
+                trial = {"n_threads": threads, "n_batch": batch}
+                if layers is not None:
+                    trial["n_gpu_layers"] = layers
+                engine = Engine()
+                engine.load(
+                    replace(
+                        settings,
+                        n_threads=threads,
+                        n_batch=batch,
+                        n_gpu_layers=layers if layers is not None else settings.n_gpu_layers,
+                    )
+                )
+                engine.measure_speed(16, 4)
+                sample = engine.measure_speed(min(256, engine.info.n_ctx // 2), generate_tokens)  # type: ignore[union-attr]
+                engine.unload()
+                if on_trial is not None:
+                    on_trial(trial, sample.prompt_tokens_per_s, sample.generation_tokens_per_s)
+                score = (sample.generation_tokens_per_s, sample.prompt_tokens_per_s, trial)
+                if best is None or score[:2] > best[:2]:
+                    best = score
     assert best is not None
     store = paths.cache_dir() / TUNED_FILE
     data = read_json_dict(store)

@@ -480,6 +480,9 @@ class Engine:
         plan_settings = PlanSettings(settings.n_ctx, settings.kv_type, settings.flash_attn, settings.n_batch)
         if not offload:
             gpu_layers = 0
+        elif settings.n_gpu_layers is None and "n_gpu_layers" in _tuned(path):
+            gpu_layers = min(_tuned(path)["n_gpu_layers"], full_offload)
+            notes.append(f"Using the {gpu_layers} GPU layers that `bench --tune` found fastest.")
         elif settings.n_gpu_layers is None:
             from app.core.fit import device_for, plan_file
 
@@ -549,9 +552,7 @@ class Engine:
             kwargs.update(vocab_only=True, n_gpu_layers=0)
         threads = settings.n_threads
         if threads is None and not settings.vocab_only:
-            from app.core.bench import tuned_settings  # what `bench --tune` found fastest for this file
-
-            tuned = tuned_settings(path)
+            tuned = _tuned(path)
             threads = tuned.get("n_threads")
             if settings.n_batch == LoadSettings.n_batch and "n_batch" in tuned:
                 kwargs["n_batch"] = tuned["n_batch"]
@@ -815,6 +816,13 @@ class Engine:
             context_size=n_ctx,
             dropped_messages=len(fitted.dropped),
         )
+
+
+def _tuned(path: Path) -> dict[str, int]:
+    """What `bench --tune` found fastest for this file (empty when it never ran)."""
+    from app.core.bench import tuned_settings
+
+    return tuned_settings(path)
 
 
 def _validate_settings(settings: LoadSettings) -> None:

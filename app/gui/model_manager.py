@@ -79,7 +79,17 @@ class CatalogTableModel(QAbstractTableModel):
 
     def reload(self) -> None:
         self.beginResetModel()
-        self.rows = [Row(e, status="ready" if e.installed else "not downloaded") for e in catalog.entries()]
+        from app.core.bench import tuned_settings
+
+        self.rows = [
+            Row(
+                e,
+                status=("ready" + (" · tuned" if tuned_settings(e.first_path) else ""))
+                if e.installed
+                else "not downloaded",
+            )
+            for e in catalog.entries()
+        ]
         self.endResetModel()
 
     def row_of(self, entry_id: str) -> int:
@@ -265,6 +275,7 @@ class ModelManagerWindow(QWidget):
             self.buttons[name].clicked.connect(handler)
         self.resize(1100, 620)
         self._sync_statuses()
+        self._probing = hardware_text is None and device is None
         if hardware_text is None:
             self._worker.run("hardware", self._probe)
         self.replan()
@@ -320,6 +331,8 @@ class ModelManagerWindow(QWidget):
 
     def replan(self) -> None:
         """Recompute every row's verdict for the current settings, off the GUI thread."""
+        if self._probing:
+            return  # the hardware probe replans when it knows the machine
         settings, device = self.settings(), self._device
         entries = [row.entry for row in self.model.rows]
 
@@ -346,11 +359,12 @@ class ModelManagerWindow(QWidget):
                 self.hardware_label.setText(text)
             else:
                 self.hardware_label.setText(f"Could not check this machine: {error}")
+            if self._probing:
+                self._probing = False
+                self.replan()
         elif tag == "refresh":
             if error is None and result:
-                self.model.reload()
-                self._sync_statuses()
-                self.replan()
+                self._reload()
         elif tag == "plans" and error is None:
             plans, recommended = result
             self.model.set_plans(plans, recommended)
@@ -381,6 +395,16 @@ class ModelManagerWindow(QWidget):
 
     # -- downloads ----------------------------------------------------------------------------------
 
+    def _reload(self) -> None:
+        """Re-read the catalog and disk, keeping the selected row selected."""
+        row = self.selected()
+        self.model.reload()
+        self._sync_statuses()
+        if row is not None:
+            self.select(row.entry.id)
+        self.replan()
+        self._update_buttons()
+
     def _sync_statuses(self) -> None:
         for row in self.model.rows:
             state = self.downloads.state(row.entry.id)
@@ -390,9 +414,7 @@ class ModelManagerWindow(QWidget):
 
     def _on_progress(self, progress: Progress) -> None:
         if progress.state == "done":
-            self.model.reload()
-            self._sync_statuses()
-            self.replan()
+            self._reload()
         else:
             self.model.set_status(progress.id, status_text(progress))
         self._update_buttons()
@@ -472,9 +494,7 @@ class ModelManagerWindow(QWidget):
         size = sum(p.stat().st_size for p in model_parts(row.entry.first_path))
         if self._confirm(f"Delete {row.entry.id}? This frees {human_bytes(size)}."):
             remove_model(row.entry.first_path)
-            self.model.reload()
-            self.replan()
-            self._update_buttons()
+            self._reload()
 
     def load_selected(self) -> None:
         row = self.selected()
