@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 from app.cli.options import add_model_options, add_sampling_options, load_settings_from, sampling_from
 from app.core.engine import Engine, GenerationStats
+from app.core.errors import DeskError
 from app.core.prompts import FORMAT_PLAIN
 from app.core.session import ChatSession
 
@@ -40,6 +41,10 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--json", action="store_true", help="with --prompt or stdin: print the reply and its stats as JSON"
     )
+    remote = parser.add_argument_group("remote model (an OpenAI-compatible server: vLLM, llama-server, Ollama, ...)")
+    remote.add_argument("--remote", metavar="URL", help="base URL, e.g. http://gpu-box:8000/v1")
+    remote.add_argument("--remote-model", metavar="NAME", help="the model name the server knows")
+    remote.add_argument("--api-key", metavar="KEY", default="", help="the server's API key, if it needs one")
     parser.set_defaults(func=run)
 
 
@@ -47,9 +52,17 @@ def run(args: argparse.Namespace) -> int:
     one_shot_text = args.prompt
     if one_shot_text is None and not sys.stdin.isatty():
         one_shot_text = sys.stdin.read()
-    engine = Engine()
-    settings = load_settings_from(args, chat_format=FORMAT_PLAIN if args.raw else None)
-    info = engine.load(settings)
+    engine: Any
+    if args.remote:
+        from app.core.remote import RemoteEngine, RemoteSettings
+
+        if not args.remote_model:
+            raise DeskError("--remote needs --remote-model NAME (see the server's /v1/models).")
+        engine = RemoteEngine(RemoteSettings(args.remote, args.remote_model, args.api_key))
+        info = engine.load()
+    else:
+        engine = Engine()
+        info = engine.load(load_settings_from(args, chat_format=FORMAT_PLAIN if args.raw else None))
     session = ChatSession(engine, system=args.system, sampling=sampling_from(args), context_policy=args.context_policy)
     if one_shot_text is not None:
         return _answer_once(session, one_shot_text, as_json=args.json)

@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "app.cli.plan",
     "app.cli.models",
     "app.cli.bench",
+    "app.cli.serve",
 )
 
 

@@ -1,0 +1,44 @@
+"""`mixtral-desk serve`: an OpenAI-compatible API for other apps, on this machine by default."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from app.cli.options import add_model_options, load_settings_from
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="serve the model over an OpenAI-compatible HTTP API",
+        description="Serve GET /v1/models, POST /v1/chat/completions (streaming or not), POST /v1/completions and "
+        "GET /health. Binds to 127.0.0.1 unless --host says otherwise; --api-key makes every request need it. "
+        "Requests are answered one at a time in arrival order.",
+    )
+    add_model_options(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    parser.add_argument("--model-id", default=None, help="the name clients use (default: the file name)")
+    parser.set_defaults(func=run, seed=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from app.core.engine import Engine
+    from app.server.run import serve_forever
+
+    settings = load_settings_from(args)
+    engine = Engine()
+    info = engine.load(settings)
+    model_id = args.model_id or Path(info.path).stem
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        print(
+            "warning: serving beyond this machine without --api-key; anyone who can reach it can use it.",
+            file=sys.stderr,
+        )
+    print(f"Serving {model_id} at http://{args.host}:{args.port}/v1 (Ctrl-C stops)", file=sys.stderr)
+    serve_forever(engine, model_id, host=args.host, port=args.port, api_key=args.api_key)
+    return 0
