@@ -59,6 +59,14 @@ class ChatController(QObject):
         self._load_cancelled = False
         self._submit("load", lambda: self.engine.load(settings))
 
+    def use_engine(self, engine: object) -> None:
+        """Switch to another engine (a remote model, or a fresh local one) and connect it in the background;
+        ``model_loaded`` or ``model_load_failed`` follows."""
+        self.engine = engine  # type: ignore[assignment]
+        self.info = None
+        self._load_cancelled = False
+        self._submit("load", engine.load)  # type: ignore[attr-defined]
+
     def cancel_load(self) -> None:
         """Give up on the load in progress: llama.cpp cannot be interrupted mid-load, so the model is freed as
         soon as it finishes loading and ``model_load_cancelled`` is emitted; the window is usable meanwhile."""

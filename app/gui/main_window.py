@@ -81,6 +81,7 @@ class MainWindow(QMainWindow):
         self.downloads = DownloadService(max_parallel=self.settings.max_parallel_downloads, parent=self)
         self.downloads.restore()  # unfinished downloads from the last session carry on
         self.model_manager: Any = None
+        self.api_server: Any = None
         self.conversation: Conversation | None = None
         self._editing: int | None = None
         self._streaming: Generation | None = None
@@ -262,6 +263,11 @@ class MainWindow(QMainWindow):
         action(file_menu, "Export as Markdown…", lambda: self._export_dialog("md"))
         action(file_menu, "Export as JSON…", lambda: self._export_dialog("json"))
         action(file_menu, "Quit", self.close, QKeySequence.StandardKey.Quit)
+        server_menu = self.menuBar().addMenu("&Server")
+        self.serve_action = action(server_menu, "Serve this model to other apps (127.0.0.1:8080)", self.toggle_server)
+        self.serve_action.setCheckable(True)
+        action(server_menu, "Use a remote model…", self.connect_remote)
+        action(server_menu, "Use a local model again", lambda: self.use_local_engine())
         edit_menu = self.menuBar().addMenu("&Edit")
         action(edit_menu, "Find chats", self._focus_search, "Ctrl+K")
         action(edit_menu, "Copy last reply", self.copy_last_reply, "Ctrl+Shift+C")
@@ -339,6 +345,69 @@ class MainWindow(QMainWindow):
         self.model_manager.show()
         self.model_manager.raise_()
 
+    def toggle_server(self, on: bool | None = None, port: int = 8080) -> None:
+        """Start or stop the OpenAI-compatible API for the loaded model (this machine only)."""
+        on = self.serve_action.isChecked() if on is None else on
+        if not on:
+            if self.api_server is not None:
+                self.api_server.stop()
+                self.api_server = None
+            self.statusBar().showMessage("API server stopped.", 5000)
+            return
+        if (
+            not self.controller.engine.loaded
+            or self.controller.info is None
+            or self.controller.info.architecture == "remote"
+        ):
+            self.serve_action.setChecked(False)
+            self.show_notice("Load a local model first, then turn the API server on.")
+            return
+        from app.server.run import start_in_background
+
+        try:
+            self.api_server = start_in_background(
+                self.controller.engine, Path(self.controller.info.path).stem, port=port
+            )
+        except Exception as err:
+            self.serve_action.setChecked(False)
+            self.show_error(err)
+            return
+        self.serve_action.setChecked(True)
+        self.statusBar().showMessage(f"Serving the model at {self.api_server.url}/v1", 10000)
+
+    def connect_remote(self) -> None:
+        from PySide6.QtWidgets import QInputDialog
+
+        url, ok = QInputDialog.getText(
+            self, "Remote model", "Server URL (OpenAI-compatible):", text="http://127.0.0.1:8000/v1"
+        )
+        if not ok or not url.strip():
+            return
+        model, ok = QInputDialog.getText(self, "Remote model", "Model name on that server:")
+        if not ok or not model.strip():
+            return
+        key, _ = QInputDialog.getText(self, "Remote model", "API key (leave empty if none):")
+        self.use_remote(url.strip(), model.strip(), key.strip())
+
+    def use_remote(self, url: str, model: str, api_key: str = "") -> None:
+        """Chat with a model on another server (vLLM, llama-server, Ollama, another Mixtral Desk)."""
+        from app.core.remote import RemoteEngine, RemoteSettings
+
+        if self.controller.busy:
+            return
+        self.load_progress.setVisible(True)
+        self.model_label.setText(f"Connecting to {url}…")
+        self.controller.use_engine(RemoteEngine(RemoteSettings(url, model, api_key)))
+
+    def use_local_engine(self) -> None:
+        from app.core.engine import Engine
+
+        if self.controller.busy:
+            return
+        self.controller.engine = Engine()
+        self.controller.info = None
+        self.load_model(self.settings.last_model or None)
+
     def choose_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
             self, "Open a GGUF model", str(paths.models_dir()), "GGUF models (*.gguf)"
@@ -361,14 +430,16 @@ class MainWindow(QMainWindow):
         self.status_model.setText(Path(info.path).stem)
         from app.core.hardware import llama_build_info
 
-        if info.n_gpu_layers == 0:
+        if info.architecture == "remote":
+            backend = "remote"
+        elif info.n_gpu_layers == 0:
             backend = "CPU"
         else:
             built_for = llama_build_info()[0].upper()
             backend = f"{built_for} {min(info.n_gpu_layers, info.n_layer + 1)}/{info.n_layer + 1}"
         self.status_backend.setText(backend)
         self.status_context.setText(f"context 0/{info.n_ctx}")
-        if info.path != self.settings.last_model:
+        if info.path != self.settings.last_model and info.architecture != "remote":
             from dataclasses import replace
 
             self.settings = replace(self.settings, last_model=info.path)
@@ -798,6 +869,8 @@ class MainWindow(QMainWindow):
         stored.setValue("geometry", self.saveGeometry())
         stored.setValue("splitter", self.splitter.saveState())
         stored.sync()
+        if self.api_server is not None:
+            self.api_server.stop()
         self.controller.shutdown()
         if self.model_manager is not None:
             self.model_manager.close()

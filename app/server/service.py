@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass, field
 
 from app.core.engine import Engine, Generation, GenerationRequest
+from app.core.errors import EngineBusyError
 
 _DONE = object()
 
@@ -26,8 +27,9 @@ class Ticket:
     def cancel(self) -> None:
         """Stop the request (queued: it never starts; running: within one token)."""
         self.cancelled.set()
-        if self.generation is not None:
-            self.generation.cancel()
+        generation = self.generation
+        if generation is not None:
+            generation.cancel()
 
     def next_delta(self, timeout: float | None = None) -> str | None:
         """The next piece of text, or None at the end (then check ``error`` and ``generation.stats``)."""
@@ -63,13 +65,17 @@ class EngineService:
             if ticket is None:
                 return
             try:
-                if not ticket.cancelled.is_set():
+                while not ticket.cancelled.is_set():
                     generation = self.engine.generate(ticket.request)
                     ticket.generation = generation
-                    if ticket.cancelled.is_set():
-                        generation.cancel()
-                    for delta in generation:
-                        ticket.deltas.put(delta)
+                    try:
+                        for delta in generation:
+                            ticket.deltas.put(delta)
+                    except EngineBusyError:  # the desktop chat is answering: wait for it, then go
+                        ticket.generation = None
+                        ticket.cancelled.wait(0.2)
+                        continue
+                    break
             except BaseException as err:
                 ticket.error = err
             finally:

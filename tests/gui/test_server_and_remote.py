@@ -1,0 +1,61 @@
+"""The window's API-server toggle and a remote model as the window's model source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import openai
+import pytest
+from PySide6.QtCore import Qt
+
+from app.core.engine import Engine, LoadSettings
+from app.gui.main_window import MainWindow
+from app.server.run import start_in_background
+
+
+@pytest.fixture
+def window(qtbot, tiny_v1: dict[str, Path]) -> MainWindow:
+    window = MainWindow(load_on_start=False)
+    qtbot.addWidget(window)
+    with qtbot.waitSignal(window.controller.model_loaded, timeout=60_000):
+        window.load_model(str(tiny_v1["Q4_0"]))
+    window.max_tokens.setValue(6)
+    return window
+
+
+def test_the_window_serves_its_model_to_other_apps(qtbot, window: MainWindow) -> None:
+    window.toggle_server(True, port=0)
+    assert window.serve_action.isChecked() and window.api_server is not None
+    client = openai.OpenAI(base_url=window.api_server.url + "/v1", api_key="none", max_retries=0)
+    model_id = client.models.list().data[0].id
+    reply = client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert reply.usage.completion_tokens == 4
+    window.input.setPlainText("and the window still chats")
+    with qtbot.waitSignal(window.controller.reply_finished, timeout=60_000):
+        qtbot.mouseClick(window.send_button, Qt.MouseButton.LeftButton)
+    window.toggle_server(False)
+    assert window.api_server is None
+
+
+def test_the_window_can_chat_with_a_remote_model(qtbot, tiny_v1: dict[str, Path]) -> None:
+    engine = Engine()
+    engine.load(LoadSettings(model_path=str(tiny_v1["Q2_K"]), n_ctx=1024))
+    server = start_in_background(engine, "far-away", api_key="k")
+    try:
+        window = MainWindow(load_on_start=False)
+        qtbot.addWidget(window)
+        with qtbot.waitSignal(window.controller.model_loaded, timeout=60_000):
+            window.use_remote(server.url + "/v1", "far-away", "k")
+        assert window.status_backend.text() == "remote"
+        window.max_tokens.setValue(5)
+        window.input.setPlainText("Hello over there")
+        with qtbot.waitSignal(window.controller.reply_finished, timeout=60_000) as blocker:
+            qtbot.mouseClick(window.send_button, Qt.MouseButton.LeftButton)
+        generation = blocker.args[0]
+        assert generation.text and generation.stats.generated_tokens == 5
+        assert [m.role for m in window.store.messages(window.conversation.id)] == ["user", "assistant"]
+        with qtbot.waitSignal(window.controller.model_load_failed, timeout=60_000) as failed:
+            window.use_remote(server.url + "/v1", "far-away", "wrong-key")
+        assert "refused the API key" in str(failed.args[0])
+    finally:
+        server.stop()
