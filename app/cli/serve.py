@@ -16,13 +16,20 @@ def register(commands: Any) -> None:
         help="serve the model over an OpenAI-compatible HTTP API",
         description="Serve GET /v1/models, POST /v1/chat/completions (streaming or not), POST /v1/completions and "
         "GET /health. Binds to 127.0.0.1 unless --host says otherwise; --api-key makes every request need it. "
-        "Requests are answered one at a time in arrival order.",
+        "Requests are answered one at a time in arrival order, or with --parallel N decoded together in batches.",
     )
     add_model_options(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
     parser.add_argument("--model-id", default=None, help="the name clients use (default: the file name)")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="decode up to N requests together in one batch (default 1: one at a time, in order)",
+    )
     parser.set_defaults(func=run, seed=None)
 
 
@@ -40,5 +47,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"Serving {model_id} at http://{args.host}:{args.port}/v1 (Ctrl-C stops)", file=sys.stderr)
-    serve_forever(engine, model_id, host=args.host, port=args.port, api_key=args.api_key)
+    serve_forever(
+        engine, model_id, host=args.host, port=args.port, api_key=args.api_key, parallel=max(1, args.parallel)
+    )
     return 0

@@ -643,6 +643,12 @@ class Engine:
         params.n_batch = max(prompt_tokens * sequences, sequences)
         params.n_ubatch = params.n_batch
         params.n_seq_max = sequences
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if self.settings.flash_attn
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        params.type_k = params.type_v = KV_CACHE_TYPES[self.settings.kv_type]
         if self.settings.n_threads:
             params.n_threads = params.n_threads_batch = self.settings.n_threads
         model = llama.model

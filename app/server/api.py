@@ -23,7 +23,7 @@ from app.core.context import POLICY_ROLLING
 from app.core.engine import STOP_CONTEXT_FULL, STOP_MAX_TOKENS, GenerationRequest, SamplingSettings
 from app.core.errors import ContextOverflowError, DeskError
 from app.core.prompts import FORMAT_PLAIN, Message
-from app.server.service import EngineService, Ticket
+from app.server.service import EngineService
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -49,6 +49,7 @@ class SamplingFields(BaseModel):
         return SamplingSettings(
             temperature=self.temperature,
             top_p=self.top_p,
+            repeat_penalty=1.0,  # OpenAI's API has no repeat penalty; clients expect none
             max_new_tokens=self.max_tokens or 1024,
             seed=self.seed,
             stop=tuple(stops[:4]),
@@ -164,7 +165,7 @@ def create_app(service: EngineService, *, api_key: str | None = None, max_body_b
             raise
         if ticket.error is not None:
             return failure(ticket.error)
-        stats = ticket.generation.stats if ticket.generation else None
+        stats = ticket.stats
         text = "".join(text_parts)
         usage = usage_of(ticket)
         reason = finish_reason(stats.stop_reason) if stats else "stop"
@@ -192,7 +193,7 @@ def create_app(service: EngineService, *, api_key: str | None = None, max_body_b
         }
 
     async def stream(
-        request: Request, ticket: Ticket, ident: str, created: int, *, chat: bool, include_usage: bool
+        request: Request, ticket: Any, ident: str, created: int, *, chat: bool, include_usage: bool
     ) -> AsyncIterator[str]:
         kind = "chat.completion.chunk" if chat else "text_completion"
 
@@ -217,7 +218,7 @@ def create_app(service: EngineService, *, api_key: str | None = None, max_body_b
                 problem = failure(ticket.error)
                 yield f"data: {problem.body.decode()}\n\n"
             else:
-                stats = ticket.generation.stats if ticket.generation else None
+                stats = ticket.stats
                 yield chunk({} if chat else "", finish_reason(stats.stop_reason) if stats else "stop")
                 if include_usage:
                     payload = {
@@ -237,7 +238,7 @@ def create_app(service: EngineService, *, api_key: str | None = None, max_body_b
     return app
 
 
-async def _next(ticket: Ticket, request: Request) -> str | None:
+async def _next(ticket: Any, request: Request) -> str | None:
     """The next delta, checking twice a second whether the client has gone."""
     import queue
 
@@ -250,8 +251,8 @@ async def _next(ticket: Ticket, request: Request) -> str | None:
                 return None
 
 
-def usage_of(ticket: Ticket) -> dict[str, int]:
-    stats = ticket.generation.stats if ticket.generation else None
+def usage_of(ticket: Any) -> dict[str, int]:
+    stats = ticket.stats
     prompt = stats.prompt_tokens if stats else 0
     completion = stats.generated_tokens if stats else 0
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

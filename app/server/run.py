@@ -27,21 +27,27 @@ class RunningServer:
 
 
 def _server(
-    engine: Engine, model_id: str, host: str, port: int, api_key: str | None, **app_options: Any
+    engine: Engine, model_id: str, host: str, port: int, api_key: str | None, parallel: int = 1, **app_options: Any
 ) -> tuple[Any, EngineService]:
     import uvicorn
 
-    service = EngineService(engine, model_id)
+    service = EngineService(engine, model_id, parallel)
     app = create_app(service, api_key=api_key, **app_options)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
     return uvicorn.Server(config), service
 
 
 def serve_forever(
-    engine: Engine, model_id: str, *, host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None
+    engine: Engine,
+    model_id: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    api_key: str | None = None,
+    parallel: int = 1,
 ) -> None:
     """Serve until interrupted (Ctrl-C)."""
-    server, service = _server(engine, model_id, host, port, api_key)
+    server, service = _server(engine, model_id, host, port, api_key, parallel)
     try:
         server.run()
     finally:
@@ -56,10 +62,11 @@ def start_in_background(
     port: int = 0,
     api_key: str | None = None,
     timeout: float = 30.0,
+    parallel: int = 1,
     **app_options: Any,
 ) -> RunningServer:
     """Start serving on a thread and return once it accepts connections (port 0 picks a free port)."""
-    server, service = _server(engine, model_id, host, port, api_key, **app_options)
+    server, service = _server(engine, model_id, host, port, api_key, parallel, **app_options)
     thread = threading.Thread(target=server.run, name="api-server", daemon=True)
     thread.start()
     deadline = threading.Event()

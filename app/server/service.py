@@ -6,8 +6,9 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
-from app.core.engine import Engine, Generation, GenerationRequest
+from app.core.engine import Engine, Generation, GenerationRequest, GenerationStats
 from app.core.errors import EngineBusyError
 
 _DONE = object()
@@ -24,6 +25,10 @@ class Ticket:
     cancelled: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)
 
+    @property
+    def stats(self) -> GenerationStats | None:
+        return self.generation.stats if self.generation is not None else None
+
     def cancel(self) -> None:
         """Stop the request (queued: it never starts; running: within one token)."""
         self.cancelled.set()
@@ -38,17 +43,28 @@ class Ticket:
 
 
 class EngineService:
-    """Owns the engine for the server; requests run one at a time on one thread, in arrival order."""
+    """Owns the engine for the server. With ``parallel`` 1, requests run one at a time in arrival order; with
+    more, up to ``parallel`` requests are decoded together in one llama.cpp batch per step."""
 
-    def __init__(self, engine: Engine, model_id: str) -> None:
+    def __init__(self, engine: Engine, model_id: str, parallel: int = 1) -> None:
         self.engine = engine
         self.model_id = model_id
+        self.batch: Any = None
+        if parallel > 1:
+            from app.core.batching import BatchDecoder
+
+            self.batch = BatchDecoder(engine, parallel)
         self._queue: queue.Queue[Ticket | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="server-engine", daemon=True)
         self._thread.start()
         self.recent: list[Ticket] = []  # the last 50 tickets, newest last (for status and tests)
 
-    def submit(self, request: GenerationRequest) -> Ticket:
+    def submit(self, request: GenerationRequest) -> Any:
+        if self.batch is not None:
+            batch_ticket = self.batch.submit(request)
+            self.recent.append(batch_ticket)
+            del self.recent[:-50]
+            return batch_ticket
         ticket = Ticket(request)
         self.recent.append(ticket)
         del self.recent[:-50]
@@ -58,6 +74,8 @@ class EngineService:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(30)
+        if self.batch is not None:
+            self.batch.close()
 
     def _work(self) -> None:
         while True:
