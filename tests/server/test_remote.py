@@ -94,3 +94,46 @@ def test_console_chat_with_a_remote_model(server: RunningServer, isolated_home: 
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["model"]["architecture"] == "remote" and payload["stats"]["generated_tokens"] == 4
+
+
+def test_llama_cpp_pythons_own_server_as_the_remote(tiny_v1: dict[str, Path], tmp_path: Path) -> None:
+    """The remote backend against llama-cpp-python's server module (a different OpenAI-compatible server)."""
+    import socket
+
+    pytest.importorskip("llama_cpp.server.app")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(tiny_v1["Q4_0"]),
+            "--model_alias",
+            "tiny-lcp",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "1024",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # uvicorn announces when it is listening
+            if "Uvicorn running" in line or "Application startup complete" in line:
+                break
+        engine = RemoteEngine(RemoteSettings(f"http://127.0.0.1:{port}/v1", "tiny-lcp"))
+        assert engine.load().name == "tiny-lcp"
+        generation = engine.generate(GenerationRequest((Message("user", "Hi"),), SamplingSettings(max_new_tokens=5)))
+        text = generation.run_to_end()
+        assert text and generation.stats is not None and generation.stats.generated_tokens > 0
+    finally:
+        process.terminate()
+        process.wait(30)
