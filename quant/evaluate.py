@@ -93,6 +93,18 @@ def evaluate(
     model: Path, text: str | None = None, *, reference: Path | None = None, n_ctx: int = 512, threads: int | None = None
 ) -> EvalResult:
     """Perplexity of ``model`` over ``text`` and, with a ``reference``, KL divergence and top-1 agreement."""
+    return evaluate_many([model], text, reference=reference, n_ctx=n_ctx, threads=threads)[0]
+
+
+def evaluate_many(
+    models: Sequence[Path],
+    text: str | None = None,
+    *,
+    reference: Path | None = None,
+    n_ctx: int = 512,
+    threads: int | None = None,
+) -> list[EvalResult]:
+    """:func:`evaluate` for several models of one family; the reference is run once for all of them."""
     text = text if text is not None else default_text()
     with tempfile.TemporaryDirectory(prefix="quant-eval-") as scratch:
         ref_store: list[np.ndarray] = []
@@ -106,19 +118,26 @@ def evaluate(
                 stored[:] = logprobs
                 ref_store.append(stored)
             ref.close()
-        llama = _open(model, n_ctx, threads)
-        nll, count, kls, agree = 0.0, 0, [], 0
-        for index, window in enumerate(_windows(llama, text, n_ctx)):
-            logprobs, targets = _scored_logprobs(llama, window)
-            nll -= float(logprobs[np.arange(len(targets)), targets].sum())
-            count += len(targets)
-            if ref_store:
-                ref_logprobs = np.asarray(ref_store[index], dtype=np.float32)
-                kl = (np.exp(ref_logprobs) * (ref_logprobs - logprobs)).sum(axis=-1)
-                kls.append(np.maximum(kl, 0.0))
-                agree += int((ref_logprobs.argmax(axis=-1) == logprobs.argmax(axis=-1)).sum())
-        llama.close()
+        results = [_score(model, text, n_ctx, threads, ref_store, reference) for model in models]
         del ref_store
+    return results
+
+
+def _score(
+    model: Path, text: str, n_ctx: int, threads: int | None, ref_store: list[np.ndarray], reference: Path | None
+) -> EvalResult:
+    llama = _open(model, n_ctx, threads)
+    nll, count, kls, agree = 0.0, 0, [], 0
+    for index, window in enumerate(_windows(llama, text, n_ctx)):
+        logprobs, targets = _scored_logprobs(llama, window)
+        nll -= float(logprobs[np.arange(len(targets)), targets].sum())
+        count += len(targets)
+        if ref_store:
+            ref_logprobs = np.asarray(ref_store[index], dtype=np.float32)
+            kl = (np.exp(ref_logprobs) * (ref_logprobs - logprobs)).sum(axis=-1)
+            kls.append(np.maximum(kl, 0.0))
+            agree += int((ref_logprobs.argmax(axis=-1) == logprobs.argmax(axis=-1)).sum())
+    llama.close()
     all_kl = np.concatenate(kls) if kls else None
     return EvalResult(
         model=model.name,

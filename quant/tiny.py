@@ -47,6 +47,9 @@ class TinyMixtralSpec:
     #: write experts the older way (``blk.N.ffn_gate.E.weight``, one tensor per expert), as TheBloke's
     #: 8x7B files do, instead of merged ``ffn_gate_exps`` tensors
     legacy_experts: bool = False
+    #: draw random weights from one shared pool of 16M values (each tensor at its own offset): statistically
+    #: the same for quantization tests, and seconds instead of a minute for full-width models
+    pooled_random: bool = False
 
     @property
     def display_name(self) -> str:
@@ -77,9 +80,18 @@ def write_f16(spec: TinyMixtralSpec, path: Path, split_max_tensors: int = 0) -> 
     n_embd_kv = head_dim * spec.n_head_kv
     rng = np.random.default_rng(spec.seed)
 
+    pool = (rng.standard_normal(1 << 24, dtype=np.float32) * 0.02).astype(np.float16) if spec.pooled_random else None
+
+    def random_f16(shape: tuple[int, ...]) -> np.ndarray:
+        if pool is None:
+            return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
+        count = int(np.prod(shape))
+        start = int(rng.integers(0, pool.size))
+        return np.resize(np.roll(pool, -start), count).reshape(shape)
+
     def matrix(name: str, *shape: int) -> None:
         if spec.zero_weights_type is None:
-            writer.add_tensor(name, (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16))
+            writer.add_tensor(name, random_f16(shape))
         else:
             zeros = np.zeros(gguf.quant_shape_to_byte_shape(shape, zero_type), dtype=np.uint8)
             writer.add_tensor(name, zeros, raw_dtype=zero_type)

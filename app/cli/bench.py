@@ -132,7 +132,17 @@ def run(args: argparse.Namespace) -> int:
         ]
         print(
             table(
-                rows, ["model", "scenario", "prompt", "pp tok/s (min..max)", "tg tok/s (min..max)", "TTFT", "peak RAM"]
+                rows,
+                [
+                    "model",
+                    "scenario",
+                    "prompt",
+                    "pp tok/s (min..max)",
+                    "tg tok/s (min..max)",
+                    "TTFT",
+                    "peak RAM",
+                    "VRAM",
+                ],
             )
         )
         for name, speeds in payload.get("parallel", {}).items():

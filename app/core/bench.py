@@ -47,6 +47,7 @@ class BenchResult:
     time_to_first_token_s: Figure
     repeats: int
     peak_rss_bytes: int
+    vram_used_bytes: int | None  # NVML's figure right after the runs (None without an NVIDIA GPU)
     n_ctx: int
     n_threads: int | None
     n_batch: int
@@ -60,6 +61,14 @@ def peak_rss_bytes() -> int:
     """Peak resident memory of this process so far."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def vram_used_bytes() -> int | None:
+    """GPU memory in use on the first NVIDIA GPU, or None when there is none."""
+    from app.core.hardware import probe_nvml
+
+    gpus, _ = probe_nvml()
+    return gpus[0].total_bytes - gpus[0].free_bytes if gpus else None
 
 
 def _runs(engine: Engine, prompt: int, generate: int, repeats: int, bare: bool) -> list[SpeedSample]:
@@ -91,6 +100,7 @@ def run_bench(
                 time_to_first_token_s=Figure.of([s.prompt_seconds for s in samples]),
                 repeats=repeats,
                 peak_rss_bytes=peak_rss_bytes(),
+                vram_used_bytes=vram_used_bytes(),
                 n_ctx=info.n_ctx,
                 n_threads=settings.n_threads,
                 n_batch=settings.n_batch,

@@ -116,3 +116,43 @@ def test_eval_command_prints_json(tiny_v1: dict[str, Path], tmp_path: Path) -> N
         timeout=300,
     )
     assert short.returncode == 1 and "at least 4095 are needed" in short.stderr
+
+
+@pytest.fixture(scope="session")
+def mixtral_shaped_ladder(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One full-width 8x7B-shaped layer (4096 wide, 8 experts of 14336, 32/8 heads) with random weights, and
+    its Q2_K / Q4_0 / Q8_0 copies made by llama.cpp (a few minutes on two cores)."""
+    folder = tmp_path_factory.mktemp("mixtral-shaped")
+    spec = TinyMixtralSpec(
+        n_layer=1,
+        n_embd=4096,
+        n_ff=14336,
+        n_head=32,
+        n_head_kv=8,
+        pooled_random=True,
+        name="Mixtral-8x7B-shaped-1layer",
+    )
+    source = write_f16(spec, folder / "shaped-F16.gguf")
+    files = {"F16": source}
+    for level in ("Q2_K", "Q4_0", "Q8_0"):
+        files[level] = requantize(source, level, folder / f"shaped-{level}.gguf")
+    return files
+
+
+@pytest.mark.slow
+def test_quality_orders_sensibly_on_a_full_width_mixtral_layer(mixtral_shaped_ladder: dict[str, Path]) -> None:
+    from quant.evaluate import evaluate_many
+
+    levels = ("Q2_K", "Q4_0", "Q8_0")
+    results = dict(
+        zip(
+            levels,
+            evaluate_many(
+                [mixtral_shaped_ladder[q] for q in levels], reference=mixtral_shaped_ladder["F16"], n_ctx=256
+            ),
+            strict=True,
+        )
+    )
+    kl = {q: r.mean_kl for q, r in results.items()}
+    assert kl["Q2_K"] > kl["Q4_0"] > kl["Q8_0"] and kl["Q8_0"] < 0.05
+    assert results["Q8_0"].top1_agreement > results["Q4_0"].top1_agreement > results["Q2_K"].top1_agreement
