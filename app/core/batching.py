@@ -32,8 +32,9 @@ _DONE = object()
 
 
 @dataclass
-class BatchTicket:
-    """A request in the batch: text arrives on ``deltas``; ``stats`` and ``error`` are set at the end."""
+class StreamTicket:
+    """A request handed to a worker thread: text arrives on ``deltas``; ``stats`` and ``error`` are set at the
+    end, then ``finished``. Any thread may :meth:`cancel` it."""
 
     request: GenerationRequest
     deltas: queue.Queue[object] = field(default_factory=queue.Queue)
@@ -43,16 +44,24 @@ class BatchTicket:
     finished: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
+        """Stop the request (queued: it never starts; running: within one token)."""
         self.cancelled.set()
 
     def next_delta(self, timeout: float | None = None) -> str | None:
+        """The next piece of text, or None at the end (then look at ``error`` and ``stats``)."""
         item = self.deltas.get(timeout=timeout)
         return None if item is _DONE else str(item)
+
+    def close(self, *, error: BaseException | None = None, stats: GenerationStats | None = None) -> None:
+        """Mark the end: no more text; ``error`` or ``stats`` tell how it went."""
+        self.error, self.stats = error, stats
+        self.deltas.put(_DONE)
+        self.finished.set()
 
 
 @dataclass
 class _Slot:
-    ticket: BatchTicket
+    ticket: StreamTicket
     sequence: int
     sampler: Any
     position: int
@@ -105,14 +114,14 @@ class BatchDecoder:
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(params.n_batch, 0, slots)
         self._batch_capacity = params.n_batch
-        self._incoming: queue.Queue[BatchTicket | None] = queue.Queue()
+        self._incoming: queue.Queue[StreamTicket | None] = queue.Queue()
         self._wake = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="batch-decoder", daemon=True)
         self._thread.start()
 
-    def submit(self, request: GenerationRequest) -> BatchTicket:
-        ticket = BatchTicket(request)
+    def submit(self, request: GenerationRequest) -> StreamTicket:
+        ticket = StreamTicket(request)
         self._incoming.put(ticket)
         self._wake.set()
         return ticket
@@ -148,7 +157,7 @@ class BatchDecoder:
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
         return chain
 
-    def _admit(self, ticket: BatchTicket, sequence: int) -> tuple[_Slot, list[int]] | None:
+    def _admit(self, ticket: StreamTicket, sequence: int) -> tuple[_Slot, list[int]] | None:
         request = ticket.request
         chat_format = get_format(request.chat_format) if request.chat_format else self.engine.chat_format
         try:
@@ -196,7 +205,7 @@ class BatchDecoder:
         import llama_cpp
 
         active: dict[int, _Slot] = {}
-        waiting: list[BatchTicket] = []
+        waiting: list[StreamTicket] = []
         while not self._stopping:
             while True:
                 try:
@@ -304,7 +313,7 @@ class BatchDecoder:
 
     @staticmethod
     def _finish_ticket(
-        ticket: BatchTicket, *, error: BaseException | None, stats: GenerationStats | None = None
+        ticket: StreamTicket, *, error: BaseException | None, stats: GenerationStats | None = None
     ) -> None:
         ticket.error = error
         ticket.stats = stats

@@ -1,45 +1,30 @@
 """One loaded model serving many HTTP requests: a single worker thread takes them in arrival order (fair
-FIFO); each request streams its text through a queue and can be cancelled when its client goes away."""
+FIFO), or with ``parallel`` > 1 the batch decoder serves several at once; each request streams its text
+through a ticket and is cancelled when its client goes away."""
 
 from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from app.core.engine import Engine, Generation, GenerationRequest, GenerationStats
+from app.core.batching import StreamTicket
+from app.core.engine import Engine, Generation, GenerationRequest
 from app.core.errors import EngineBusyError
-
-_DONE = object()
 
 
 @dataclass
-class Ticket:
-    """A queued or running request: text deltas arrive on ``deltas``; ``generation`` holds stats at the end."""
+class Ticket(StreamTicket):
+    """A ticket for the one-at-a-time path, which also cancels the running :class:`Generation`."""
 
-    request: GenerationRequest
-    deltas: queue.Queue[object] = field(default_factory=queue.Queue)
     generation: Generation | None = None
-    error: BaseException | None = None
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    finished: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def stats(self) -> GenerationStats | None:
-        return self.generation.stats if self.generation is not None else None
 
     def cancel(self) -> None:
-        """Stop the request (queued: it never starts; running: within one token)."""
-        self.cancelled.set()
+        super().cancel()
         generation = self.generation
         if generation is not None:
             generation.cancel()
-
-    def next_delta(self, timeout: float | None = None) -> str | None:
-        """The next piece of text, or None at the end (then check ``error`` and ``generation.stats``)."""
-        item = self.deltas.get(timeout=timeout)
-        return None if item is _DONE else str(item)
 
 
 class EngineService:
@@ -57,18 +42,17 @@ class EngineService:
         self._queue: queue.Queue[Ticket | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="server-engine", daemon=True)
         self._thread.start()
-        self.recent: list[Ticket] = []  # the last 50 tickets, newest last (for status and tests)
+        self.recent: list[StreamTicket] = []  # the last 50 tickets, newest last (for status and tests)
 
-    def submit(self, request: GenerationRequest) -> Any:
+    def submit(self, request: GenerationRequest) -> StreamTicket:
+        ticket: StreamTicket
         if self.batch is not None:
-            batch_ticket = self.batch.submit(request)
-            self.recent.append(batch_ticket)
-            del self.recent[:-50]
-            return batch_ticket
-        ticket = Ticket(request)
+            ticket = self.batch.submit(request)
+        else:
+            ticket = Ticket(request)
+            self._queue.put(ticket)
         self.recent.append(ticket)
         del self.recent[:-50]
-        self._queue.put(ticket)
         return ticket
 
     def close(self) -> None:
@@ -82,6 +66,7 @@ class EngineService:
             ticket = self._queue.get()
             if ticket is None:
                 return
+            error: BaseException | None = None
             try:
                 while not ticket.cancelled.is_set():
                     generation = self.engine.generate(ticket.request)
@@ -95,7 +80,6 @@ class EngineService:
                         continue
                     break
             except BaseException as err:
-                ticket.error = err
+                error = err
             finally:
-                ticket.deltas.put(_DONE)
-                ticket.finished.set()
+                ticket.close(error=error, stats=ticket.generation.stats if ticket.generation else None)

@@ -111,7 +111,7 @@ def test_a_client_that_disconnects_stops_its_generation(server: RunningServer) -
     # the server notices, stops generating and is free for the next request
     ticket = server.service.recent[-1]
     assert ticket.finished.wait(30)
-    stats = ticket.generation.stats
+    stats = ticket.stats
     assert stats.stop_reason == "cancelled" and stats.generated_tokens < 2000
 
 

@@ -51,7 +51,7 @@ def test_stopping_a_remote_reply_stops_the_server_too(server: RunningServer) -> 
         generation.cancel()
     assert generation.stats.stop_reason == "cancelled"
     ticket = server.service.recent[-1]
-    assert ticket.finished.wait(30) and ticket.generation.stats.stop_reason == "cancelled"
+    assert ticket.finished.wait(30) and ticket.stats.stop_reason == "cancelled"
 
 
 @pytest.mark.parametrize(
