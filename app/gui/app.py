@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from types import TracebackType
 
 from app import APP_NAME, __version__
+
+_STARTED = time.perf_counter()
 
 
 def run(argv: Sequence[str] | None = None, model: str | None = None) -> int:
@@ -26,6 +30,14 @@ def run(argv: Sequence[str] | None = None, model: str | None = None) -> int:
     window = MainWindow(model_path=model)
     _route_stray_exceptions(window)
     window.show()
+    if os.environ.get("MIXTRAL_DESK_EXIT_AFTER_SHOW"):  # cold-start measurement: report and leave
+        from PySide6.QtCore import QTimer
+
+        def report() -> None:
+            print(f"window shown {time.perf_counter() - _STARTED:.2f} s after start", flush=True)
+            window.close()
+
+        QTimer.singleShot(0, report)
     return int(app.exec())
 
 
