@@ -103,6 +103,29 @@ def pyinstaller_args(mode: str, out: Path, with_demo: bool) -> list[str]:
     return args
 
 
+LLAMA_BACKENDS = {"cpu": "", "cuda": "-DGGML_CUDA=on", "metal": "-DGGML_METAL=on", "vulkan": "-DGGML_VULKAN=on"}
+
+
+def rebuild_llama(backend: str) -> None:
+    """Reinstall llama-cpp-python from source for ``backend`` (the bundle then carries that build)."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "CMAKE_ARGS": LLAMA_BACKENDS[backend]}
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--force-reinstall",
+        "--no-cache-dir",
+        "--no-deps",
+        "llama-cpp-python",
+    ]
+    print(f"CMAKE_ARGS={env['CMAKE_ARGS']!r} {' '.join(command)}", file=sys.stderr)
+    subprocess.run(command, env=env, check=True)
+
+
 def linux_extras(dist: Path, out: Path) -> list[Path]:
     """A .desktop entry and a .tar.gz of the folder."""
     from app import __version__
@@ -170,9 +193,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--with-demo-model", action="store_true", help="include the 98 MB demo model")
     parser.add_argument("--no-archive", action="store_true", help="skip the .tar.gz on Linux")
     parser.add_argument("--measure", metavar="EXECUTABLE", help="only report size and cold start of a built bundle")
+    parser.add_argument(
+        "--rebuild-llama",
+        choices=sorted(LLAMA_BACKENDS),
+        help="first rebuild llama-cpp-python in this environment for that backend (minutes)",
+    )
     args = parser.parse_args(argv)
     if args.measure:
         return measure(Path(args.measure))
+    if args.rebuild_llama:
+        rebuild_llama(args.rebuild_llama)
     import PyInstaller.__main__
 
     out = Path(args.out).resolve()
