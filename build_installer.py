@@ -81,6 +81,8 @@ def pyinstaller_args(mode: str, out: Path, with_demo: bool) -> list[str]:
         f"{ROOT / 'models_manifest' / 'catalog.json'}{separator}models_manifest",
         "--add-binary",
         f"{llama_libs}{separator}llama_cpp/lib",
+        "--icon",
+        str(ROOT / "resources" / "icon.png"),
         "--copy-metadata",
         "huggingface_hub",
         "--copy-metadata",
@@ -133,7 +135,7 @@ def linux_extras(dist: Path, out: Path) -> list[Path]:
     desktop = dist / NAME / f"{NAME}.desktop"
     desktop.write_text(
         "[Desktop Entry]\nType=Application\nName=Mixtral Desk\nComment=Run Mixtral on your own machine\n"
-        f"Exec={NAME}\nTerminal=false\nCategories=Utility;Development;\n",
+        f"Exec={NAME}\nIcon=_internal/resources/icon.png\nTerminal=false\nCategories=Utility;Development;\n",
         encoding="utf-8",
     )
     archive = out / f"{NAME}-{__version__}-linux-{platform.machine()}.tar.gz"

@@ -25,6 +25,11 @@ def run(argv: Sequence[str] | None = None, model: str | None = None) -> int:
     app = QApplication.instance() or QApplication(list(argv or sys.argv[:1]))
     app.setApplicationName(APP_NAME)
     app.setApplicationVersion(__version__)
+    from importlib import resources
+
+    from PySide6.QtGui import QIcon
+
+    app.setWindowIcon(QIcon(str(resources.files("resources").joinpath("icon.png"))))
     settings = load_settings().settings
     apply_theme(settings.theme, settings.font_size)
     window = MainWindow(model_path=model)
