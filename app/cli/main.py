@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "app.cli.models",
     "app.cli.bench",
     "app.cli.serve",
+    "app.cli.route",
 )
 
 

@@ -51,3 +51,37 @@ def bar_chart_png(
     painter.end()
     image.save(str(path))
     return path
+
+
+def heatmap_png(
+    path: Path, title: str, rows: Sequence[Sequence[float]], row_label: str = "layer", column_label: str = "expert"
+) -> Path:
+    """A rows x columns grid shaded by value (0 = white, max = dark orange), values printed in the cells."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtCore import QRectF, Qt
+    from PySide6.QtGui import QColor, QFont, QGuiApplication, QImage, QPainter
+
+    _app = QGuiApplication.instance() or QGuiApplication([])
+    n_rows, n_cols = len(rows), max((len(r) for r in rows), default=0)
+    cell, left, top = 44, 70, 56
+    image = QImage(left + n_cols * cell + 20, top + n_rows * cell + 30, QImage.Format.Format_ARGB32)
+    image.fill(QColor("white"))
+    painter = QPainter(image)
+    painter.setFont(QFont("Sans", 9))
+    painter.drawText(QRectF(0, 6, image.width(), 20), Qt.AlignmentFlag.AlignCenter, title)
+    peak = max((v for r in rows for v in r), default=1.0) or 1.0
+    for c in range(n_cols):
+        painter.drawText(
+            QRectF(left + c * cell, top - 22, cell, 18), Qt.AlignmentFlag.AlignCenter, f"{column_label} {c}"
+        )
+    for r, values in enumerate(rows):
+        painter.drawText(QRectF(4, top + r * cell, left - 8, cell), Qt.AlignmentFlag.AlignVCenter, f"{row_label} {r}")
+        for c, value in enumerate(values):
+            strength = value / peak
+            colour = QColor(255, int(255 - 143 * strength), int(255 - 255 * strength))
+            rect = QRectF(left + c * cell, top + r * cell, cell - 2, cell - 2)
+            painter.fillRect(rect, colour)
+            painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, f"{value:.2f}")
+    painter.end()
+    image.save(str(path))
+    return path

@@ -14,7 +14,7 @@ import pytest
 
 from app.cli.main import build_parser
 
-SUBCOMMANDS = ["gui", "chat", "prompt", "hw", "plan", "models", "bench", "serve"]
+SUBCOMMANDS = ["gui", "chat", "prompt", "hw", "plan", "models", "bench", "serve", "route"]
 
 
 def run_cli(*args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
