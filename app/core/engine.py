@@ -403,6 +403,7 @@ class Generation:
         self.prompt: FittedPrompt | None = None
         self.text = ""
         self.tokens_generated = 0
+        self.token_ids: list[int] = []  # the reply's tokens, as sampled
         self._iterator: Iterator[str] | None = None
 
     def __iter__(self) -> Iterator[str]:
@@ -771,6 +772,7 @@ class Engine:
                     reason = STOP_EOS
                     break
                 generation.tokens_generated += 1
+                generation.token_ids.append(token)
                 text, stopped = stops.push(decoder.decode(vocab.token_bytes(token)))
                 if strip_leading and text:
                     text = text.lstrip()

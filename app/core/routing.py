@@ -107,9 +107,15 @@ def _read_2d(lib: Any, tensor: int, dtype: Any) -> np.ndarray:
     return out
 
 
-def trace_routing(engine: Engine, tokens: list[int], *, generate: int = 16, seed: int = 0) -> RoutingTrace:
+def trace_routing(
+    engine: Engine, tokens: list[int], *, generate: int = 16, seed: int = 0, prompt_length: int | None = None
+) -> RoutingTrace:
     """Run ``tokens`` (a prompt, BOS included) and ``generate`` more tokens (greedy, or ``seed``-sampled at
-    temperature 0.8 when ``seed`` > 0), recording every layer's choice for every token."""
+    temperature 0.8 when ``seed`` > 0), recording every layer's choice for every token.
+
+    To inspect a reply that was already generated, pass prompt + reply tokens with ``generate=0`` and
+    ``prompt_length``: the same tokens through the same weights take the same routes.
+    """
     import llama_cpp
 
     llama, vocab, info = engine._llama, engine._vocab, engine.info
@@ -157,6 +163,8 @@ def trace_routing(engine: Engine, tokens: list[int], *, generate: int = 16, seed
     routes: list[TokenRoute] = []
     counts = np.zeros((n_layer, n_expert), dtype=np.int64)
 
+    prompt_length = len(tokens) if prompt_length is None else prompt_length
+
     def run(chunk: list[int], start: int, in_prompt: bool) -> None:
         step.clear()
         batch.n_tokens = len(chunk)
@@ -177,7 +185,9 @@ def trace_routing(engine: Engine, tokens: list[int], *, generate: int = 16, seed
                 weights.append(tuple(float(probs[i][e]) for e in chosen) if probs.size else ())
                 counts[layer, list(chosen)] += 1
             text = vocab.token_bytes(token).decode("utf-8", errors="replace")
-            routes.append(TokenRoute(token, text, in_prompt, tuple(experts), tuple(weights)))
+            routes.append(
+                TokenRoute(token, text, in_prompt and start + i < prompt_length, tuple(experts), tuple(weights))
+            )
 
     started = time.perf_counter()
     try:

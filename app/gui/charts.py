@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 BAR_COLOURS = ("#4c8bf5", "#f5a623")
 
@@ -57,6 +58,14 @@ def heatmap_png(
     path: Path, title: str, rows: Sequence[Sequence[float]], row_label: str = "layer", column_label: str = "expert"
 ) -> Path:
     """A rows x columns grid shaded by value (0 = white, max = dark orange), values printed in the cells."""
+    heatmap_image(title, rows, row_label, column_label).save(str(path))
+    return path
+
+
+def heatmap_image(
+    title: str, rows: Sequence[Sequence[float]], row_label: str = "layer", column_label: str = "expert"
+) -> Any:
+    """The heatmap of :func:`heatmap_png` as a QImage, for a window."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PySide6.QtCore import QRectF, Qt
     from PySide6.QtGui import QColor, QFont, QGuiApplication, QImage, QPainter
@@ -83,5 +92,4 @@ def heatmap_png(
             painter.fillRect(rect, colour)
             painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, f"{value:.2f}")
     painter.end()
-    image.save(str(path))
-    return path
+    return image

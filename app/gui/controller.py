@@ -30,6 +30,8 @@ class ChatController(QObject):
     model_loaded = Signal(object)
     model_load_failed = Signal(object)
     model_load_cancelled = Signal()
+    routing_traced = Signal(object)
+    routing_failed = Signal(object)
     text_streamed = Signal(str)
     reply_finished = Signal(object)
     reply_failed = Signal(object)
@@ -87,6 +89,12 @@ class ChatController(QObject):
         self._submit("reply", run)
         return generation
 
+    def trace_routing(self, tokens: list[int], prompt_length: int) -> None:
+        """Trace which experts these tokens went to, in the background (``routing_traced`` follows)."""
+        from app.core.routing import trace_routing
+
+        self._submit("trace", lambda: trace_routing(self.engine, tokens, generate=0, prompt_length=prompt_length))
+
     def stop(self) -> None:
         """Stop the reply within one token; what was produced is kept."""
         if self._generation is not None:
@@ -132,6 +140,9 @@ class ChatController(QObject):
             return
         if kind == "unload":
             self.model_load_cancelled.emit()
+            return
+        if kind == "trace":
+            (self.routing_traced if error is None else self.routing_failed).emit(result if error is None else error)
             return
         self._flush()
         self._flush_timer.stop()

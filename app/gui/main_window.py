@@ -9,7 +9,9 @@ from typing import Any
 from PySide6.QtCore import QEvent, QObject, QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeyEvent, QKeySequence
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
+    QDockWidget,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -191,6 +193,8 @@ class MainWindow(QMainWindow):
         self.max_tokens.setSpecialValueText("until the context is full")
         self.context_policy = QComboBox()
         self.context_policy.addItems(list(POLICIES))
+        self.inspect_routing = QCheckBox("Inspect expert routing (slower)")
+        self.inspect_routing.setToolTip("After each reply, show which of the experts each token went to")
         right = QWidget()
         right_layout = QVBoxLayout(right)
         form = QFormLayout()
@@ -213,6 +217,7 @@ class MainWindow(QMainWindow):
         form.addRow("Top-p", self.top_p)
         form.addRow("Max reply tokens", self.max_tokens)
         form.addRow("When the context is full", self.context_policy)
+        form.addRow("", self.inspect_routing)
         self._fill_presets()
 
         splitter = QSplitter()
@@ -223,6 +228,13 @@ class MainWindow(QMainWindow):
         splitter.setSizes([230, 690, 280])
         self.splitter = splitter
         self.setCentralWidget(splitter)
+        from app.gui.routing_view import RoutingView
+
+        self.routing_view = RoutingView()
+        self.routing_dock = QDockWidget("Expert routing", self)
+        self.routing_dock.setWidget(self.routing_view)
+        self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.routing_dock)
+        self.routing_dock.setVisible(False)
 
         self.status_model = QLabel("No model")
         self.status_backend = QLabel("")
@@ -300,6 +312,9 @@ class MainWindow(QMainWindow):
         for spin in (self.temperature, self.top_p, self.max_tokens):
             spin.valueChanged.connect(self._save_sampling)
         self.context_policy.currentTextChanged.connect(self._save_sampling)
+        self.inspect_routing.toggled.connect(self._save_sampling)
+        self.controller.routing_traced.connect(self._on_routing)
+        self.controller.routing_failed.connect(lambda err: self.statusBar().showMessage(f"Routing: {err}", 8000))
         self.controller.model_loaded.connect(self._on_model_loaded)
         self.controller.model_load_failed.connect(self._on_model_failed)
         self.controller.model_load_cancelled.connect(self._on_load_cancelled)
@@ -547,6 +562,7 @@ class MainWindow(QMainWindow):
             "top_p": self.top_p.value(),
             "max_new_tokens": self.max_tokens.value(),
             "context_policy": self.context_policy.currentText(),
+            "inspect_routing": self.inspect_routing.isChecked(),
         }
 
     def _save_sampling(self, *_: object) -> None:
@@ -562,6 +578,7 @@ class MainWindow(QMainWindow):
             policy = saved.get("context_policy")
             if policy in POLICIES:
                 self.context_policy.setCurrentText(policy)
+            self.inspect_routing.setChecked(bool(saved.get("inspect_routing", False)))
         finally:
             self._restoring = False
 
@@ -677,11 +694,26 @@ class MainWindow(QMainWindow):
             self.chat_view.messages[-1].stats = stats
             self.chat_view.messages[-1].text = generation.text
             self.chat_view.set_messages(self.chat_view.messages)
+        self._maybe_trace(generation)
         if generation.stats:
             self.status_speed.setText(f"{generation.stats.generation_tokens_per_s:.1f} tok/s")
             self.status_context.setText(f"context {generation.stats.context_used}/{generation.stats.context_size}")
         self._update_memory()
         self.list_model.refresh()
+
+    def _maybe_trace(self, generation: Generation) -> None:
+        info = self.controller.info
+        if not self.inspect_routing.isChecked() or info is None or not info.expert_count:
+            return
+        if generation.prompt is None or not getattr(generation, "token_ids", None):
+            return
+        prompt = list(generation.prompt.tokens)
+        self._reply_seconds = generation.stats.total_time_s if generation.stats else 0.0
+        self.controller.trace_routing(prompt + list(generation.token_ids), len(prompt))
+
+    def _on_routing(self, trace: Any) -> None:
+        self.routing_view.show_trace(trace, getattr(self, "_reply_seconds", 0.0))
+        self.routing_dock.setVisible(True)
 
     def _on_reply_failed(self, error: Exception) -> None:
         self._reply_done()
