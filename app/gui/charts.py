@@ -81,7 +81,7 @@ def heatmap_image(
     peak = max((v for r in rows for v in r), default=1.0) or 1.0
     for c in range(n_cols):
         painter.drawText(
-            QRectF(left + c * cell, top - 22, cell, 18), Qt.AlignmentFlag.AlignCenter, f"{column_label} {c}"
+            QRectF(left + c * cell, top - 22, cell, 18), Qt.AlignmentFlag.AlignCenter, f"{column_label[:1].upper()}{c}"
         )
     for r, values in enumerate(rows):
         painter.drawText(QRectF(4, top + r * cell, left - 8, cell), Qt.AlignmentFlag.AlignVCenter, f"{row_label} {r}")
