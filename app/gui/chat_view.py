@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from markdown_it import MarkdownIt
-from PySide6.QtCore import QUrl, Signal
-from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import QTextBrowser, QWidget
+from PySide6.QtCore import QEvent, QUrl, Signal
+from PySide6.QtGui import QGuiApplication, QHelpEvent
+from PySide6.QtWidgets import QTextBrowser, QToolTip, QWidget
 
 
 def _highlight(code: str, language: str, dark: bool = False) -> str:
@@ -32,6 +32,9 @@ class RenderedMessage:
     role: str
     text: str
     stats: dict[str, Any] = field(default_factory=dict)
+    #: (token text, tooltip) pairs: when set, the message is shown token by token and each token's tooltip
+    #: tells its experts (the routing inspector)
+    token_routes: list[tuple[str, str]] | None = None
 
 
 class MarkdownRenderer:
@@ -123,7 +126,15 @@ class ChatView(QTextBrowser):
                 )
             edit = f' · <a href="edit:{index}">Edit</a>' if message.role == "user" else ""
             copy = f' · <a href="copymsg:{index}">Copy</a>'
-            body = self._renderer.render(message.text) if message.text else "<p><i>…</i></p>"
+            if message.token_routes:
+                spans = "".join(
+                    f'<a href="route:{index}:{i}" style="text-decoration:none;color:inherit;'
+                    f'background:{"#fff1e0" if i % 2 else "#ffe0c2"};">{html.escape(text)}</a>'
+                    for i, (text, _tip) in enumerate(message.token_routes)
+                )
+                body = f"<p>{spans}</p><p style='color:#8b949e;font-size:small;'>Hover a token to see its experts.</p>"
+            else:
+                body = self._renderer.render(message.text) if message.text else "<p><i>…</i></p>"
             parts.append(
                 f'<div title="{tip}"><p style="color:#57606a;"><b>{who}</b>{copy}{edit}'
                 f"{'<span> · ' + tip + '</span>' if tip else ''}</p>{body}</div><hr/>"
@@ -133,6 +144,24 @@ class ChatView(QTextBrowser):
             bar.setValue(bar.maximum())
         else:
             bar.setValue(position)
+
+    def viewportEvent(self, event: QEvent) -> bool:
+        """Tooltips for routed tokens: the experts of the token under the mouse (help events reach the viewport)."""
+        if event.type() == QEvent.Type.ToolTip and isinstance(event, QHelpEvent):
+            tip = self.route_tip(self.anchorAt(event.pos()))
+            if tip:
+                QToolTip.showText(event.globalPos(), tip, self.viewport())
+                return True
+        return super().viewportEvent(event)
+
+    def route_tip(self, anchor: str) -> str:
+        """The tooltip text for a ``route:message:token`` anchor, or an empty string."""
+        parts = anchor.split(":")
+        if len(parts) != 3 or parts[0] != "route" or not parts[1].isdigit() or not parts[2].isdigit():
+            return ""
+        message, token = int(parts[1]), int(parts[2])
+        routes = self.messages[message].token_routes if message < len(self.messages) else None
+        return routes[token][1] if routes and token < len(routes) else ""
 
     def _on_anchor(self, url: QUrl) -> None:
         target = url.toString()

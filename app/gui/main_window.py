@@ -714,6 +714,20 @@ class MainWindow(QMainWindow):
     def _on_routing(self, trace: Any) -> None:
         self.routing_view.show_trace(trace, getattr(self, "_reply_seconds", 0.0))
         self.routing_dock.setVisible(True)
+        reply = [t for t in trace.tokens if not t.in_prompt]
+        if reply and self.chat_view.messages and self.chat_view.messages[-1].role == "assistant":
+            tips = []
+            for route in reply:
+                lines = [
+                    f"layer {layer}: experts "
+                    + " + ".join(
+                        f"{e} ({w:.2f})" for e, w in zip(route.experts[layer], route.weights[layer] or (), strict=False)
+                    )
+                    for layer in range(trace.n_layer)
+                ]
+                tips.append((route.text, "\n".join(lines)))
+            self.chat_view.messages[-1].token_routes = tips
+            self.chat_view.set_messages(self.chat_view.messages)
 
     def _on_reply_failed(self, error: Exception) -> None:
         self._reply_done()

@@ -29,6 +29,11 @@ def test_inspecting_a_reply_shows_its_routes(qtbot, tiny_v1: dict[str, Path]) ->
     assert model.rowCount() == len(trace.tokens) and model.columnCount() == 4
     assert "router probability" in model.data(model.index(0, 2), Qt.ItemDataRole.ToolTipRole)
     assert window.store.get(window.conversation.id).settings["inspect_routing"] is True
+    # the reply in the chat is shown token by token; hovering a token names its experts
+    last = window.chat_view.messages[-1]
+    assert last.token_routes is not None and len(last.token_routes) == 6
+    tip = window.chat_view.route_tip(f"route:{len(window.chat_view.messages) - 1}:0")
+    assert tip.startswith("layer 0: experts ") and "layer 1: experts " in tip
 
 
 def test_routing_is_off_unless_asked(qtbot, tiny_v1: dict[str, Path]) -> None:
@@ -54,3 +59,31 @@ def test_routing_table_model_is_well_behaved(qtmodeltester, tiny_v1: dict[str, P
     model = RoutingTableModel()
     model.set_trace(trace_routing(engine, [1, 22557, 1526], generate=2))
     qtmodeltester.check(model)
+
+
+def test_hovering_a_routed_token_shows_its_experts(qtbot) -> None:
+    from PySide6.QtCore import QEvent, QPoint
+    from PySide6.QtGui import QHelpEvent
+    from PySide6.QtWidgets import QToolTip
+
+    from app.gui.chat_view import ChatView, RenderedMessage
+
+    view = ChatView()
+    qtbot.addWidget(view)
+    view.resize(500, 300)
+    view.show()
+    view.set_messages(
+        [
+            RenderedMessage("user", "hi"),
+            RenderedMessage(
+                "assistant",
+                "Hello world",
+                token_routes=[("Hello", "layer 0: experts 1 + 2"), (" world", "layer 0: experts 3 + 4")],
+            ),
+        ]
+    )
+    spot = next(
+        QPoint(x, y) for y in range(0, 300, 3) for x in range(0, 500, 3) if view.anchorAt(QPoint(x, y)) == "route:1:0"
+    )
+    assert view.viewportEvent(QHelpEvent(QEvent.Type.ToolTip, spot, view.viewport().mapToGlobal(spot)))
+    assert QToolTip.text() == "layer 0: experts 1 + 2"
