@@ -23,18 +23,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from app.cli.main import COMMAND_MODULES  # every command module, imported by name at run time
+
 ROOT = Path(__file__).resolve().parent
 NAME = "mixtral-desk"
 # imported lazily by name (command modules, GUI, server) or by plugin machinery PyInstaller cannot see
 HIDDEN = [
-    "app.cli.gui",
-    "app.cli.chat",
-    "app.cli.prompt",
-    "app.cli.hw",
-    "app.cli.plan",
-    "app.cli.models",
-    "app.cli.bench",
-    "app.cli.serve",
+    *COMMAND_MODULES,
     "app.gui.app",
     "app.gui.main_window",
     "app.gui.model_manager",

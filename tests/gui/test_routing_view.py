@@ -59,6 +59,7 @@ def test_routing_table_model_is_well_behaved(qtmodeltester, tiny_v1: dict[str, P
     model = RoutingTableModel()
     model.set_trace(trace_routing(engine, [1, 22557, 1526], generate=2))
     qtmodeltester.check(model)
+    assert model.columnCount() == 4 and 3 <= model.rowCount() <= 5
 
 
 def test_hovering_a_routed_token_shows_its_experts(qtbot) -> None:
