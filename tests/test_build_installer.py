@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bundle")
     result = subprocess.run(
-        ["python", str(ROOT / "build_installer.py"), "--with-demo-model", "--out", str(out)],
+        [sys.executable, str(ROOT / "build_installer.py"), "--with-demo-model", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=1500,
