@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from app.core.planner import MIB, Device, Measurement, ModelShape, PlanSettings, parse_buffer_lines, plan_memory
 from quant.tiny import TinyMixtralSpec, build_tiny, write_f16
@@ -57,8 +58,8 @@ def wide_model(folder: Path) -> Path:
     return path
 
 
-def load_and_report(path: Path, settings: PlanSettings, gpu_layers: int = 0) -> tuple[Measurement, int, list[str]]:
-    """Load ``path`` with real llama.cpp; return its buffer sizes, its model size line, and the log."""
+def _load(path: Path, settings: PlanSettings, gpu_layers: int) -> tuple[Any, list[str]]:
+    """A real llama.cpp load of ``path`` with ``settings``; returns the engine and llama.cpp's log of it."""
     from app.core import llama_log
     from app.core.engine import Engine, LoadSettings
 
@@ -74,6 +75,12 @@ def load_and_report(path: Path, settings: PlanSettings, gpu_layers: int = 0) -> 
                 n_gpu_layers=gpu_layers,
             )
         )
+    return engine, list(lines)
+
+
+def load_and_report(path: Path, settings: PlanSettings, gpu_layers: int = 0) -> tuple[Measurement, int, list[str]]:
+    """Load ``path`` with real llama.cpp; return its buffer sizes, its model size line, and the log."""
+    engine, lines = _load(path, settings, gpu_layers)
     engine.unload()
     measurement = parse_buffer_lines(lines)
     if measurement is None:
@@ -139,20 +146,7 @@ def gpu_check(path: Path, settings: PlanSettings) -> str:
             shape, device, PlanSettings(settings.n_ctx, settings.kv_type, settings.flash_attn, settings.n_batch, layers)
         )
         before = pynvml.nvmlDeviceGetMemoryInfo(handle).used
-        from app.core import llama_log
-        from app.core.engine import Engine, LoadSettings
-
-        engine = Engine()
-        with llama_log.capture() as log:
-            engine.load(
-                LoadSettings(
-                    model_path=str(path),
-                    n_ctx=settings.n_ctx,
-                    kv_type=settings.kv_type,
-                    flash_attn=settings.flash_attn,
-                    n_gpu_layers=layers,
-                )
-            )
+        engine, log = _load(path, settings, layers)
         used = pynvml.nvmlDeviceGetMemoryInfo(handle).used - before
         engine.unload()
         measured = parse_buffer_lines(log) or Measurement()
