@@ -479,10 +479,11 @@ class Engine:
         offload = bool(llama_cpp.llama_supports_gpu_offload()) and not settings.vocab_only
         full_offload = max(header.arch_int("block_count"), 0) + 1
         plan_settings = PlanSettings(settings.n_ctx, settings.kv_type, settings.flash_attn, settings.n_batch)
+        tuned = {} if settings.vocab_only else _tuned(path)  # what `bench --tune` found fastest for this file
         if not offload:
             gpu_layers = 0
-        elif settings.n_gpu_layers is None and "n_gpu_layers" in _tuned(path):
-            gpu_layers = min(_tuned(path)["n_gpu_layers"], full_offload)
+        elif settings.n_gpu_layers is None and "n_gpu_layers" in tuned:
+            gpu_layers = min(tuned["n_gpu_layers"], full_offload)
             notes.append(f"Using the {gpu_layers} GPU layers that `bench --tune` found fastest.")
         elif settings.n_gpu_layers is None:
             from app.core.fit import device_for, plan_file
@@ -496,7 +497,7 @@ class Engine:
             _check_kv_fits_in_ram(path, header, settings)
         while True:
             try:
-                llama, lines = self._construct(path, settings, gpu_layers)
+                llama, lines = self._construct(path, settings, gpu_layers, tuned)
                 break
             except ModelLoadError as err:
                 if err.reason != "out_of_memory" or gpu_layers == 0:
@@ -536,7 +537,9 @@ class Engine:
         )
         return self.info
 
-    def _construct(self, path: Path, settings: LoadSettings, gpu_layers: int) -> tuple[Any, list[str]]:
+    def _construct(
+        self, path: Path, settings: LoadSettings, gpu_layers: int, tuned: dict[str, int]
+    ) -> tuple[Any, list[str]]:
         """Create the llama.cpp model and context; returns it with llama.cpp's log lines of the load."""
         kv = KV_CACHE_TYPES[settings.kv_type]
         kwargs: dict[str, Any] = {
@@ -552,8 +555,7 @@ class Engine:
         if settings.vocab_only:
             kwargs.update(vocab_only=True, n_gpu_layers=0)
         threads = settings.n_threads
-        if threads is None and not settings.vocab_only:
-            tuned = _tuned(path)
+        if threads is None:
             threads = tuned.get("n_threads")
             if settings.n_batch == LoadSettings.n_batch and "n_batch" in tuned:
                 kwargs["n_batch"] = tuned["n_batch"]
