@@ -90,7 +90,7 @@ def pyinstaller_args(mode: str, out: Path, with_demo: bool) -> list[str]:
     for name in EXCLUDE:
         args += ["--exclude-module", name]
     if with_demo:
-        from app.core.demo import DEMO_FILE, DEMO_PACKAGE
+        from app.core.models.demo import DEMO_FILE, DEMO_PACKAGE
 
         demo = _package_dir(DEMO_PACKAGE) / DEMO_FILE
         args += ["--add-data", f"{demo}{separator}{DEMO_PACKAGE}"]

@@ -1,7 +1,7 @@
 """The catalog of Mixtral GGUF files Mixtral Desk knows: data in ``catalog.json``, loaded into typed entries.
 
 Sizes marked ``size_exact: false`` are estimates until the hub's file metadata fills them in
-(see :mod:`app.core.catalog`).
+(see :mod:`app.core.models.catalog`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from app.core.errors import DeskError
-
 CATALOG_VERSION = 1
 TOKENIZERS = ("v1", "v3")
 LAYOUT_MERGED = "merged"  # ffn_*_exps tensors: what current llama.cpp loads
@@ -21,7 +19,7 @@ LAYOUT_PER_EXPERT = "per-expert"  # ffn_*.E tensors from late 2023: current llam
 LAYOUTS = (LAYOUT_MERGED, LAYOUT_PER_EXPERT)
 
 
-class CatalogError(DeskError):
+class CatalogError(ValueError):
     """The catalog file is malformed; the message names the bad entry."""
 
 

@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "download-bench", help="download speed against a plain copy from a local server", add_help=False
     )
+    commands.add_parser(
+        "host-bench", help="the engine host against bare llama.cpp: decode and concurrent streams", add_help=False
+    )
     commands.add_parser("requantize", help="requantize a GGUF with llama.cpp's quantizer", add_help=False)
     commands.add_parser(
         "eval", help="perplexity, KL divergence and top-1 agreement against a reference", add_help=False
@@ -48,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     scripts = {
         "planner-check": "quant.planner_check",
         "download-bench": "quant.download_bench",
+        "host-bench": "quant.host_bench",
         "requantize": "quant.requantize",
         "eval": "quant.evaluate",
     }

@@ -49,8 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     hub_constants.ENDPOINT = hub.url
     hub_constants.HUGGINGFACE_CO_URL_TEMPLATE = hub.url + "/{repo_id}/resolve/{revision}/{filename}"
     hub_constants.HF_HUB_OFFLINE = False
-    from app.core import paths
-    from app.core.downloads import Downloader, DownloadSpec, FileSpec
+    from app.core.models.downloads import Downloader, DownloadSpec, FileSpec
+    from app.core.storage import paths
 
     size = source.stat().st_size
     plain_times, ours_times = [], []

@@ -19,9 +19,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from app.core.runtime.host import EngineHost
+    from app.core.runtime.loading import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -45,28 +49,21 @@ def default_text() -> str:
     return resources.files("resources").joinpath("eval_text.txt").read_text(encoding="utf-8")
 
 
-def _open(path: Path, n_ctx: int, threads: int | None) -> Any:
-    import llama_cpp
+def _open(path: Path, n_ctx: int, threads: int | None) -> EngineHost:
+    """An engine host with ``path`` loaded for scoring whole windows (one sequence, a batch per window)."""
+    from app.core.runtime.host import EngineHost
+    from app.core.runtime.types import LoadSettings
 
-    from app.core import llama_log
-
-    llama_log.install()
-    kwargs: dict[str, Any] = {
-        "model_path": str(path),
-        "n_ctx": n_ctx,
-        "n_batch": n_ctx,
-        "logits_all": True,
-        "verbose": False,
-        "n_gpu_layers": -1 if llama_cpp.llama_supports_gpu_offload() else 0,
-    }
-    if threads:
-        kwargs["n_threads"] = threads
-    return llama_cpp.Llama(**kwargs)
+    host = EngineHost(name="quant-eval")
+    host.load(
+        LoadSettings(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads, n_gpu_layers=-1, n_parallel=1)
+    )
+    return host
 
 
-def _windows(llama: object, text: str, n_ctx: int) -> Iterator[list[int]]:
-    tokens = list(llama.tokenize(text.encode("utf-8"), add_bos=False))  # type: ignore[attr-defined]
-    bos = int(llama.token_bos())  # type: ignore[attr-defined]
+def _windows(host: EngineHost, text: str, n_ctx: int) -> Iterator[list[int]]:
+    tokens = host.tokenize(text)
+    bos = host.with_model(lambda loaded: loaded.vocab.bos_id)
     size = n_ctx - 1
     if len(tokens) < size:
         raise ValueError(f"The text has {len(tokens)} tokens; at least {size} are needed for a {n_ctx}-token window.")
@@ -80,12 +77,28 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return result
 
 
-def _scored_logprobs(llama: object, window: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def _scored_logprobs(host: EngineHost, window: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Log-probabilities at the scored positions (second half) and the tokens that actually followed."""
-    llama.reset()  # type: ignore[attr-defined]
-    llama.eval(window)  # type: ignore[attr-defined]
     first = len(window) // 2
-    logits = np.asarray(llama.scores[first : len(window) - 1], dtype=np.float32)  # type: ignore[attr-defined]
+
+    def score(loaded: LoadedModel) -> np.ndarray:
+        from app.core.runtime.native import Batch
+
+        context = loaded.context
+        assert context is not None
+        context.clear()
+        batch = Batch(len(window))
+        try:
+            for position, token in enumerate(window):
+                batch.add(token, position, 0, True)
+            if context.decode(batch) != 0:
+                raise RuntimeError("llama.cpp could not evaluate the window")
+            n_vocab = loaded.vocab.size
+            return np.stack([context.logits_row(i, n_vocab) for i in range(first, len(window) - 1)]).astype(np.float32)
+        finally:
+            batch.close()
+
+    logits = host.with_model(score, exclusive=True)
     return _log_softmax(logits), np.asarray(window[first + 1 :])
 
 
@@ -126,10 +139,10 @@ def evaluate_many(
 def _score(
     model: Path, text: str, n_ctx: int, threads: int | None, ref_store: list[np.ndarray], reference: Path | None
 ) -> EvalResult:
-    llama = _open(model, n_ctx, threads)
+    host = _open(model, n_ctx, threads)
     nll, count, kls, agree = 0.0, 0, [], 0
-    for index, window in enumerate(_windows(llama, text, n_ctx)):
-        logprobs, targets = _scored_logprobs(llama, window)
+    for index, window in enumerate(_windows(host, text, n_ctx)):
+        logprobs, targets = _scored_logprobs(host, window)
         nll -= float(logprobs[np.arange(len(targets)), targets].sum())
         count += len(targets)
         if ref_store:
@@ -137,7 +150,7 @@ def _score(
             kl = (np.exp(ref_logprobs) * (ref_logprobs - logprobs)).sum(axis=-1)
             kls.append(np.maximum(kl, 0.0))
             agree += int((ref_logprobs.argmax(axis=-1) == logprobs.argmax(axis=-1)).sum())
-    llama.close()
+    host.close()
     all_kl = np.concatenate(kls) if kls else None
     return EvalResult(
         model=model.name,

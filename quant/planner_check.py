@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.core.planner import MIB, Device, Measurement, ModelShape, PlanSettings, parse_buffer_lines, plan_memory
+from app.core.planning.planner import (
+    MIB,
+    Device,
+    Measurement,
+    ModelShape,
+    PlanSettings,
+    parse_buffer_lines,
+    plan_memory,
+)
 from quant.tiny import TinyMixtralSpec, build_tiny, write_f16
 
 TOLERANCE_SHARE = 0.10
@@ -60,10 +68,11 @@ def wide_model(folder: Path) -> Path:
 
 def _load(path: Path, settings: PlanSettings, gpu_layers: int) -> tuple[Any, list[str]]:
     """A real llama.cpp load of ``path`` with ``settings``; returns the engine and llama.cpp's log of it."""
-    from app.core import llama_log
-    from app.core.engine import Engine, LoadSettings
+    from app.core.runtime import llama_log
+    from app.core.runtime.host import EngineHost
+    from app.core.runtime.types import LoadSettings
 
-    engine = Engine()
+    engine = EngineHost(name="planner-check")
     with llama_log.capture() as lines:
         engine.load(
             LoadSettings(
@@ -73,6 +82,7 @@ def _load(path: Path, settings: PlanSettings, gpu_layers: int) -> tuple[Any, lis
                 flash_attn=settings.flash_attn,
                 n_batch=settings.n_batch,
                 n_gpu_layers=gpu_layers,
+                n_parallel=1,
             )
         )
     return engine, list(lines)
@@ -81,7 +91,7 @@ def _load(path: Path, settings: PlanSettings, gpu_layers: int) -> tuple[Any, lis
 def load_and_report(path: Path, settings: PlanSettings, gpu_layers: int = 0) -> tuple[Measurement, int, list[str]]:
     """Load ``path`` with real llama.cpp; return its buffer sizes, its model size line, and the log."""
     engine, lines = _load(path, settings, gpu_layers)
-    engine.unload()
+    engine.close()
     measurement = parse_buffer_lines(lines)
     if measurement is None:
         raise RuntimeError(f"llama.cpp reported no buffer sizes for {path.name}")
@@ -94,7 +104,7 @@ def load_and_report(path: Path, settings: PlanSettings, gpu_layers: int = 0) -> 
 
 def compare_on_cpu(path: Path, settings: PlanSettings) -> list[Comparison]:
     """Plan ``path`` for this CPU and load it: weights, KV cache and compute buffer side by side."""
-    from app.core.gguf import read_model
+    from app.core.models.gguf import read_model
 
     shape = ModelShape.from_gguf(read_model(path), path.name)
     cpu = Device("cpu", "CPU", 0, 0, 1 << 50, 1 << 50, 0.0, 40.0)
@@ -127,8 +137,8 @@ def gpu_check(path: Path, settings: PlanSettings) -> str:
     """CUDA only: plan vs llama.cpp's CUDA buffers vs NVML's used memory at full and half offload."""
     import pynvml
 
-    from app.core import hardware
-    from app.core.gguf import read_model
+    from app.core.models.gguf import read_model
+    from app.core.planning import hardware
 
     report = hardware.probe()
     if not report.llama_supports_gpu_offload or not report.gpus:
@@ -148,7 +158,7 @@ def gpu_check(path: Path, settings: PlanSettings) -> str:
         before = pynvml.nvmlDeviceGetMemoryInfo(handle).used
         engine, log = _load(path, settings, layers)
         used = pynvml.nvmlDeviceGetMemoryInfo(handle).used - before
-        engine.unload()
+        engine.close()
         measured = parse_buffer_lines(log) or Measurement()
         reported = measured.gpu_weights + measured.gpu_kv + measured.gpu_compute
         planned = plan.gpu.total - plan.gpu.reserve
@@ -162,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models-dir", default="", help="where to build/keep the test models (default: a cache dir)")
     parser.add_argument("--gpu", action="store_true", help="also compare with CUDA buffers and NVML (needs a GPU)")
     args = parser.parse_args(argv)
-    from app.core import paths
+    from app.core.storage import paths
 
     folder = Path(args.models_dir) if args.models_dir else paths.cache_dir() / "planner-check"
     folder.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ class RequantizeError(RuntimeError):
 
 def source_bits_per_weight(path: Path) -> tuple[float, int]:
     """(bits per weight, number of weights) of a model, from its tensor table."""
-    from app.core.gguf import read_model
+    from app.core.models.gguf import read_model
 
     model = read_model(path)
     elements = 0
@@ -77,16 +77,10 @@ def quantize(
     on_progress: ProgressCallback | None = None,
 ) -> Path:
     """Run ``llama_model_quantize`` from ``src`` to ``dst`` (written atomically via a temporary file)."""
-    import llama_cpp
-
-    from app.core import llama_log
+    from app.core.runtime import llama_log, native
 
     if quant not in QUANT_FTYPES:
         raise RequantizeError(f"Unknown quantization {quant!r}; choose from {', '.join(QUANT_FTYPES)}.")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = QUANT_FTYPES[quant]
-    params.nthread = threads
-    params.allow_requantize = allow_requantize
 
     def progress(line: str) -> None:
         if on_progress is not None and (match := _TENSOR_PROGRESS.match(line.strip())):
@@ -94,7 +88,9 @@ def quantize(
 
     tmp = dst.with_name(f".{dst.name}.partial")
     with llama_log.capture(progress) as lines:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+        rc = native.quantize(
+            str(src), str(tmp), QUANT_FTYPES[quant], threads=threads, allow_requantize=allow_requantize
+        )
     if rc != 0:
         tmp.unlink(missing_ok=True)
         errors = [ln for ln in lines if "error" in ln.lower() or "failed" in ln.lower()]
@@ -117,7 +113,7 @@ def requantize(
     Raises:
         RequantizeError: unknown level, output exists, not enough disk, or the input is already below the target.
     """
-    from app.core.gguf import SPLIT_PART, GGUFError
+    from app.core.models.gguf import SPLIT_PART, GGUFError
 
     target = target.upper()
     if target not in QUANT_FTYPES:

@@ -7,6 +7,7 @@ The F16 file is written with the `gguf` package; quantized copies are made by ll
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -186,3 +187,23 @@ def build_tiny(
             quantize(src, dst, quant)
         files[quant] = dst
     return files
+
+
+def mixtral_shaped_models(folder: Path, layers: Sequence[int] = (1, 2)) -> dict[int, Path]:
+    """Full-width 8x7B-shaped models (4096 wide, 8 experts of 14336, 32/8 heads) with few layers, Q4_K."""
+    models = {}
+    for count in layers:
+        path = folder / f"mixtral-8x7b-shaped-{count}layer-Q4_K.gguf"
+        if not path.exists():
+            spec = TinyMixtralSpec(
+                n_layer=count,
+                n_embd=4096,
+                n_ff=14336,
+                n_head=32,
+                n_head_kv=8,
+                zero_weights_type="Q4_K",
+                name=f"Mixtral-8x7B-shaped-{count}",
+            )
+            write_f16(spec, path)
+        models[count] = path
+    return models

@@ -10,7 +10,7 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from app.core.demo import demo_model_path
+from app.core.models.demo import demo_model_path
 from quant.tiny import DEFAULT_QUANTS, build_tiny
 
 
@@ -44,7 +44,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     or the network."""
     import huggingface_hub.constants
 
-    from app.core import paths
+    from app.core.storage import paths
 
     home = tmp_path / "home"
     paths.set_models_dir(None)
@@ -94,3 +94,13 @@ def no_dangling_threads():
         thread.join(timeout=10)
     still = [t.name for t in leftover if t.is_alive()]
     assert not still, f"threads left running: {still}"
+
+
+@pytest.fixture
+def host():
+    """An engine host with no model yet, closed (model freed, thread stopped) after the test."""
+    from app.core.runtime.host import EngineHost
+
+    engine = EngineHost()
+    yield engine
+    engine.close()

@@ -11,10 +11,12 @@ from contextlib import contextmanager
 from typing import Any, TextIO
 
 from app.cli.options import add_model_options, add_sampling_options, load_settings_from, sampling_from
-from app.core.engine import Engine, GenerationStats
 from app.core.errors import DeskError
 from app.core.prompts import FORMAT_PLAIN
-from app.core.session import ChatSession
+from app.core.runtime.host import EngineHost
+from app.core.runtime.protocol import ChatEngine
+from app.core.runtime.session import ChatSession
+from app.core.runtime.types import GenerationStats
 
 HELP_TEXT = """Commands:
   /reset          forget the conversation (keeps the system prompt)
@@ -52,16 +54,16 @@ def run(args: argparse.Namespace) -> int:
     one_shot_text = args.prompt
     if one_shot_text is None and not sys.stdin.isatty():
         one_shot_text = sys.stdin.read()
-    engine: Any
+    engine: ChatEngine
     if args.remote:
-        from app.core.remote import RemoteEngine, RemoteSettings
+        from app.core.runtime.remote import RemoteEngine, RemoteSettings
 
         if not args.remote_model:
             raise DeskError("--remote needs --remote-model NAME (see the server's /v1/models).")
         engine = RemoteEngine(RemoteSettings(args.remote, args.remote_model, args.api_key))
         info = engine.load()
     else:
-        engine = Engine()
+        engine = EngineHost()
         info = engine.load(load_settings_from(args, chat_format=FORMAT_PLAIN if args.raw else None))
     session = ChatSession(engine, system=args.system, sampling=sampling_from(args), context_policy=args.context_policy)
     if one_shot_text is not None:

@@ -6,8 +6,8 @@ import re
 from collections.abc import Sequence
 
 from app.core.errors import DeskError
-from app.core.planner import MemoryPlan
-from app.core.text import human_bytes, short_verdict, speed
+from app.core.planning.planner import MemoryPlan
+from app.core.planning.text import human_bytes, short_verdict, speed
 
 __all__ = ["human_bytes", "parse_size", "plan_report", "short_verdict", "speed", "table"]
 

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from app.cli.format import human_bytes
-from app.core import hardware
+from app.core.planning import hardware
 
 
 def register(commands: Any) -> None:
@@ -22,7 +22,7 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.core.fit import ram_bandwidth_gbps
+    from app.core.planning.fit import ram_bandwidth_gbps
 
     report = hardware.probe()
     bandwidth = ram_bandwidth_gbps()

@@ -41,8 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from app.core import paths
-    from app.core.settings import load_settings
+    from app.core.storage import paths
+    from app.core.storage.settings import load_settings
 
     paths.set_models_dir(load_settings().settings.models_dir)  # the user's models folder, as in the app
     if not getattr(args, "func", None):  # no command: open the desktop app

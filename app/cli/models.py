@@ -10,9 +10,9 @@ from typing import Any
 
 from app.cli.format import human_bytes, short_verdict, speed, table
 from app.cli.plan import add_planning_options, planning_inputs
-from app.core import catalog
 from app.core.errors import DeskError
-from app.core.fit import plan_entry
+from app.core.models import catalog
+from app.core.planning.fit import plan_entry
 
 
 def register(commands: Any) -> None:
@@ -96,8 +96,8 @@ def _entry_for(text: str, quant: str | None) -> catalog.CatalogEntry | None:
         return None
     chosen = quant or inline_quant
     if not chosen:
-        from app.core.fit import advise, device_for
-        from app.core.planner import PlanSettings
+        from app.core.planning.fit import advise, device_for
+        from app.core.planning.planner import PlanSettings
 
         advice = advise(model, device_for(), PlanSettings())
         if advice.recommended is None:
@@ -108,7 +108,7 @@ def _entry_for(text: str, quant: str | None) -> catalog.CatalogEntry | None:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from app.core.downloads import Control, Downloader, DownloadError, spec_for_catalog_entry, spec_for_repo_file
+    from app.core.models.downloads import Control, Downloader, DownloadError, spec_for_catalog_entry, spec_for_repo_file
 
     item = _entry_for(args.model, args.quant)
     if item is not None and item.installed:
@@ -184,7 +184,7 @@ def _paths_for(text: str) -> list[Path]:
 
 
 def run_remove(args: argparse.Namespace) -> int:
-    from app.core.local_models import remove_model
+    from app.core.models.local import remove_model
 
     for path in _paths_for(args.model):
         deleted = remove_model(path)
@@ -193,7 +193,7 @@ def run_remove(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from app.core.local_models import installed_models, model_parts, verify_file
+    from app.core.models.local import installed_models, model_parts, verify_file
 
     targets = _paths_for(args.model) if args.model else installed_models()
     bad = 0
@@ -209,7 +209,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from app.core.local_models import import_model, scan_other_apps
+    from app.core.models.local import import_model, scan_other_apps
 
     if args.scan:
         found = scan_other_apps()

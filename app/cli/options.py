@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from app.core.context import POLICIES, POLICY_ROLLING
-from app.core.engine import KV_CACHE_TYPES, LoadSettings, SamplingSettings
-from app.core.local_models import resolve_model
+from app.core.models.local import resolve_model
 from app.core.prompts import FORMATS
+from app.core.runtime.types import KV_CACHE_TYPES, LoadSettings, SamplingSettings
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from app.cli.format import human_bytes, parse_size, plan_report, short_verdict, speed, table
-from app.core import catalog
-from app.core.engine import KV_CACHE_TYPES
 from app.core.errors import DeskError
-from app.core.fit import WhatIf, advise, device_for, plan_entry, plan_file
-from app.core.gguf import GGUFError
-from app.core.planner import PlanSettings, check_kv_settings
+from app.core.models import catalog
+from app.core.models.gguf import GGUFError
+from app.core.planning.fit import WhatIf, advise, device_for, plan_entry, plan_file
+from app.core.planning.planner import PlanSettings, check_kv_settings
+from app.core.runtime.types import KV_CACHE_TYPES
 
 
 def add_planning_options(parser: argparse.ArgumentParser) -> None:

@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.core.engine import Engine, LoadSettings
 from app.core.errors import DeskError
-from app.core.local_models import resolve_model
+from app.core.models.local import resolve_model
 from app.core.prompts import FORMATS, messages_from_json
+from app.core.runtime.host import EngineHost
+from app.core.runtime.types import LoadSettings
 
 
 def register(commands: Any) -> None:
@@ -37,13 +38,16 @@ def run(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as err:
         raise DeskError(f"{args.messages} is not valid JSON ({err.msg} at line {err.lineno}).") from err
     messages = messages_from_json(data)
-    engine = Engine()
-    engine.load(LoadSettings(model_path=str(resolve_model(args.model)), vocab_only=True, chat_format=args.format))
-    tokens = engine.prompt_tokens(messages)
-    if args.tokens:
-        sys.stdout.write("".join(f"{token}\n" for token in tokens))
-    else:
-        sys.stdout.write(engine.vocab.decode(tokens, special=True) + "\n")
+    engine = EngineHost()
+    try:
+        engine.load(LoadSettings(model_path=str(resolve_model(args.model)), vocab_only=True, chat_format=args.format))
+        tokens = engine.prompt_tokens(messages)
+        if args.tokens:
+            sys.stdout.write("".join(f"{token}\n" for token in tokens))
+        else:
+            sys.stdout.write(engine.detokenize(tokens, special=True) + "\n")
+    finally:
+        engine.close()
     return 0
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from app.cli.format import table
-from app.core.engine import Engine, LoadSettings
 from app.core.prompts import Message
+from app.core.runtime.host import EngineHost
+from app.core.runtime.types import LoadSettings
 
 
 def register(commands: Any) -> None:
@@ -33,11 +34,11 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.core.local_models import resolve_model
+    from app.core.models.local import resolve_model
     from app.core.prompts import FORMAT_PLAIN
-    from app.core.routing import trace_routing
+    from app.core.runtime.routing import trace_routing
 
-    engine = Engine()
+    engine = EngineHost()
     engine.load(
         LoadSettings(
             model_path=str(resolve_model(args.model)), n_ctx=1024, chat_format=FORMAT_PLAIN if args.raw else None
@@ -47,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     trace = trace_routing(engine, tokens, generate=args.generate, seed=args.seed)
     payload = trace.to_json()
     if args.compare_speed:
-        plain = engine.measure_speed(len(tokens), max(2, args.generate))
+        from app.core.runtime.bench import measure_speed
+
+        plain = measure_speed(engine, len(tokens), max(2, args.generate))
         traced = sum(1 for t in trace.tokens if not t.in_prompt)
         payload["speed"] = {
             "without_tracing_tokens_per_s": round(plain.generation_tokens_per_s, 2),
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         }
         payload["speed"]["traced_reply_tokens"] = traced
     if args.png:
-        from app.gui.charts import heatmap_png
+        from app.core.charts import heatmap_png
 
         shares = [list(b.shares) for b in trace.balance()]
         heatmap_png(Path(args.png), f"Share of routed tokens per expert ({len(trace.tokens)} tokens)", shares)

@@ -16,7 +16,9 @@ def register(commands: Any) -> None:
         help="serve the model over an OpenAI-compatible HTTP API",
         description="Serve GET /v1/models, POST /v1/chat/completions (streaming or not), POST /v1/completions and "
         "GET /health. Binds to 127.0.0.1 unless --host says otherwise; --api-key makes every request need it. "
-        "Requests are answered one at a time in arrival order, or with --parallel N decoded together in batches.",
+        "Up to --parallel requests are decoded together in one batch per step (continuous batching); they share the "
+        "each has its own --ctx tokens of KV cache (memory grows with N), and a client resending a growing "
+        "conversation reuses its cached prefix.",
     )
     add_model_options(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -26,19 +28,21 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--parallel",
         type=int,
-        default=1,
+        default=4,
         metavar="N",
-        help="decode up to N requests together in one batch (default 1: one at a time, in order)",
+        help="decode up to N requests together in one batch (default 4)",
     )
     parser.set_defaults(func=run, seed=None)
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.core.engine import Engine
+    from dataclasses import replace
+
+    from app.core.runtime.host import EngineHost
     from app.server.run import serve_forever
 
-    settings = load_settings_from(args)
-    engine = Engine()
+    settings = replace(load_settings_from(args), n_parallel=max(1, args.parallel))
+    engine = EngineHost()
     info = engine.load(settings)
     model_id = args.model_id or Path(info.path).stem
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
@@ -47,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"Serving {model_id} at http://{args.host}:{args.port}/v1 (Ctrl-C stops)", file=sys.stderr)
-    serve_forever(
-        engine, model_id, host=args.host, port=args.port, api_key=args.api_key, parallel=max(1, args.parallel)
-    )
+    try:
+        serve_forever(engine, model_id, host=args.host, port=args.port, api_key=args.api_key)
+    finally:
+        engine.close()
     return 0

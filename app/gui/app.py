@@ -18,7 +18,7 @@ def run(argv: Sequence[str] | None = None, model: str | None = None) -> int:
     """Open the main window and run the event loop; returns the exit code."""
     from PySide6.QtWidgets import QApplication
 
-    from app.core.settings import load_settings
+    from app.core.storage.settings import load_settings
     from app.gui.main_window import MainWindow
     from app.gui.theme import apply_theme
 

@@ -1,30 +1,37 @@
-"""The GUI's owner of the engine: loads and generation run on one worker thread; widgets only get signals.
+"""The window's client of the chat engine: loads, replies and routing traces are jobs on the engine (the local
+engine host, or a remote engine); widgets only get signals.
 
-Streamed text is collected from the worker into a buffer and flushed to the view on a 40 ms timer (one
-repaint per frame, not per token).
+Nothing here blocks the GUI thread: the engine's own thread reports back through futures and ticket
+listeners, which only queue a signal. Streamed text is collected into a buffer and flushed to the view on a
+40 ms timer (one repaint per frame, not per token).
 """
 
 from __future__ import annotations
 
+import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from app.core.engine import Engine, Generation, GenerationRequest, LoadSettings, ModelInfo
+from app.core.runtime.host import EngineHost
+from app.core.runtime.protocol import ChatEngine
+from app.core.runtime.tickets import ReplyTicket
+from app.core.runtime.types import GenerationRequest, LoadSettings, ModelInfo
 
 FLUSH_INTERVAL_MS = 40
 
 
 class ChatController(QObject):
-    """Loads models and streams replies off the GUI thread.
+    """Loads models and streams replies without blocking the GUI thread.
 
     Signals:
-        model_loaded(ModelInfo), model_load_failed(Exception)
+        model_loaded(ModelInfo), model_load_failed(Exception), model_load_cancelled()
         text_streamed(str): new reply text since the last flush
-        reply_finished(Generation): the reply is complete, stopped or cut; ``generation.stats`` is set
+        reply_finished(ReplyTicket): the reply is complete, stopped or cut; ``ticket.stats`` is set
         reply_failed(Exception)
+        routing_traced(RoutingTrace), routing_failed(Exception)
     """
 
     model_loaded = Signal(object)
@@ -37,84 +44,101 @@ class ChatController(QObject):
     reply_failed = Signal(object)
     _worker_done = Signal(object, object, object)  # (kind, result, error), delivered on the GUI thread
 
-    def __init__(self, parent: QObject | None = None) -> None:
+    def __init__(self, parent: QObject | None = None, engine: ChatEngine | None = None) -> None:
         super().__init__(parent)
-        self.engine = Engine()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self.engine: ChatEngine = engine or EngineHost()
         self._buffer: list[str] = []
         self._buffer_lock = threading.Lock()
         self._flush_timer = QTimer(self)
         self._flush_timer.setInterval(FLUSH_INTERVAL_MS)
         self._flush_timer.timeout.connect(self._flush)
-        self._generation: Generation | None = None
+        self._ticket: ReplyTicket | None = None
         self._load_cancelled = False
-        self._futures: list[Future[Any]] = []
         self._worker_done.connect(self._on_worker_done)
         self.info: ModelInfo | None = None
 
     @property
     def busy(self) -> bool:
-        return self._generation is not None
+        return self._ticket is not None
+
+    @property
+    def host(self) -> EngineHost | None:
+        """The local engine host, when the window chats with a local model."""
+        return self.engine if isinstance(self.engine, EngineHost) else None
 
     def load_model(self, settings: LoadSettings) -> None:
         """Load in the background; ``model_loaded``, ``model_load_failed`` or ``model_load_cancelled`` follows."""
+        if self.host is None:
+            self.use_engine(EngineHost(), settings)
+            return
         self._load_cancelled = False
-        self._submit("load", lambda: self.engine.load(settings))
+        self._report("load", self.engine.load_async(settings))
 
-    def use_engine(self, engine: object) -> None:
-        """Switch to another engine (a remote model, or a fresh local one) and connect it in the background;
-        ``model_loaded`` or ``model_load_failed`` follows."""
-        self.engine = engine  # type: ignore[assignment]
+    def use_engine(self, engine: ChatEngine, settings: LoadSettings | None = None) -> None:
+        """Switch to another engine (a remote model, or the local host again) and load or connect in the
+        background; ``model_loaded`` or ``model_load_failed`` follows."""
+        previous, self.engine = self.engine, engine
+        if previous is not engine:
+            previous.close()
         self.info = None
         self._load_cancelled = False
-        self._submit("load", engine.load)  # type: ignore[attr-defined]
+        self._report("load", engine.load_async(settings))  # type: ignore[arg-type]
 
     def cancel_load(self) -> None:
-        """Give up on the load in progress: llama.cpp cannot be interrupted mid-load, so the model is freed as
-        soon as it finishes loading and ``model_load_cancelled`` is emitted; the window is usable meanwhile."""
+        """Give up on the load in progress: llama.cpp stops at its next progress report, and
+        ``model_load_cancelled`` is emitted; the window is usable meanwhile."""
         self._load_cancelled = True
+        self.engine.cancel_load()
 
-    def send(self, request: GenerationRequest) -> Generation:
-        """Start a reply; text arrives through ``text_streamed``, then ``reply_finished``."""
-        generation = self.engine.generate(request)
-        self._generation = generation
+    def send(self, request: GenerationRequest) -> ReplyTicket:
+        """Start a reply; text arrives through ``text_streamed``, then ``reply_finished`` or ``reply_failed``."""
+        ticket = self.engine.generate(request)
+        self._ticket = ticket
+        done = threading.Event()
 
-        def run() -> Generation:
-            for delta in generation:
+        def on_event() -> None:  # on the engine's thread: move text into the buffer, report the end once
+            while True:
+                try:
+                    delta = ticket.next_delta(0)
+                except queue.Empty:
+                    return
+                if delta is None:
+                    if not done.is_set():
+                        done.set()
+                        self._worker_done.emit("reply", ticket, ticket.error)
+                    return
                 with self._buffer_lock:
                     self._buffer.append(delta)
-            return generation
 
         self._flush_timer.start()
-        self._submit("reply", run)
-        return generation
+        ticket.set_listener(on_event)
+        return ticket
 
     def trace_routing(self, tokens: list[int], prompt_length: int) -> None:
         """Trace which experts these tokens went to, in the background (``routing_traced`` follows)."""
-        from app.core.routing import trace_routing
+        from app.core.runtime.routing import trace_routing_async
 
-        self._submit("trace", lambda: trace_routing(self.engine, tokens, generate=0, prompt_length=prompt_length))
+        host = self.host
+        if host is None:
+            return
+        self._report("trace", trace_routing_async(host, tokens, generate=0, prompt_length=prompt_length))
 
     def stop(self) -> None:
         """Stop the reply within one token; what was produced is kept."""
-        if self._generation is not None:
-            self._generation.cancel()
+        if self._ticket is not None:
+            self._ticket.cancel()
 
     def shutdown(self) -> None:
-        """Stop work and wait for the worker (called when the window closes)."""
+        """Stop work and free the model (called when the window closes)."""
         self.stop()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.engine.close()
 
-    def _submit(self, kind: str, work: Any) -> None:
-        def run() -> None:
-            try:
-                result = work()
-            except BaseException as err:
-                self._worker_done.emit(kind, None, err)
-            else:
-                self._worker_done.emit(kind, result, None)
+    def _report(self, kind: str, future: Future[Any]) -> None:
+        def done(finished: Future[Any]) -> None:  # on the engine's thread
+            error = finished.exception()
+            self._worker_done.emit(kind, None if error else finished.result(), error)
 
-        self._futures.append(self._executor.submit(run))
+        future.add_done_callback(done)
 
     def _flush(self) -> None:
         with self._buffer_lock:
@@ -125,28 +149,26 @@ class ChatController(QObject):
 
     def _on_worker_done(self, kind: str, result: Any, error: BaseException | None) -> None:
         if kind == "load":
-            if self._load_cancelled:
+            from app.core.runtime.loading import LoadCancelled
+
+            if self._load_cancelled or isinstance(error, LoadCancelled):
                 self._load_cancelled = False
                 self.info = None
                 if error is None:
-                    self._submit("unload", self.engine.unload)  # cancelled is reported once it is freed
-                else:
-                    self.model_load_cancelled.emit()
+                    self.engine.unload_async()  # finished before it heard the cancel
+                self.model_load_cancelled.emit()
             elif error is None:
                 self.info = result
                 self.model_loaded.emit(result)
             else:
                 self.model_load_failed.emit(error)
             return
-        if kind == "unload":
-            self.model_load_cancelled.emit()
-            return
         if kind == "trace":
             (self.routing_traced if error is None else self.routing_failed).emit(result if error is None else error)
             return
         self._flush()
         self._flush_timer.stop()
-        self._generation = None
+        self._ticket = None
         if error is None:
             self.reply_finished.emit(result)
         else:

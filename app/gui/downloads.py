@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject, Signal
 
-from app.core.downloads import DownloadError, DownloadManager, DownloadSpec, Progress, RetryPolicy
+from app.core.models.downloads import DownloadError, DownloadManager, DownloadSpec, Progress, RetryPolicy
 
 
 class DownloadService(QObject):

@@ -34,14 +34,15 @@ from PySide6.QtWidgets import (
 )
 
 from app import APP_NAME
-from app.core import paths
 from app.core.context import POLICIES
-from app.core.engine import Generation, GenerationRequest, LoadSettings, ModelInfo, SamplingSettings
 from app.core.errors import ModelLoadError
-from app.core.presets import PresetStore
 from app.core.prompts import FORMAT_PLAIN, Message
-from app.core.settings import Settings, load_settings, save_settings
-from app.core.store import Conversation, ConversationStore
+from app.core.runtime.tickets import ReplyTicket
+from app.core.runtime.types import GenerationRequest, LoadSettings, ModelInfo, SamplingSettings
+from app.core.storage import paths
+from app.core.storage.conversations import Conversation, ConversationStore
+from app.core.storage.presets import PresetStore
+from app.core.storage.settings import Settings, load_settings, save_settings
 from app.gui.chat_view import ChatView, RenderedMessage
 from app.gui.controller import ChatController
 from app.gui.conversation_model import ConversationListModel
@@ -86,7 +87,7 @@ class MainWindow(QMainWindow):
         self.api_server: Any = None
         self.conversation: Conversation | None = None
         self._editing: int | None = None
-        self._streaming: Generation | None = None
+        self._streaming: ReplyTicket | None = None
         self._plain_base = ""
         self._deleted: int | None = None
         self._restoring = False
@@ -241,14 +242,21 @@ class MainWindow(QMainWindow):
         self.status_speed = QLabel("")
         self.status_context = QLabel("")
         self.status_memory = QLabel("")
+        self.status_engine = QLabel("")
+        self.status_engine.setAccessibleName("Engine activity")
         for label in (
             self.status_model,
             self.status_backend,
+            self.status_engine,
             self.status_speed,
             self.status_context,
             self.status_memory,
         ):
             self.statusBar().addPermanentWidget(label)
+        self._engine_timer = QTimer(self)  # the engine's own health report: cheap, never waits for its thread
+        self._engine_timer.setInterval(500)
+        self._engine_timer.timeout.connect(self._update_engine_status)
+        self._engine_timer.start()
         self.undo_button = QPushButton("Undo delete")
         self.undo_button.setVisible(False)
         self._undo_timer = QTimer(self)  # owned by the window, so it cannot fire after the window is gone
@@ -327,7 +335,7 @@ class MainWindow(QMainWindow):
 
     def load_model(self, path: str | None = None) -> None:
         """Load ``path`` (default: the last model, else the newest installed, else the demo)."""
-        from app.core.local_models import resolve_model
+        from app.core.models.local import resolve_model
 
         try:
             model_path = resolve_model(path or self.settings.last_model or None)
@@ -406,7 +414,7 @@ class MainWindow(QMainWindow):
 
     def use_remote(self, url: str, model: str, api_key: str = "") -> None:
         """Chat with a model on another server (vLLM, llama-server, Ollama, another Mixtral Desk)."""
-        from app.core.remote import RemoteEngine, RemoteSettings
+        from app.core.runtime.remote import RemoteEngine, RemoteSettings
 
         if self.controller.busy:
             return
@@ -415,13 +423,9 @@ class MainWindow(QMainWindow):
         self.controller.use_engine(RemoteEngine(RemoteSettings(url, model, api_key)))
 
     def use_local_engine(self) -> None:
-        from app.core.engine import Engine
-
         if self.controller.busy:
             return
-        self.controller.engine = Engine()
-        self.controller.info = None
-        self.load_model(self.settings.last_model or None)
+        self.load_model(self.settings.last_model or None)  # the controller returns to the local engine host
 
     def choose_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -443,7 +447,7 @@ class MainWindow(QMainWindow):
         self.model_label.setText(f"{Path(info.path).stem}\n{info.chat_format} · {info.n_ctx} tokens context")
         self.model_label.setToolTip(f"{info.name}\n{info.path}")
         self.status_model.setText(Path(info.path).stem)
-        from app.core.hardware import llama_build_info
+        from app.core.planning.hardware import llama_build_info
 
         if info.architecture == "remote":
             backend = "remote"
@@ -471,8 +475,8 @@ class MainWindow(QMainWindow):
         self.show_error(error, advice)
 
     def _memory_advice(self, path: Path) -> str:
-        from app.core.fit import device_for, plan_file
-        from app.core.planner import VERDICT_TOO_BIG, PlanSettings
+        from app.core.planning.fit import device_for, plan_file
+        from app.core.planning.planner import VERDICT_TOO_BIG, PlanSettings
 
         try:
             device = device_for()
@@ -680,7 +684,7 @@ class MainWindow(QMainWindow):
         else:
             self.chat_view.append_to_last(text)
 
-    def _on_reply_finished(self, generation: Generation) -> None:
+    def _on_reply_finished(self, generation: ReplyTicket) -> None:
         self._reply_done()
         stats = generation.stats.to_json() if generation.stats else {}
         if self.conversation is not None:
@@ -701,7 +705,7 @@ class MainWindow(QMainWindow):
         self._update_memory()
         self.list_model.refresh()
 
-    def _maybe_trace(self, generation: Generation) -> None:
+    def _maybe_trace(self, generation: ReplyTicket) -> None:
         info = self.controller.info
         if not self.inspect_routing.isChecked() or info is None or not info.expert_count:
             return
@@ -873,13 +877,25 @@ class MainWindow(QMainWindow):
         text = f"RAM {rss / 1024**3:.1f} GiB"
         info = self.controller.info
         if info is not None and info.n_gpu_layers > 0:
-            from app.core.hardware import probe_nvml
+            from app.core.planning.hardware import probe_nvml
 
             gpus, _ = probe_nvml()
             if gpus:
                 used = gpus[0].total_bytes - gpus[0].free_bytes
                 text += f" · VRAM {used / 1024**3:.1f}/{gpus[0].total_bytes / 1024**3:.0f} GiB"
         self.status_memory.setText(text)
+
+    def _update_engine_status(self) -> None:
+        health = self.controller.engine.health()
+        if not health.alive:
+            text = "engine stopped"
+        elif health.busy:
+            text = f"{health.active} answering" + (f" · {health.queued} waiting" if health.queued else "")
+        else:
+            text = ""
+        if self.status_engine.text() != text:
+            self.status_engine.setText(text)
+            self.status_engine.setToolTip(health.error or "Replies being decoded together, and requests waiting")
 
     def _focus_search(self) -> None:
         self.search.setFocus()

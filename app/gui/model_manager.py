@@ -30,11 +30,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core import catalog, paths
-from app.core.catalog import CatalogEntry
-from app.core.downloads import Progress, spec_for_catalog_entry
-from app.core.planner import VERDICT_TOO_BIG, Device, MemoryPlan, PlanSettings, recommend
-from app.core.text import human_bytes, short_verdict, speed
+from app.core.models import catalog
+from app.core.models.catalog import CatalogEntry
+from app.core.models.downloads import Progress, spec_for_catalog_entry
+from app.core.planning.planner import VERDICT_TOO_BIG, Device, MemoryPlan, PlanSettings, recommend
+from app.core.planning.text import human_bytes, short_verdict, speed
+from app.core.storage import paths
 from app.gui.downloads import DownloadService
 
 COLUMNS = ("Model", "Quant", "Size", "Quality", "Fits this machine", "Speed", "Status")
@@ -79,7 +80,7 @@ class CatalogTableModel(QAbstractTableModel):
 
     def reload(self) -> None:
         self.beginResetModel()
-        from app.core.bench import tuned_settings
+        from app.core.runtime.tuning import tuned_settings
 
         self.rows = [
             Row(
@@ -285,8 +286,8 @@ class ModelManagerWindow(QWidget):
     # -- planning -----------------------------------------------------------------------------------
 
     def _probe(self) -> tuple[Device, str]:
-        from app.core import hardware
-        from app.core.fit import device_for
+        from app.core.planning import hardware
+        from app.core.planning.fit import device_for
 
         report = hardware.probe()
         device = self._device or device_for(report=report)
@@ -337,7 +338,7 @@ class ModelManagerWindow(QWidget):
         entries = [row.entry for row in self.model.rows]
 
         def work() -> tuple[dict[str, MemoryPlan], set[str]]:
-            from app.core.fit import device_for, plan_entry
+            from app.core.planning.fit import device_for, plan_entry
 
             target = device or device_for()
             plans = {e.id: plan_entry(e, target, settings) for e in entries}
@@ -479,7 +480,7 @@ class ModelManagerWindow(QWidget):
         row = self.selected()
         if row is None or not row.entry.installed:
             return
-        from app.core.local_models import model_parts, verify_file
+        from app.core.models.local import model_parts, verify_file
 
         first = row.entry.first_path
         self.model.set_status(row.entry.id, "verifying…")
@@ -489,7 +490,7 @@ class ModelManagerWindow(QWidget):
         row = self.selected()
         if row is None or not row.entry.installed:
             return
-        from app.core.local_models import model_parts, remove_model
+        from app.core.models.local import model_parts, remove_model
 
         size = sum(p.stat().st_size for p in model_parts(row.entry.first_path))
         if self._confirm(f"Delete {row.entry.id}? This frees {human_bytes(size)}."):
@@ -514,7 +515,7 @@ class ModelManagerWindow(QWidget):
             self.import_file(Path(path))
 
     def import_file(self, path: Path, mode: str = "copy") -> None:
-        from app.core.local_models import import_model
+        from app.core.models.local import import_model
 
         self._worker.run("import", lambda: import_model(path, mode))
 

@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 
-    from app.core.demo import demo_model_path
+    from app.core.models.demo import demo_model_path
     from app.gui.main_window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv[:1])

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
-from PySide6.QtGui import QPixmap
+from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import QLabel, QTableView, QVBoxLayout, QWidget
 
-from app.core.routing import RoutingTrace
+from app.core.runtime.routing import RoutingTrace
 
 Index = QModelIndex | QPersistentModelIndex
 
@@ -73,11 +73,15 @@ class RoutingView(QWidget):
         layout.addWidget(self.table, 1)
 
     def show_trace(self, trace: RoutingTrace, reply_seconds: float) -> None:
-        from app.gui.charts import heatmap_image
+        from app.core.charts import heatmap_image
 
         balance = trace.balance()
         shares = [list(b.shares) for b in balance]
-        self.heatmap.setPixmap(QPixmap.fromImage(heatmap_image("Share of routed tokens per expert", shares)))
+        picture = heatmap_image("Share of routed tokens per expert", shares).convert("RGB")
+        qimage = QImage(
+            picture.tobytes(), picture.width, picture.height, 3 * picture.width, QImage.Format.Format_RGB888
+        ).copy()
+        self.heatmap.setPixmap(QPixmap.fromImage(qimage))
         lines = [
             f"{len(trace.tokens)} tokens ({sum(t.in_prompt for t in trace.tokens)} prompt, "
             f"{sum(not t.in_prompt for t in trace.tokens)} reply); {trace.n_expert_used} of {trace.n_expert} experts "

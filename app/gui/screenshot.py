@@ -28,8 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 
-    from app.core.demo import demo_model_path
-    from app.core.settings import Settings, save_settings
+    from app.core.models.demo import demo_model_path
+    from app.core.storage.settings import Settings, save_settings
     from app.gui.main_window import MainWindow
     from app.gui.theme import apply_theme
 

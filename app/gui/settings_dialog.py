@@ -15,7 +15,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.settings import THEMES, Settings
+from app.core.storage.settings import THEMES, Settings
 
 
 class SettingsDialog(QDialog):

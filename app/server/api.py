@@ -8,7 +8,10 @@ bodies over a limit, unknown models and invalid parameters get 4xx JSON errors i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import queue
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,10 +23,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from app.core.context import POLICY_ROLLING
-from app.core.engine import STOP_CONTEXT_FULL, STOP_MAX_TOKENS, GenerationRequest, SamplingSettings
 from app.core.errors import ContextOverflowError, DeskError
 from app.core.prompts import FORMAT_PLAIN, Message
-from app.server.service import EngineService
+from app.core.runtime.tickets import ReplyTicket
+from app.core.runtime.types import STOP_CONTEXT_FULL, STOP_MAX_TOKENS, GenerationRequest, SamplingSettings
+from app.server.service import ServedModel
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -74,7 +78,7 @@ def finish_reason(stop_reason: str) -> str:
     return "length" if stop_reason in (STOP_MAX_TOKENS, STOP_CONTEXT_FULL) else "stop"
 
 
-def create_app(service: EngineService, *, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(service: ServedModel, *, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The ASGI app serving ``service``'s model."""
     app = FastAPI(title="Mixtral Desk API", docs_url=None, redoc_url=None)
 
@@ -104,9 +108,11 @@ def create_app(service: EngineService, *, api_key: str | None = None, max_body_b
             400, f"Invalid value for {where or 'the request'}: {first.get('msg', 'invalid')}.", param=where or None
         )
 
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": service.model_id}
+    @app.get("/health", response_model=None)
+    async def health() -> Any:
+        state = service.health()
+        body = {**state.to_json(), "status": "ok" if state.alive else "error", "model": service.model_id}
+        return body if state.alive else JSONResponse(body, status_code=503)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -157,12 +163,13 @@ def create_app(service: EngineService, *, api_key: str | None = None, max_body_b
                 headers={"Cache-Control": "no-cache"},
             )
         text_parts = []
+        reader = TicketReader(ticket)
         try:
-            while (delta := await asyncio.to_thread(ticket.next_delta)) is not None:
+            while (delta := await reader.next(request)) is not None:
                 text_parts.append(delta)
-        except asyncio.CancelledError:
-            ticket.cancel()
-            raise
+        finally:
+            if not ticket.finished.is_set():
+                ticket.cancel()  # the client went away: stop generating for nobody
         if ticket.error is not None:
             return failure(ticket.error)
         stats = ticket.stats
@@ -206,12 +213,12 @@ def create_app(service: EngineService, *, api_key: str | None = None, max_body_b
             payload = {"id": ident, "object": kind, "created": created, "model": service.model_id, "choices": [choice]}
             return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
-        last_check = [time.monotonic()]
+        reader = TicketReader(ticket)
         try:
             if chat:
                 yield chunk({"role": "assistant", "content": ""}, None)
             while True:
-                delta = await _next(ticket, request, last_check)
+                delta = await reader.next(request)
                 if delta is None:
                     break
                 yield chunk({"content": delta} if chat else delta, None)
@@ -239,23 +246,40 @@ def create_app(service: EngineService, *, api_key: str | None = None, max_body_b
     return app
 
 
-async def _next(ticket: Any, request: Request, last_check: list[float]) -> str | None:
-    """The next delta; at most every 0.2 s (also while text keeps flowing) it checks whether the client has gone."""
-    import queue
+class TicketReader:
+    """Reads a ticket's text on the event loop: the engine's thread wakes the loop when text arrives (at most one
+    wake-up pending), and at most every 0.2 s it checks whether the client has gone (then cancels the ticket)."""
 
-    while True:
-        try:
-            delta = await asyncio.to_thread(ticket.next_delta, 0.2)
-        except queue.Empty:
-            delta = ""
-        now = time.monotonic()
-        if now - last_check[0] >= 0.2:
-            last_check[0] = now
-            if await request.is_disconnected():
-                ticket.cancel()
-                return None
-        if delta != "":
-            return delta
+    def __init__(self, ticket: ReplyTicket) -> None:
+        self.ticket = ticket
+        self._loop = asyncio.get_running_loop()
+        self._ready = asyncio.Event()
+        self._pending = threading.Event()
+        self._last_check = time.monotonic()
+        ticket.set_listener(self._wake)
+
+    def _wake(self) -> None:  # on the engine's thread
+        if not self._pending.is_set():
+            self._pending.set()
+            self._loop.call_soon_threadsafe(self._ready.set)
+
+    async def next(self, request: Request) -> str | None:
+        """The next delta, or None at the end or when the client disconnected."""
+        while True:
+            self._pending.clear()
+            self._ready.clear()
+            try:
+                return self.ticket.next_delta(0)
+            except queue.Empty:
+                pass
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), 0.2)
+            now = time.monotonic()
+            if now - self._last_check >= 0.2:
+                self._last_check = now
+                if await request.is_disconnected():
+                    self.ticket.cancel()
+                    return None
 
 
 def usage_of(ticket: Any) -> dict[str, int]:

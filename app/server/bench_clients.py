@@ -45,19 +45,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--ctx", type=int, default=1024)
     args = parser.parse_args(argv)
-    from app.core.engine import Engine, LoadSettings
-    from app.core.local_models import resolve_model
+    from app.core.models.local import resolve_model
+    from app.core.runtime.host import EngineHost
+    from app.core.runtime.types import LoadSettings
     from app.server.run import start_in_background
 
-    engine = Engine()
-    engine.load(LoadSettings(model_path=str(resolve_model(args.model or "demo")), n_ctx=args.ctx))
     rows = []
     for parallel in (1, args.parallel):
-        server = start_in_background(engine, "bench", parallel=parallel)
+        engine = EngineHost()
+        engine.load(
+            LoadSettings(model_path=str(resolve_model(args.model or "demo")), n_ctx=args.ctx, n_parallel=parallel)
+        )
+        server = start_in_background(engine, "bench")
         try:
             rows.append((parallel, [aggregate_tokens_per_s(server.url, n, args.tokens) for n in (1, 2, 4, 8)]))
         finally:
             server.stop()
+            engine.close()
     print(f"aggregate generation tokens/s ({args.tokens} tokens per request)")
     print(f"{'server':>14} " + " ".join(f"{n:>2} client{'s' if n > 1 else ' '}" for n in (1, 2, 4, 8)))
     for parallel, speeds in rows:

@@ -6,9 +6,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from app.core.engine import Engine
+from app.core.runtime.protocol import ChatEngine
 from app.server.api import create_app
-from app.server.service import EngineService
+from app.server.service import ServedModel
 
 
 @dataclass
@@ -17,56 +17,50 @@ class RunningServer:
 
     server: Any
     thread: threading.Thread
-    service: EngineService
+    service: ServedModel
     url: str
 
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(30)
-        self.service.close()
 
 
 def _server(
-    engine: Engine, model_id: str, host: str, port: int, api_key: str | None, parallel: int = 1, **app_options: Any
-) -> tuple[Any, EngineService]:
+    engine: ChatEngine, model_id: str, host: str, port: int, api_key: str | None, **app_options: Any
+) -> tuple[Any, ServedModel]:
     import uvicorn
 
-    service = EngineService(engine, model_id, parallel)
+    service = ServedModel(engine, model_id)
     app = create_app(service, api_key=api_key, **app_options)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
     return uvicorn.Server(config), service
 
 
 def serve_forever(
-    engine: Engine,
+    engine: ChatEngine,
     model_id: str,
     *,
     host: str = "127.0.0.1",
     port: int = 8080,
     api_key: str | None = None,
-    parallel: int = 1,
 ) -> None:
     """Serve until interrupted (Ctrl-C)."""
-    server, service = _server(engine, model_id, host, port, api_key, parallel)
-    try:
-        server.run()
-    finally:
-        service.close()
+    server, _ = _server(engine, model_id, host, port, api_key)
+    server.run()
 
 
 def start_in_background(
-    engine: Engine,
+    engine: ChatEngine,
     model_id: str,
     *,
     host: str = "127.0.0.1",
     port: int = 0,
     api_key: str | None = None,
     timeout: float = 30.0,
-    parallel: int = 1,
     **app_options: Any,
 ) -> RunningServer:
     """Start serving on a thread and return once it accepts connections (port 0 picks a free port)."""
-    server, service = _server(engine, model_id, host, port, api_key, parallel, **app_options)
+    server, service = _server(engine, model_id, host, port, api_key, **app_options)
     thread = threading.Thread(target=server.run, name="api-server", daemon=True)
     thread.start()
     deadline = threading.Event()
@@ -76,7 +70,6 @@ def start_in_background(
         deadline.wait(0.05)  # uvicorn offers no "started" callback; this only waits for its own flag
     if not server.started:
         server.should_exit = True
-        service.close()
         raise RuntimeError("The API server did not start.")
     sockets = server.servers[0].sockets
     bound_port = sockets[0].getsockname()[1]

@@ -286,7 +286,7 @@ def hub_env(hub, home: Path) -> dict[str, str]:
 
 
 def test_download_verify_and_remove_a_catalog_model(fake_hub, tiny_v1: dict[str, Path], isolated_home: Path) -> None:
-    from app.core import catalog
+    from app.core.models import catalog
 
     item = catalog.entry("mixtral-8x7b-instruct", "Q2_K")
     fake_hub.add(item.model.repo, tiny_v1["Q2_K"], item.quant.files[0].name)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from app.core import catalog, paths
-from app.core.gguf import read_remote_header
-from app.core.planner import SOURCE_CATALOG, SOURCE_HEADER
+from app.core.models import catalog
+from app.core.models.gguf import read_remote_header
+from app.core.planning.planner import SOURCE_CATALOG, SOURCE_HEADER
+from app.core.planning.shapes import shape_for
+from app.core.storage import paths
 from models_manifest import LAYOUT_PER_EXPERT, CatalogError, default_path, load_catalog
 from quant.fakehub import sha256_of
 
@@ -83,8 +85,8 @@ def test_a_downloaded_file_shows_as_installed_and_is_planned_from_its_header(tin
     target.symlink_to(tiny_v1["Q2_K"])
     item = catalog.entry("mixtral-8x7b-instruct", "Q2_K")
     assert item.installed and item.first_path == target
-    assert catalog.shape_for(item).source == SOURCE_HEADER
-    assert catalog.shape_for(catalog.entry("mixtral-8x7b-instruct", "Q4_K_M")).source == SOURCE_CATALOG
+    assert shape_for(item).source == SOURCE_HEADER
+    assert shape_for(catalog.entry("mixtral-8x7b-instruct", "Q4_K_M")).source == SOURCE_CATALOG
 
 
 def test_hub_metadata_fills_sizes_and_hashes(fake_hub, tiny_v1: dict[str, Path]) -> None:
@@ -125,10 +127,10 @@ def test_remote_plan_for_a_split_model_is_exact_and_cached(fake_hub, tmp_path: P
     for name, part in zip(names, parts, strict=True):
         fake_hub.add(model.repo, part, name)
     item = catalog.entry(model.id, "Q4_K_M")
-    shape = catalog.shape_for(item, remote=True)
+    shape = shape_for(item, remote=True)
     assert shape.source == SOURCE_HEADER and (shape.n_expert, shape.n_layer, shape.n_vocab) == (8, 2, 32768)
     assert shape.weight_bytes == sum(p.stat().st_size for p in parts) - sum(
         read_remote_header(model.repo, n).data_offset for n in names
     )
     fake_hub.stop()  # offline from here: the cached header answers
-    assert catalog.shape_for(item).layer_bytes == shape.layer_bytes
+    assert shape_for(item).layer_bytes == shape.layer_bytes

@@ -7,18 +7,19 @@ from pathlib import Path
 import pytest
 
 from app.core.context import POLICY_ROLLING, POLICY_STOP, fit_prompt, reply_reserve
-from app.core.engine import Engine, GenerationRequest, LoadSettings, SamplingSettings
 from app.core.errors import ContextOverflowError
 from app.core.prompts import Message, MistralV1Format
+from app.core.runtime.host import EngineHost
+from app.core.runtime.types import GenerationRequest, LoadSettings, SamplingSettings
 
 M = Message
 
 
 @pytest.fixture(scope="module")
 def vocab(tiny_v1: dict[str, Path]):
-    engine = Engine()
+    engine = EngineHost()
     engine.load(LoadSettings(model_path=str(tiny_v1["Q4_0"]), vocab_only=True))
-    return engine.vocab
+    return engine.with_model(lambda loaded: loaded.vocab)
 
 
 def long_conversation(turns: int) -> list[Message]:
@@ -71,7 +72,7 @@ def test_reply_reserve_is_capped_at_half_the_window() -> None:
 
 
 def test_the_engine_reports_what_it_dropped(tiny_v1: dict[str, Path]) -> None:
-    engine = Engine()
+    engine = EngineHost()
     engine.load(LoadSettings(model_path=str(tiny_v1["Q4_0"]), n_ctx=512))
     messages = tuple(long_conversation(12))
     generation = engine.generate(GenerationRequest(messages, SamplingSettings(max_new_tokens=8)))
@@ -82,7 +83,7 @@ def test_the_engine_reports_what_it_dropped(tiny_v1: dict[str, Path]) -> None:
 
 
 def test_the_engine_stop_policy_raises_before_generating(tiny_v1: dict[str, Path]) -> None:
-    engine = Engine()
+    engine = EngineHost()
     engine.load(LoadSettings(model_path=str(tiny_v1["Q4_0"]), n_ctx=512))
     request = GenerationRequest(tuple(long_conversation(12)), SamplingSettings(max_new_tokens=8), POLICY_STOP)
     with pytest.raises(ContextOverflowError):

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.core import paths
-from app.core.downloads import (
+from app.core.models.downloads import (
     Control,
     Downloader,
     DownloadError,
@@ -24,6 +23,7 @@ from app.core.downloads import (
     RetryPolicy,
     partial_dir,
 )
+from app.core.storage import paths
 from quant.fakehub import Fault, sha256_of
 
 REPO = "test/mixtral-tiny"
@@ -181,8 +181,8 @@ def test_cancel_removes_the_partial_data(hub) -> None:
 
 CHILD = """
 import sys
-from app.core.downloads import Downloader, DownloadSpec, FileSpec
-from app.core import paths
+from app.core.models.downloads import Downloader, DownloadSpec, FileSpec
+from app.core.storage import paths
 spec = DownloadSpec("test:Q4_0", (FileSpec("test/mixtral-tiny", "model.Q4_0.gguf"),), paths.models_dir() / "test")
 Downloader(spec, on_progress=lambda p: print(p.state, p.done, flush=True)).run()
 """

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from app.core.engine import Engine, GenerationRequest, LoadSettings, SamplingSettings
 from app.core.errors import ModelLoadError
-from app.core.gguf import GGUFError, read_header, read_model
-from app.core.planner import ModelShape, padded_context
+from app.core.models.gguf import GGUFError, read_header, read_model
+from app.core.planning.planner import ModelShape, padded_context
 from app.core.prompts import Message
+from app.core.runtime.host import EngineHost
+from app.core.runtime.types import GenerationRequest, LoadSettings, SamplingSettings
 from quant.tiny import TinyMixtralSpec, write_f16
 
 
@@ -80,7 +81,7 @@ def test_split_model_is_read_from_any_part(split_model: Path) -> None:
 
 
 def test_split_model_loads_and_runs_in_llama_cpp(split_model: Path) -> None:
-    engine = Engine()
+    engine = EngineHost()
     engine.load(LoadSettings(model_path=str(split_model), n_ctx=256))
     text = engine.generate(GenerationRequest((Message("user", "hi"),), SamplingSettings(max_new_tokens=4))).run_to_end()
     assert text
@@ -92,7 +93,7 @@ def test_a_missing_part_is_named(tmp_path: Path) -> None:
     with pytest.raises(GGUFError, match=r"m-00002-of-00002\.gguf"):
         read_model(first)
     with pytest.raises(ModelLoadError, match=r"m-00002-of-00002\.gguf"):
-        Engine().load(LoadSettings(model_path=str(first)))
+        EngineHost().load(LoadSettings(model_path=str(first)))
 
 
 def test_both_expert_layouts_give_the_same_plan(tmp_path: Path) -> None:
@@ -107,5 +108,5 @@ def test_both_expert_layouts_give_the_same_plan(tmp_path: Path) -> None:
 def test_the_old_per_expert_layout_is_refused_with_a_reason(tmp_path: Path) -> None:
     legacy = write_f16(TinyMixtralSpec(n_layer=1, legacy_experts=True), tmp_path / "legacy.gguf")
     with pytest.raises(ModelLoadError) as caught:
-        Engine().load(LoadSettings(model_path=str(legacy)))
+        EngineHost().load(LoadSettings(model_path=str(legacy)))
     assert caught.value.reason == "outdated_layout" and "newer conversion" in str(caught.value)

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from app.core.engine import Engine, LoadSettings
 from app.core.errors import ModelLoadError
+from app.core.runtime.host import EngineHost
+from app.core.runtime.types import LoadSettings
 from quant.tiny import TinyMixtralSpec, write_f16
 
 
 def load_error(path: Path, **settings: object) -> ModelLoadError:
-    engine = Engine()
+    engine = EngineHost()
     with pytest.raises(ModelLoadError) as caught:
         engine.load(LoadSettings(model_path=str(path), **settings))  # type: ignore[arg-type]
     assert not engine.loaded
@@ -73,7 +74,7 @@ def test_out_of_memory(tiny_v1: dict[str, Path]) -> None:
 def test_engine_still_works_after_a_failed_load(tmp_path: Path, tiny_v1: dict[str, Path]) -> None:
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\xff" * 100)
-    engine = Engine()
+    engine = EngineHost()
     with pytest.raises(ModelLoadError):
         engine.load(LoadSettings(model_path=str(bad)))
     info = engine.load(LoadSettings(model_path=str(tiny_v1["Q4_0"]), n_ctx=256))

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app.core import paths
 from app.core.errors import DeskError
-from app.core.local_models import (
+from app.core.models.local import (
     import_model,
     installed_models,
     register,
@@ -20,6 +19,7 @@ from app.core.local_models import (
     sha256_file,
     verify_file,
 )
+from app.core.storage import paths
 from quant.tiny import TinyMixtralSpec, write_f16
 
 

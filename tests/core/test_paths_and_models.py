@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from app.core import paths
-from app.core.demo import demo_model_path
 from app.core.errors import NoModelError
-from app.core.local_models import installed_models, resolve_model
+from app.core.models.demo import demo_model_path
+from app.core.models.local import installed_models, resolve_model
+from app.core.storage import paths
 
 
 def test_home_override_moves_every_path(isolated_home: Path) -> None:

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from app.core import fit, hardware, llama_log
-from app.core.catalog import find_model
-from app.core.engine import Engine, LoadSettings
 from app.core.errors import ModelLoadError
-from app.core.gguf import read_model
-from app.core.planner import (
+from app.core.models.catalog import find_model
+from app.core.models.gguf import read_model
+from app.core.planning import fit, hardware
+from app.core.planning.planner import (
     GIB,
     MIB,
     SOURCE_MEASURED,
@@ -25,6 +24,9 @@ from app.core.planner import (
     plan_memory,
     recommend,
 )
+from app.core.runtime import llama_log
+from app.core.runtime.host import EngineHost
+from app.core.runtime.types import LoadSettings
 from quant.planner_check import compare_on_cpu
 
 CUDA_24 = Device.assumed_machine(backend="cuda", vram_bytes=24 * GIB, ram_bytes=64 * GIB, gpu_name="RTX 4090")
@@ -156,12 +158,12 @@ def test_catalog_estimate_is_close_to_the_exact_header(tiny_v1: dict[str, Path])
     assert sum(estimate.layer_bytes) == pytest.approx(sum(exact.layer_bytes), rel=0.15)
 
 
-def test_real_loads_correct_later_plans(tiny_v1: dict[str, Path]) -> None:
+def test_real_loads_correct_later_plans(tiny_v1: dict[str, Path], host: EngineHost) -> None:
     device = Device("cpu", "CPU", 0, 0, 64 * GIB, 64 * GIB, 0.0, 40.0)
     settings = PlanSettings(n_ctx=4096)
     assert fit.plan_file(tiny_v1["Q4_0"], device, settings).source != SOURCE_MEASURED
     with llama_log.capture() as lines:
-        Engine().load(LoadSettings(model_path=str(tiny_v1["Q4_0"]), n_ctx=4096))
+        host.load(LoadSettings(model_path=str(tiny_v1["Q4_0"]), n_ctx=4096, n_parallel=1))
     plan = fit.plan_file(tiny_v1["Q4_0"], device, settings)
     assert plan.source == SOURCE_MEASURED
     reported = next(line for line in lines if "CPU compute buffer size" in line and not line.startswith("~"))
@@ -184,37 +186,37 @@ def test_gpu_bandwidth_lookup_prefers_the_most_specific_name() -> None:
     assert hardware.gpu_bandwidth_gbps("Mystery GPU")[1] is False
 
 
-class _FakeGpuLlama:
+class _FakeGpuModel:
     """Stands in for llama.cpp on a GPU we do not have: more than ``fits`` layers run out of memory."""
 
     fits = 0
 
-    def __init__(self, **kwargs: object) -> None:
-        if int(kwargs["n_gpu_layers"]) > self.fits:  # type: ignore[call-overload]
+    def __init__(self, path: str, *, n_gpu_layers: int, **kwargs: object) -> None:
+        if n_gpu_layers > self.fits:
             llama_log._on_log(
                 3, b"ggml_backend_cuda_buffer_type_alloc_buffer: cudaMalloc failed: out of memory\n", None
             )
-            raise ValueError("Failed to create llama_context")
+            raise RuntimeError("llama.cpp could not load the model")
         raise RuntimeError("loaded")  # enough for the test: record how far the retries went
 
 
-def test_out_of_gpu_memory_retries_with_fewer_layers(tiny_v1: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    import llama_cpp
-
-    from app.core import engine as engine_module
+def test_out_of_gpu_memory_retries_with_fewer_layers(
+    tiny_v1: dict[str, Path], monkeypatch: pytest.MonkeyPatch, host: EngineHost
+) -> None:
+    from app.core.runtime import loading
 
     attempts: list[int] = []
 
-    class Fake(_FakeGpuLlama):
+    class Fake(_FakeGpuModel):
         fits = 1
 
-        def __init__(self, **kwargs: object) -> None:
-            attempts.append(int(kwargs["n_gpu_layers"]))  # type: ignore[call-overload]
-            super().__init__(**kwargs)
+        def __init__(self, path: str, *, n_gpu_layers: int, **kwargs: object) -> None:
+            attempts.append(n_gpu_layers)
+            super().__init__(path, n_gpu_layers=n_gpu_layers, **kwargs)
 
-    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: True)
-    monkeypatch.setattr(engine_module, "_make_llama_class", lambda: Fake)
+    monkeypatch.setattr(loading, "supports_gpu_offload", lambda: True)
+    monkeypatch.setattr(loading, "NativeModel", Fake)
     with pytest.raises(ModelLoadError, match="loaded"):
-        Engine().load(LoadSettings(model_path=str(tiny_v1["Q4_0"]), n_ctx=256, n_gpu_layers=-1))
+        host.load(LoadSettings(model_path=str(tiny_v1["Q4_0"]), n_ctx=256, n_gpu_layers=-1))
     assert attempts[0] == 3 and attempts[-1] <= 1  # all 3 (2 layers + output), then fewer until it fits
     assert attempts == sorted(attempts, reverse=True)

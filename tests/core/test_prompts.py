@@ -10,7 +10,6 @@ from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMe
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-from app.core.engine import Engine, LoadSettings
 from app.core.errors import PromptFormatError
 from app.core.prompts import (
     FORMAT_MISTRAL_V1,
@@ -22,6 +21,8 @@ from app.core.prompts import (
     messages_from_json,
     normalize_for_mistral,
 )
+from app.core.runtime.host import EngineHost
+from app.core.runtime.types import LoadSettings
 from quant.tiny import TinyMixtralSpec, write_f16
 from quant.tokenizers import mistral_tokenizer_path
 
@@ -75,10 +76,10 @@ def mistral_common_tokens(version: str, messages: list[Message]) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def vocab_engines(tiny_v1: dict[str, Path], tiny_v3: dict[str, Path]) -> dict[str, Engine]:
+def vocab_engines(tiny_v1: dict[str, Path], tiny_v3: dict[str, Path]) -> dict[str, EngineHost]:
     engines = {}
     for version, files in (("v1", tiny_v1), ("v3", tiny_v3)):
-        engine = Engine()
+        engine = EngineHost()
         engine.load(LoadSettings(model_path=str(files["Q4_K_M"]), vocab_only=True))
         engines[version] = engine
     return engines
@@ -86,60 +87,62 @@ def vocab_engines(tiny_v1: dict[str, Path], tiny_v3: dict[str, Path]) -> dict[st
 
 @pytest.mark.parametrize("version", ["v1", "v3"])
 @pytest.mark.parametrize("name", list(CONVERSATIONS))
-def test_prompt_tokens_equal_mistral_common(vocab_engines: dict[str, Engine], version: str, name: str) -> None:
+def test_prompt_tokens_equal_mistral_common(vocab_engines: dict[str, EngineHost], version: str, name: str) -> None:
     messages = CONVERSATIONS[name]
     ours = vocab_engines[version].prompt_tokens(messages)
     assert ours == mistral_common_tokens(version, messages)
 
 
-def test_formats_are_detected_from_the_gguf(vocab_engines: dict[str, Engine]) -> None:
+def test_formats_are_detected_from_the_gguf(vocab_engines: dict[str, EngineHost]) -> None:
     assert vocab_engines["v1"].info.chat_format == FORMAT_MISTRAL_V1
     assert vocab_engines["v3"].info.chat_format == FORMAT_MISTRAL_V3
 
 
 def test_demo_model_uses_its_embedded_chatml_template(demo_model: Path) -> None:
-    engine = Engine()
+    engine = EngineHost()
     engine.load(LoadSettings(model_path=str(demo_model), vocab_only=True))
     assert engine.info.chat_format == FORMAT_TEMPLATE
-    text = engine.vocab.decode(engine.prompt_tokens([M("system", "S"), M("user", "U")]))
+    text = engine.detokenize(engine.prompt_tokens([M("system", "S"), M("user", "U")]))
     assert text.startswith("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n")
     assert text.endswith("<|im_start|>assistant\n")
 
 
 def test_base_mixtral_is_detected_as_plain_text(tmp_path: Path) -> None:
     path = write_f16(TinyMixtralSpec(tokenizer="v1", name="Mixtral-8x7B-v0.1", n_layer=1), tmp_path / "base.gguf")
-    engine = Engine()
+    engine = EngineHost()
     engine.load(LoadSettings(model_path=str(path), vocab_only=True))
     assert engine.info.chat_format == FORMAT_PLAIN
 
 
-def test_manual_format_override_wins(vocab_engines: dict[str, Engine], tiny_v1: dict[str, Path]) -> None:
-    engine = Engine()
+def test_manual_format_override_wins(vocab_engines: dict[str, EngineHost], tiny_v1: dict[str, Path]) -> None:
+    engine = EngineHost()
     engine.load(LoadSettings(model_path=str(tiny_v1["Q4_0"]), vocab_only=True, chat_format=FORMAT_PLAIN))
     assert engine.info.chat_format == FORMAT_PLAIN
 
 
-def test_v1_and_v3_place_the_system_prompt_differently(vocab_engines: dict[str, Engine]) -> None:
+def test_v1_and_v3_place_the_system_prompt_differently(vocab_engines: dict[str, EngineHost]) -> None:
     messages = CONVERSATIONS["multi-turn with system"]
-    v1_text = vocab_engines["v1"].vocab.decode(vocab_engines["v1"].prompt_tokens(messages))
-    v3_text = vocab_engines["v3"].vocab.decode(vocab_engines["v3"].prompt_tokens(messages))
+    v1_text = vocab_engines["v1"].detokenize(vocab_engines["v1"].prompt_tokens(messages))
+    v3_text = vocab_engines["v3"].detokenize(vocab_engines["v3"].prompt_tokens(messages))
     assert v1_text.index("Be nice.") < v1_text.index("Hi") < v1_text.index("Tell me a joke.")
     assert v3_text.index("Hi") < v3_text.index("Be nice.") < v3_text.index("Tell me a joke.")
 
 
-def test_plain_text_is_continued_without_a_template(vocab_engines: dict[str, Engine]) -> None:
-    vocab = vocab_engines["v1"].vocab
+def test_plain_text_is_continued_without_a_template(vocab_engines: dict[str, EngineHost]) -> None:
+    vocab = vocab_engines["v1"].with_model(lambda loaded: loaded.vocab)
     tokens = get_format(FORMAT_PLAIN).encode([M("user", "Once upon a time")], vocab)
     assert tokens == [vocab.bos_id, *vocab.encode("Once upon a time", special=False)]
     assert "[INST]" not in vocab.decode(tokens)
 
 
-def test_v3_format_refuses_a_v1_vocabulary(vocab_engines: dict[str, Engine]) -> None:
+def test_v3_format_refuses_a_v1_vocabulary(vocab_engines: dict[str, EngineHost]) -> None:
     with pytest.raises(PromptFormatError, match=r"\[INST\] control tokens"):
-        get_format(FORMAT_MISTRAL_V3).encode([M("user", "x")], vocab_engines["v1"].vocab)
+        get_format(FORMAT_MISTRAL_V3).encode(
+            [M("user", "x")], vocab_engines["v1"].with_model(lambda loaded: loaded.vocab)
+        )
 
 
-def test_empty_assistant_message_is_rejected_with_a_reason(vocab_engines: dict[str, Engine]) -> None:
+def test_empty_assistant_message_is_rejected_with_a_reason(vocab_engines: dict[str, EngineHost]) -> None:
     with pytest.raises(PromptFormatError, match="empty"):
         vocab_engines["v1"].prompt_tokens([M("user", "a"), M("assistant", ""), M("user", "b")])
 

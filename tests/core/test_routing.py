@@ -9,24 +9,25 @@ from pathlib import Path
 
 import pytest
 
-from app.core.engine import Engine, LoadSettings
 from app.core.errors import DeskError
 from app.core.prompts import Message
-from app.core.routing import trace_routing
+from app.core.runtime.host import EngineHost
+from app.core.runtime.routing import trace_routing
+from app.core.runtime.types import LoadSettings
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_v1: dict[str, Path]) -> Engine:
-    engine = Engine()
+def engine(tiny_v1: dict[str, Path]) -> EngineHost:
+    engine = EngineHost()
     engine.load(LoadSettings(model_path=str(tiny_v1["Q4_K_M"]), n_ctx=512))
     return engine
 
 
-def prompt(engine: Engine, text: str) -> list[int]:
+def prompt(engine: EngineHost, text: str) -> list[int]:
     return engine.prompt_tokens([Message("user", text)])
 
 
-def test_counts_add_up_and_prompt_and_reply_are_told_apart(engine: Engine) -> None:
+def test_counts_add_up_and_prompt_and_reply_are_told_apart(engine: EngineHost) -> None:
     tokens = prompt(engine, "Which experts will you use?")
     trace = trace_routing(engine, tokens, generate=6)
     assert (trace.n_layer, trace.n_expert, trace.n_expert_used) == (2, 8, 2)
@@ -42,7 +43,7 @@ def test_counts_add_up_and_prompt_and_reply_are_told_apart(engine: Engine) -> No
     assert all(0 < b.entropy_bits <= 3 and abs(sum(b.shares) - 1) < 1e-9 for b in balance)
 
 
-def test_choices_are_deterministic_for_a_seed_and_change_with_the_prompt(engine: Engine) -> None:
+def test_choices_are_deterministic_for_a_seed_and_change_with_the_prompt(engine: EngineHost) -> None:
     first = trace_routing(engine, prompt(engine, "Tell me about the sea."), generate=5, seed=42)
     again = trace_routing(engine, prompt(engine, "Tell me about the sea."), generate=5, seed=42)
     other = trace_routing(engine, prompt(engine, "Numbers: 1 2 3 4 5 6 7 8 9"), generate=5, seed=42)
@@ -51,7 +52,7 @@ def test_choices_are_deterministic_for_a_seed_and_change_with_the_prompt(engine:
 
 
 def test_a_dense_model_has_no_router(demo_model: Path) -> None:
-    engine = Engine()
+    engine = EngineHost()
     engine.load(LoadSettings(model_path=str(demo_model), n_ctx=256))
     with pytest.raises(DeskError, match="not a mixture-of-experts"):
         trace_routing(engine, [1, 2, 3], generate=1)

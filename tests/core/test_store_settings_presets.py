@@ -7,11 +7,11 @@ import sqlite3
 
 import pytest
 
-from app.core import paths
 from app.core.errors import DeskError
-from app.core.presets import PresetStore, builtin_presets
-from app.core.settings import Settings, load_settings, save_settings, settings_path
-from app.core.store import ConversationStore, StoreError, title_from
+from app.core.storage import paths
+from app.core.storage.conversations import ConversationStore, StoreError, title_from
+from app.core.storage.presets import PresetStore, builtin_presets
+from app.core.storage.settings import Settings, load_settings, save_settings, settings_path
 
 
 def test_messages_are_committed_as_they_are_added_and_survive_a_reopen() -> None:

@@ -9,9 +9,9 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 
-from app.core import paths
-from app.core.settings import Settings, load_settings, save_settings
-from app.core.store import ConversationStore
+from app.core.storage import paths
+from app.core.storage.conversations import ConversationStore
+from app.core.storage.settings import Settings, load_settings, save_settings
 from app.gui.conversation_model import ConversationListModel
 from app.gui.main_window import MainWindow
 
@@ -119,7 +119,7 @@ def test_story_mode_continues_the_text(qtbot, tiny_window: MainWindow) -> None:
     with qtbot.waitSignal(tiny_window.controller.reply_finished, timeout=REPLY_TIMEOUT) as blocker:
         qtbot.mouseClick(tiny_window.send_button, Qt.MouseButton.LeftButton)
     generation = blocker.args[0]
-    assert generation.prompt.tokens[:2] == (1, *tiny_window.controller.engine.vocab.encode("Once", special=False))
+    assert generation.prompt.tokens[:2] == (1, *tiny_window.controller.engine.tokenize("Once"))
     assert tiny_window.story_edit.toPlainText() == "Once upon a time" + generation.text
     assert stored(tiny_window) == [("user", "Once upon a time" + generation.text)]
 
@@ -264,7 +264,7 @@ def test_models_folder_setting_moves_where_models_are_found(qtbot, tmp_path: Pat
     window = MainWindow(load_on_start=False)
     qtbot.addWidget(window)
     window.apply_settings(Settings(models_dir=str(folder)))
-    from app.core.local_models import installed_models
+    from app.core.models.local import installed_models
 
     try:
         assert installed_models() == [folder / "mine.gguf"]

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt
 
-from app.core import catalog
-from app.core.downloads import RetryPolicy, partial_dir, spec_for_catalog_entry
-from app.core.planner import GIB, Device
+from app.core.models import catalog
+from app.core.models.downloads import RetryPolicy, partial_dir, spec_for_catalog_entry
+from app.core.planning.planner import GIB, Device
 from app.gui.downloads import DownloadService
 from app.gui.model_manager import ModelManagerWindow
 from quant.fakehub import Fault
@@ -146,7 +146,7 @@ def test_downloads_outlive_the_window(qtbot, served) -> None:
 
 
 def test_import_adds_a_local_file(qtbot, tiny_v1: dict[str, Path], tmp_path: Path) -> None:
-    from app.core.local_models import installed_models
+    from app.core.models.local import installed_models
 
     source = tmp_path / "local.gguf"
     source.write_bytes(tiny_v1["Q2_K"].read_bytes())
@@ -177,7 +177,7 @@ def test_main_window_opens_the_manager_and_loads_from_it(qtbot, tiny_v1: dict[st
 def test_screenshot_script_catches_a_download_in_progress(tmp_path: Path, qapp, monkeypatch) -> None:
     import huggingface_hub.constants
 
-    from app.gui.screenshot_models import main
+    from tests.gui.screenshot_models import main
 
     for name in ("ENDPOINT", "HUGGINGFACE_CO_URL_TEMPLATE", "HF_HUB_OFFLINE"):
         monkeypatch.setattr(huggingface_hub.constants, name, getattr(huggingface_hub.constants, name))

@@ -51,10 +51,11 @@ def test_routing_is_off_unless_asked(qtbot, tiny_v1: dict[str, Path]) -> None:
 
 
 def test_routing_table_model_is_well_behaved(qtmodeltester, tiny_v1: dict[str, Path]) -> None:
-    from app.core.engine import Engine, LoadSettings
-    from app.core.routing import trace_routing
+    from app.core.runtime.host import EngineHost
+    from app.core.runtime.routing import trace_routing
+    from app.core.runtime.types import LoadSettings
 
-    engine = Engine()
+    engine = EngineHost()
     engine.load(LoadSettings(model_path=str(tiny_v1["Q4_0"]), n_ctx=256))
     model = RoutingTableModel()
     model.set_trace(trace_routing(engine, [1, 22557, 1526], generate=2))

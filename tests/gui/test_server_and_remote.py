@@ -8,7 +8,8 @@ import openai
 import pytest
 from PySide6.QtCore import Qt
 
-from app.core.engine import Engine, LoadSettings
+from app.core.runtime.host import EngineHost
+from app.core.runtime.types import LoadSettings
 from app.gui.main_window import MainWindow
 from app.server.run import start_in_background
 
@@ -38,7 +39,7 @@ def test_the_window_serves_its_model_to_other_apps(qtbot, window: MainWindow) ->
 
 
 def test_the_window_can_chat_with_a_remote_model(qtbot, tiny_v1: dict[str, Path]) -> None:
-    engine = Engine()
+    engine = EngineHost()
     engine.load(LoadSettings(model_path=str(tiny_v1["Q2_K"]), n_ctx=1024))
     server = start_in_background(engine, "far-away", api_key="k")
     try:
@@ -59,3 +60,42 @@ def test_the_window_can_chat_with_a_remote_model(qtbot, tiny_v1: dict[str, Path]
         assert "refused the API key" in str(failed.args[0])
     finally:
         server.stop()
+
+
+def test_the_window_and_an_api_client_stream_at_the_same_time(qtbot, window: MainWindow) -> None:
+    import threading
+
+    window.toggle_server(True, port=0)
+    assert window.api_server is not None
+    client = openai.OpenAI(base_url=window.api_server.url + "/v1", api_key="none", max_retries=0, timeout=120)
+    model_id = client.models.list().data[0].id
+    api_started = threading.Event()
+    api_text: list[str] = []
+
+    def api_stream() -> None:
+        stream = client.chat.completions.create(
+            model=model_id, messages=[{"role": "user", "content": "a long story"}], max_tokens=1500, stream=True
+        )
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                api_text.append(chunk.choices[0].delta.content)
+                api_started.set()
+
+    reader = threading.Thread(target=api_stream)
+    reader.start()
+    try:
+        assert api_started.wait(60)
+        api_ticket = window.api_server.service.recent[-1]
+        qtbot.waitUntil(lambda: "answering" in window.status_engine.text(), timeout=5_000)  # the status bar shows it
+        window.max_tokens.setValue(24)
+        window.input.setPlainText("meanwhile, in the window")
+        with qtbot.waitSignal(window.controller.reply_finished, timeout=60_000) as blocker:
+            qtbot.mouseClick(window.send_button, Qt.MouseButton.LeftButton)
+        reply = blocker.args[0]
+        assert reply.stats.generated_tokens > 0 and reply.error is None
+        assert not api_ticket.finished.is_set()  # the window did not wait for the API request to end
+    finally:
+        reader.join(120)
+    assert api_ticket.stats is not None and api_ticket.error is None
+    assert "".join(api_text) == api_ticket.text
+    window.toggle_server(False)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from app.core.engine import Engine, LoadSettings
-from app.core.gguf import read_model
+from app.core.models.gguf import read_model
+from app.core.runtime.host import EngineHost
+from app.core.runtime.types import LoadSettings
 from quant.evaluate import evaluate
 from quant.requantize import RequantizeError, requantize
 from quant.tiny import TinyMixtralSpec, write_f16
@@ -23,7 +24,7 @@ def test_requantize_writes_a_loadable_file_and_reports_progress(tiny_v1: dict[st
     )
     assert out.exists() and progress[-1] == (23, 23)
     assert {t.type_name for t in read_model(out).tensors} >= {"Q5_K"}
-    assert Engine().load(LoadSettings(model_path=str(out), n_ctx=256)).expert_count == 8
+    assert EngineHost().load(LoadSettings(model_path=str(out), n_ctx=256)).expert_count == 8
 
 
 def test_default_output_name_sits_beside_the_source(tiny_v1: dict[str, Path], tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from app.core.engine import Engine, LoadSettings
+from app.core.runtime.host import EngineHost
+from app.core.runtime.types import LoadSettings
 from app.server.run import RunningServer, start_in_background
 
 KEY = "test-key"
@@ -18,7 +19,7 @@ KEY = "test-key"
 
 @pytest.fixture(scope="module")
 def server(demo_model: Path):
-    engine = Engine()
+    engine = EngineHost()
     engine.load(LoadSettings(model_path=str(demo_model), n_ctx=2048))
     running = start_in_background(engine, "demo", api_key=KEY, max_body_bytes=64 * 1024)
     yield running
@@ -35,7 +36,9 @@ QUESTION = [{"role": "user", "content": "What is the capital city of France? Ans
 
 def test_models_and_health(client: openai.OpenAI, server: RunningServer) -> None:
     assert [m.id for m in client.models.list().data] == ["demo"]
-    assert httpx.get(server.url + "/health").json() == {"status": "ok", "model": "demo"}
+    health = httpx.get(server.url + "/health").json()
+    assert (health["status"], health["model"], health["alive"]) == ("ok", "demo", True)
+    assert health["active"] == 0 and health["queued"] == 0 and health["kv_cells"] > 0
 
 
 def test_chat_completion(client: openai.OpenAI) -> None:

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from app.core.engine import Engine, GenerationRequest, LoadSettings, SamplingSettings
 from app.core.prompts import Message
-from app.core.remote import RemoteEngine, RemoteError, RemoteSettings
-from app.core.session import ChatSession
+from app.core.runtime.host import EngineHost
+from app.core.runtime.remote import RemoteEngine, RemoteError, RemoteSettings
+from app.core.runtime.session import ChatSession
+from app.core.runtime.types import GenerationRequest, LoadSettings, SamplingSettings
 from app.server.run import RunningServer, start_in_background
 
 KEY = "remote-key"
@@ -21,7 +22,7 @@ KEY = "remote-key"
 
 @pytest.fixture(scope="module")
 def server(tiny_v1: dict[str, Path]):
-    engine = Engine()
+    engine = EngineHost()
     engine.load(LoadSettings(model_path=str(tiny_v1["Q4_0"]), n_ctx=2048))
     running = start_in_background(engine, "tiny", api_key=KEY)
     yield running

@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from app.core import paths
 from app.core.errors import DeskError
+from app.core.storage import paths
 
 CHUNK_BYTES = 1024 * 1024
 DISK_MARGIN_BYTES = 512 * 1024 * 1024
@@ -95,7 +95,7 @@ class DownloadSpec:
 
 
 def spec_for_catalog_entry(entry: Any) -> DownloadSpec:
-    """The download of a :class:`app.core.catalog.CatalogEntry` (every part) into its models folder place."""
+    """The download of a :class:`app.core.models.catalog.CatalogEntry` (every part) into its models folder place."""
     model = entry.model
     if not model.repo:
         raise DownloadError(f"{model.name} is built in; there is nothing to download.", reason="not_found")
@@ -492,7 +492,7 @@ class Downloader:
         """Move every verified file into the models folder at once, then drop the staging folder."""
         self.spec.folder.mkdir(parents=True, exist_ok=True)
         placed = []
-        from app.core.local_models import register, sha256_file
+        from app.core.models.local import register, sha256_file
 
         for file in files:
             target = self.spec.folder / file.name
@@ -637,7 +637,7 @@ class DownloadManager:
 
     def restore(self) -> list[str]:
         """Re-queue downloads that were unfinished when the app last stopped (paused ones stay paused)."""
-        from app.core.jsonfile import read_json_dict
+        from app.core.storage.jsonfile import read_json_dict
 
         data = read_json_dict(paths.data_dir() / self.STATE_FILE)
         restored = []
@@ -657,7 +657,7 @@ class DownloadManager:
         return restored
 
     def _save_locked(self) -> None:
-        from app.core.jsonfile import write_json_atomic
+        from app.core.storage.jsonfile import write_json_atomic
 
         unfinished = [
             {"spec": j.spec.to_json(), "state": j.state}

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from app.core import paths
-from app.core.demo import DEMO_ID, demo_model_path
 from app.core.errors import DeskError, NoModelError
-from app.core.gguf import GGUFError, read_model
-from app.core.jsonfile import read_json_dict, write_json_atomic
+from app.core.models.demo import DEMO_ID, demo_model_path
+from app.core.models.gguf import GGUFError, read_model
+from app.core.storage import paths
+from app.core.storage.jsonfile import read_json_dict, write_json_atomic
 
 REGISTRY_FILE = "models.json"
 STAGING_DIRS = (".partial", ".quarantine")
@@ -305,7 +305,7 @@ class Verification:
 
 def expected_sha256(path: Path) -> str | None:
     """The checksum a file should have: the catalog's (by file name), else the one recorded at download."""
-    from app.core.catalog import catalog
+    from app.core.models.catalog import catalog
 
     for model in catalog():
         for quant in model.quants:

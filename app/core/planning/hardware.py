@@ -10,6 +10,7 @@ import platform
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 GIB = 1024**3
@@ -159,23 +160,34 @@ def probe_metal(ram_total: int, ram_available: int) -> tuple[list[GpuInfo], list
     return [GpuInfo(0, name, "metal", limit, min(limit, ram_available), bandwidth, known)], notes
 
 
+_GPU_BACKENDS = ("cuda", "metal", "vulkan", "hip", "musa", "sycl", "opencl", "rpc")
+
+
 def llama_build_info() -> tuple[str, bool, str, str]:
-    """(backend, supports GPU offload, system info, version) of the installed llama-cpp-python."""
-    try:
-        import llama_cpp
-    except ImportError:
+    """(backend, supports GPU offload, ggml backends found, version) of the installed llama-cpp-python.
+
+    Read from the package's library files, without loading llama.cpp (only the engine host does that).
+    """
+    import importlib.metadata
+    import importlib.util
+
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.origin is None:
         return "missing", False, "", ""
-    info = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")
-    offload = bool(llama_cpp.llama_supports_gpu_offload())
-    upper = info.upper()
-    backend = "cpu"
-    for name in ("CUDA", "METAL", "VULKAN", "ROCM", "HIP", "SYCL"):
-        if name in upper:
-            backend = name.lower()
-            break
-    if offload and backend == "cpu":
-        backend = "gpu"
-    return backend, offload, info.strip(), str(getattr(llama_cpp, "__version__", ""))
+    folder = Path(spec.origin).parent / "lib"
+    found = set()
+    for library in [*folder.glob("*ggml-*"), *folder.glob("*ggml_*")]:
+        name = library.name.split(".")[0].removeprefix("lib").removeprefix("ggml-").removeprefix("ggml_")
+        found.add(name.lower())
+    backends = [name for name in _GPU_BACKENDS if name in found]
+    gpu = [name for name in backends if name != "rpc"]
+    backend = {"hip": "rocm"}.get(gpu[0], gpu[0]) if gpu else "cpu"
+    try:
+        version = importlib.metadata.version("llama_cpp_python")
+    except importlib.metadata.PackageNotFoundError:
+        version = ""
+    listed = ", ".join(sorted(found - {"base"})) or "none"
+    return backend, bool(backends), f"ggml backends: {listed}", version
 
 
 def probe() -> HardwareReport:

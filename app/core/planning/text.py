@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.core.planner import VERDICT_CPU, VERDICT_FULL, VERDICT_PARTIAL, MemoryPlan
+from app.core.planning.planner import VERDICT_CPU, VERDICT_FULL, VERDICT_PARTIAL, MemoryPlan
 
 
 def human_bytes(count: int | float) -> str:

@@ -8,20 +8,17 @@ fields and file size ("estimated from catalog").
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from app.core import paths
-from app.core.demo import demo_model_path
 from app.core.errors import DeskError
-from app.core.gguf import GGUFError, GGUFModel, read_model, read_remote_header
-from app.core.jsonfile import read_json_dict, write_json_atomic
-from app.core.planner import ModelShape
-from models_manifest import CatalogFile, CatalogModel, CatalogQuant, load_catalog
+from app.core.models.demo import demo_model_path
+from app.core.storage import paths
+from app.core.storage.jsonfile import read_json_dict, write_json_atomic
+from models_manifest import CatalogError, CatalogFile, CatalogModel, CatalogQuant, load_catalog
 
 HUB_CACHE_FILE = "hub_files.json"
-SHAPE_CACHE_DIR = "shapes"
 
 
 @dataclass(frozen=True)
@@ -72,7 +69,10 @@ def local_path(model: CatalogModel, file: CatalogFile) -> Path:
 
 def catalog() -> tuple[CatalogModel, ...]:
     """The catalog with sizes and hashes the hub reported earlier filled in."""
-    models = load_catalog()
+    try:
+        models = load_catalog()
+    except CatalogError as err:
+        raise DeskError(f"The model catalog is damaged: {err}") from err
     cache = read_json_dict(paths.cache_dir() / HUB_CACHE_FILE)
     return tuple(_with_hub_metadata(m, cache.get(m.repo or "", {})) for m in models)
 
@@ -124,7 +124,10 @@ def find_model(model_id: str) -> CatalogModel:
 def entry(model_id: str, quant: str) -> CatalogEntry:
     """One catalog entry by model id and quantization."""
     model = find_model(model_id)
-    chosen = model.quant(quant)
+    try:
+        chosen = model.quant(quant)
+    except CatalogError as err:
+        raise DeskError(str(err)) from err
     return CatalogEntry(model, chosen, tuple(local_path(model, f) for f in chosen.files))
 
 
@@ -154,61 +157,3 @@ def refresh_from_hub(model: CatalogModel, token: str | None = None) -> int:
     cache[model.repo] = {**cache.get(model.repo, {}), **found}
     write_json_atomic(cache_path, cache)
     return len(found)
-
-
-def shape_for(entry: CatalogEntry, *, remote: bool = False, token: str | None = None) -> ModelShape:
-    """The best-known shape of a catalog entry (see the module docstring for the order)."""
-    label = f"{entry.model.name} {entry.quant.quant}"
-    if entry.installed:
-        try:
-            return ModelShape.from_gguf(read_model(entry.first_path), label)
-        except GGUFError:
-            pass  # a damaged local file: fall back to what we know without it
-    cached = _cached_shape(entry)
-    if cached is not None:
-        return replace(cached, name=label)
-    if remote and entry.model.repo:
-        parts = tuple(
-            read_remote_header(entry.model.repo, f.name, revision=entry.model.revision, file_size=f.size, token=token)
-            for f in entry.quant.files
-        )
-        shape = ModelShape.from_gguf(GGUFModel(parts), label)
-        _store_shape(entry, shape)
-        return shape
-    arch = entry.model.architecture
-    return ModelShape.from_architecture(
-        label,
-        n_layer=arch.n_layer,
-        n_embd=arch.n_embd,
-        n_head=arch.n_head,
-        n_head_kv=arch.n_head_kv,
-        n_ff=arch.n_ff,
-        n_expert=arch.n_expert,
-        n_expert_used=arch.n_expert_used,
-        n_vocab=arch.n_vocab,
-        file_size=entry.quant.size,
-    )
-
-
-def _shape_cache_path(entry: CatalogEntry) -> Path:
-    safe = entry.id.replace(":", "__").replace("/", "_")
-    return paths.cache_dir() / SHAPE_CACHE_DIR / f"{safe}.json"
-
-
-def _cached_shape(entry: CatalogEntry) -> ModelShape | None:
-    data = read_json_dict(_shape_cache_path(entry))
-    if not data:
-        return None
-    try:
-        fields = {
-            **data,
-            "layer_bytes": tuple(data["layer_bytes"]),
-            "layer_active_bytes": tuple(data["layer_active_bytes"]),
-        }
-        return ModelShape(**fields)
-    except (KeyError, TypeError):
-        return None
-
-
-def _store_shape(entry: CatalogEntry, shape: ModelShape) -> None:
-    write_json_atomic(_shape_cache_path(entry), asdict(shape))

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from app.core.gguf import GGUFHeader, GGUFModel
-from app.core.jsonfile import read_json_dict, write_json_atomic
+from app.core.models.gguf import GGUFHeader, GGUFModel
+from app.core.storage.jsonfile import read_json_dict, write_json_atomic
 
 MIB = 1024**2
 GIB = 1024**3
@@ -245,7 +245,7 @@ class Device:
 
     @classmethod
     def from_report(cls, report: Any, ram_bandwidth_gbps: float | None = None) -> Device:
-        """The best device in a :class:`app.core.hardware.HardwareReport`: the GPU with most free memory, if the
+        """The best device in a :class:`app.core.planning.hardware.HardwareReport`: the GPU with most free memory, if the
         installed llama.cpp can offload to it; else the CPU."""
         ram_bw = ram_bandwidth_gbps or DEFAULT_RAM_BANDWIDTH_GBPS
         usable = [g for g in report.gpus if report.llama_supports_gpu_offload]
@@ -274,7 +274,7 @@ class Device:
         ram_bandwidth_gbps: float | None = None,
     ) -> Device:
         """A what-if machine (``--assume-vram 24GiB --assume-ram 64GiB --assume-backend cuda``)."""
-        from app.core.hardware import gpu_bandwidth_gbps, metal_working_set_limit
+        from app.core.planning.hardware import gpu_bandwidth_gbps, metal_working_set_limit
 
         if backend == "cpu":
             return cls(

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.core import paths
 from app.core.errors import DeskError
 from app.core.prompts import Message
+from app.core.storage import paths
 
 SCHEMA_VERSION = 1
 DB_FILE = "conversations.db"

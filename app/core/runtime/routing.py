@@ -4,7 +4,7 @@ llama.cpp computes the choice in graph tensors named ``ffn_moe_topk-<layer>`` (t
 ``ffn_moe_probs-<layer>`` (the router's probabilities). A context created with an eval callback can read them
 after each step on the CPU backend (GPU backends copy them to the host through ``ggml_backend_tensor_get``,
 which is supported but not tested here). The callback splits the graph, so tracing is opt-in and runs on its
-own context over the engine's weights; ``python -m app.core.routing`` measures the slowdown.
+own context over the engine's weights; ``python -m app.core.runtime.routing`` measures the slowdown.
 """
 
 from __future__ import annotations
@@ -13,13 +13,17 @@ import ctypes
 import math
 import pathlib
 import time
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from app.core.engine import Engine
 from app.core.errors import DeskError, NoModelError
+from app.core.runtime.host import EngineHost
+from app.core.runtime.loading import LoadedModel
+from app.core.runtime.native import Batch, NativeContext, SamplerChain
+from app.core.runtime.types import SamplingSettings
 
 _TOPK = "ffn_moe_topk-"
 _PROBS = "ffn_moe_probs-"
@@ -108,19 +112,32 @@ def _read_2d(lib: Any, tensor: int, dtype: Any) -> np.ndarray:
 
 
 def trace_routing(
-    engine: Engine, tokens: list[int], *, generate: int = 16, seed: int = 0, prompt_length: int | None = None
+    host: EngineHost, tokens: list[int], *, generate: int = 16, seed: int = 0, prompt_length: int | None = None
 ) -> RoutingTrace:
     """Run ``tokens`` (a prompt, BOS included) and ``generate`` more tokens (greedy, or ``seed``-sampled at
-    temperature 0.8 when ``seed`` > 0), recording every layer's choice for every token.
+    temperature 0.8 when ``seed`` > 0) on the host, recording every layer's choice for every token.
 
     To inspect a reply that was already generated, pass prompt + reply tokens with ``generate=0`` and
     ``prompt_length``: the same tokens through the same weights take the same routes.
     """
+    return host.with_model(lambda loaded: _trace(loaded, tokens, generate, seed, prompt_length))
+
+
+def trace_routing_async(
+    host: EngineHost, tokens: list[int], *, generate: int = 16, seed: int = 0, prompt_length: int | None = None
+) -> Future[RoutingTrace]:
+    """:func:`trace_routing` without waiting: the future completes on the host's thread."""
+    return host.submit_call(
+        lambda: trace_routing(host, tokens, generate=generate, seed=seed, prompt_length=prompt_length)
+    )
+
+
+def _trace(loaded: LoadedModel, tokens: list[int], generate: int, seed: int, prompt_length: int | None) -> RoutingTrace:
     import llama_cpp
 
-    llama, vocab, info = engine._llama, engine._vocab, engine.info
-    if llama is None or vocab is None or info is None:
-        raise NoModelError("Load a model before tracing it.")
+    vocab, info = loaded.vocab, loaded.info
+    if loaded.context is None:
+        raise NoModelError("Load the model fully (not only its tokenizer) before tracing it.")
     if not info.expert_count:
         raise DeskError(f"{info.name} is not a mixture-of-experts model: there is no router to inspect.")
     n_layer, n_expert, n_used = info.n_layer, info.expert_count, info.expert_used_count
@@ -143,38 +160,27 @@ def trace_routing(
         return True
 
     callback = llama_cpp.ggml_backend_sched_eval_callback(observe)
-    n_ctx = len(tokens) + generate + 8
-    params = llama_cpp.llama_context_default_params()
-    params.n_ctx = n_ctx
-    params.n_batch = params.n_ubatch = max(len(tokens), 1)
-    params.cb_eval = callback
-    params.cb_eval_user_data = None
-    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    ctx = llama_cpp.llama_init_from_model(llama.model, params)
-    if not ctx:
-        raise DeskError("llama.cpp could not create a context for tracing.")
-    batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)
-    sampler = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-    if seed > 0:
-        llama_cpp.llama_sampler_chain_add(sampler, llama_cpp.llama_sampler_init_temp(0.8))
-        llama_cpp.llama_sampler_chain_add(sampler, llama_cpp.llama_sampler_init_dist(seed))
-    else:
-        llama_cpp.llama_sampler_chain_add(sampler, llama_cpp.llama_sampler_init_greedy())
+    n_batch = max(len(tokens), 1)
+    context = NativeContext(
+        loaded.model,
+        n_ctx=len(tokens) + generate + 8,
+        n_batch=n_batch,
+        n_threads=loaded.settings.n_threads,
+        cb_eval=callback,
+    )
+    batch = Batch(n_batch, 1)
+    sampling = SamplingSettings(temperature=0.8 if seed > 0 else 0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
+    sampler = SamplerChain(sampling, vocab.size, seed)
     routes: list[TokenRoute] = []
     counts = np.zeros((n_layer, n_expert), dtype=np.int64)
-
     prompt_length = len(tokens) if prompt_length is None else prompt_length
 
     def run(chunk: list[int], start: int, in_prompt: bool) -> None:
         step.clear()
-        batch.n_tokens = len(chunk)
+        batch.clear()
         for i, token in enumerate(chunk):
-            batch.token[i] = token
-            batch.pos[i] = start + i
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = 0
-            batch.logits[i] = True  # every token's last-layer routing is computed only for output rows
-        if llama_cpp.llama_decode(ctx, batch) != 0:
+            batch.add(token, start + i, 0, True)  # every token's last-layer routing is computed only for output rows
+        if context.decode(batch) != 0:
             raise DeskError("llama.cpp could not decode while tracing.")
         for i, token in enumerate(chunk):
             experts, weights = [], []
@@ -194,15 +200,15 @@ def trace_routing(
         run(tokens, 0, True)
         position = len(tokens)
         for _ in range(generate):
-            token = int(llama_cpp.llama_sampler_sample(sampler, ctx, len(tokens) - 1 if position == len(tokens) else 0))
+            token = sampler.sample(context, len(tokens) - 1 if position == len(tokens) else 0)
             if vocab.is_end_of_generation(token):
                 break
             run([token], position, False)
             position += 1
     finally:
-        llama_cpp.llama_sampler_free(sampler)
-        llama_cpp.llama_batch_free(batch)
-        llama_cpp.llama_free(ctx)
+        sampler.close()
+        batch.close()
+        context.close()
     elapsed = time.perf_counter() - started
     return RoutingTrace(
         n_layer, n_expert, n_used, tuple(routes), elapsed, tuple(tuple(int(c) for c in row) for row in counts)

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from app.core import paths
-from app.core.jsonfile import write_json_atomic
+from app.core.storage import paths
+from app.core.storage.jsonfile import write_json_atomic
 
 SETTINGS_VERSION = 1
 SETTINGS_FILE = "settings.json"

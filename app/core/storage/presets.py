@@ -10,9 +10,9 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 from importlib import resources
 
-from app.core import paths
 from app.core.errors import DeskError
-from app.core.jsonfile import read_json_dict, write_json_atomic
+from app.core.storage import paths
+from app.core.storage.jsonfile import read_json_dict, write_json_atomic
 
 USER_PRESETS_FILE = "presets.json"
 

@@ -7,12 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from app.core import hardware, paths
-from app.core.catalog import CatalogEntry, entry, shape_for
 from app.core.errors import DeskError
-from app.core.gguf import read_model
-from app.core.jsonfile import read_json_dict, write_json_atomic
-from app.core.planner import (
+from app.core.models.catalog import CatalogEntry, entry
+from app.core.models.gguf import read_model
+from app.core.planning import hardware
+from app.core.planning.planner import (
     Device,
     MeasurementStore,
     MemoryPlan,
@@ -22,6 +21,9 @@ from app.core.planner import (
     recommend,
     with_measurement,
 )
+from app.core.planning.shapes import shape_for
+from app.core.storage import paths
+from app.core.storage.jsonfile import read_json_dict, write_json_atomic
 from models_manifest import CatalogModel
 
 MEASUREMENTS_FILE = "measured_buffers.json"

@@ -3,7 +3,7 @@
 It serves a tiny test model from a local fake hub (slowly, so the download is caught mid-way), plans for
 an assumed 24 GB CUDA machine, and saves ``model-manager.png``.
 
-    QT_QPA_PLATFORM=offscreen python -m app.gui.screenshot_models --out shots/
+    QT_QPA_PLATFORM=offscreen python -m tests.gui.screenshot_models --out shots/
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.gui.screenshot_models", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.gui.screenshot_models", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="screenshots", help="folder for the PNG")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -28,8 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 
-    from app.core import catalog, paths
-    from app.core.planner import GIB, Device
+    from app.core.models import catalog
+    from app.core.planning.planner import GIB, Device
+    from app.core.storage import paths
     from app.gui.downloads import DownloadService
     from app.gui.model_manager import ModelManagerWindow
     from quant.fakehub import FakeHub

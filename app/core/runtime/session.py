@@ -8,8 +8,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from app.core.context import POLICY_ROLLING
-from app.core.engine import Engine, Generation, GenerationRequest, SamplingSettings
 from app.core.prompts import Message
+from app.core.runtime.protocol import ChatEngine
+from app.core.runtime.tickets import ReplyTicket
+from app.core.runtime.types import GenerationRequest, SamplingSettings
 
 
 class ChatSession:
@@ -17,7 +19,7 @@ class ChatSession:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: ChatEngine,
         *,
         system: str | None = None,
         sampling: SamplingSettings | None = None,
@@ -28,7 +30,7 @@ class ChatSession:
         self.sampling = sampling or SamplingSettings()
         self.context_policy = context_policy
         self.history: list[Message] = []
-        self.last: Generation | None = None
+        self.last: ReplyTicket | None = None
 
     def messages(self) -> tuple[Message, ...]:
         """The full conversation as the model will see it (before any context policy)."""
@@ -59,6 +61,8 @@ class ChatSession:
                 self.history.pop()
             raise
         finally:
+            if not generation.finished.is_set():
+                generation.cancel()  # the reader stopped early: do not generate for nobody
             if generation.text:
                 self.history.append(Message("assistant", generation.text))
 

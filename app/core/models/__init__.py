@@ -1,0 +1,1 @@
+"""Model files: the catalog, GGUF headers, downloads and the local model store."""

@@ -1,0 +1,1 @@
+"""Will it fit and how fast: hardware, the memory planner and fit verdicts."""

@@ -1,0 +1,395 @@
+"""Benchmarks on the user's own machine: prompt processing (pp) and generation (tg) speed, time to first
+token and peak memory, repeated for a median and a spread; the host's streaming path and its continuous
+batching against a bare llama.cpp C-API loop on the same context; a per-layer extrapolation for
+Mixtral-shaped test models.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from app.core.errors import DeskError, NoModelError
+from app.core.prompts import FORMAT_PLAIN
+from app.core.runtime.host import EngineHost
+from app.core.runtime.loading import LoadedModel
+from app.core.runtime.native import Batch, SamplerChain
+from app.core.runtime.tuning import TUNED_FILE
+from app.core.runtime.types import GenerationRequest, LoadSettings, SamplingSettings, SpeedSample
+from app.core.storage import paths
+from app.core.storage.jsonfile import read_json_dict, write_json_atomic
+
+
+@dataclass(frozen=True)
+class Figure:
+    """Median and spread (min..max) of repeated measurements."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Figure:
+        return cls(round(statistics.median(values), 4), round(min(values), 4), round(max(values), 4))
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One model and scenario (short prompt, or a prompt filling most of the context)."""
+
+    model: str
+    scenario: str
+    prompt_tokens: int
+    generated_tokens: int
+    pp_tokens_per_s: Figure
+    tg_tokens_per_s: Figure
+    time_to_first_token_s: Figure
+    repeats: int
+    peak_rss_bytes: int
+    vram_used_bytes: int | None  # NVML's figure right after the runs (None without an NVIDIA GPU)
+    n_ctx: int
+    n_threads: int | None
+    n_batch: int
+    gpu_layers: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def vram_used_bytes() -> int | None:
+    """GPU memory in use on the first NVIDIA GPU, or None when there is none."""
+    from app.core.planning.hardware import probe_nvml
+
+    gpus, _ = probe_nvml()
+    return gpus[0].total_bytes - gpus[0].free_bytes if gpus else None
+
+
+def filler_prompt(host: EngineHost, prompt_tokens: int) -> tuple[int, ...]:
+    """BOS and then ``prompt_tokens - 1`` tokens of ordinary English."""
+
+    def build(loaded: LoadedModel) -> tuple[int, ...]:
+        filler = loaded.vocab.encode(" the quick brown fox jumps over the lazy dog", special=False)
+        body = (filler * (prompt_tokens // len(filler) + 1))[: prompt_tokens - 1]
+        return (loaded.vocab.bos_id, *body)
+
+    return host.with_model(build)
+
+
+def bench_request(prompt: tuple[int, ...], generate_tokens: int) -> GenerationRequest:
+    """Greedy, no penalty, no early end: what llama-bench measures."""
+    sampling = SamplingSettings(temperature=0.0, repeat_penalty=1.0, max_new_tokens=generate_tokens, ignore_eos=True)
+    return GenerationRequest((), sampling, chat_format=FORMAT_PLAIN, prompt_tokens=prompt)
+
+
+def measure_speed(host: EngineHost, prompt_tokens: int, generate_tokens: int, *, bare: bool = False) -> SpeedSample:
+    """One llama-bench style run from an empty cache: evaluate ``prompt_tokens``, then generate
+    ``generate_tokens`` greedily. ``bare`` runs the reference loop on the host thread (C sampler chain, no
+    per-token work beyond decode and sample); otherwise the reply streams through a ticket, exactly as the
+    window, the console and the API receive it.
+    """
+    prompt = filler_prompt(host, prompt_tokens)
+    if bare:
+        timing = host.with_model(
+            lambda m: bare_decode(m, prompt=prompt, generate_tokens=generate_tokens, sequences=1), exclusive=True
+        )
+        return SpeedSample(prompt_tokens, generate_tokens, timing.prompt_seconds, timing.decode_seconds, bare=True)
+    host.clear_cache()
+    ticket = host.generate(bench_request(prompt, generate_tokens))
+    ticket.run_to_end()
+    stats = ticket.stats
+    assert stats is not None
+    decode = stats.total_time_s - stats.time_to_first_token_s
+    return SpeedSample(stats.prompt_tokens_evaluated, stats.generated_tokens, stats.time_to_first_token_s, decode)
+
+
+@dataclass(frozen=True)
+class BareTiming:
+    """The reference loop's clock: prompt (until every sequence's first token) and the decode steps after."""
+
+    sequences: int
+    generated_tokens: int  # per sequence
+    prompt_seconds: float
+    decode_seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Aggregate generation speed after the first token."""
+        steps = self.generated_tokens - 1
+        return self.sequences * steps / self.decode_seconds if self.decode_seconds > 0 and steps > 0 else 0.0
+
+
+def bare_decode(loaded: LoadedModel, *, prompt: tuple[int, ...], generate_tokens: int, sequences: int) -> BareTiming:
+    """The reference: llama.cpp's C API in a plain loop, ``sequences`` greedy streams in one batch per step
+    (each with its own C sampler chain), nothing else per token. Runs on the host thread with the context to
+    itself."""
+    context = loaded.context
+    if context is None:
+        raise NoModelError("The model was opened for its tokenizer only.")
+    context.clear()
+    batch = Batch(max(len(prompt), sequences), 1)
+    greedy = SamplingSettings(temperature=0.0, repeat_penalty=1.0)
+    chains = [SamplerChain(greedy, loaded.vocab.size, 0) for _ in range(sequences)]
+    try:
+        start = time.perf_counter()
+        last = []
+        for seq in range(sequences):
+            batch.clear()
+            for position, token in enumerate(prompt):
+                batch.add(token, position, seq, position == len(prompt) - 1)
+            if context.decode(batch) != 0:
+                raise DeskError("llama.cpp could not decode the benchmark prompt.")
+            last.append(chains[seq].sample(context, batch.size - 1))
+        first = time.perf_counter()
+        position = len(prompt)
+        for _ in range(generate_tokens - 1):
+            batch.clear()
+            for seq in range(sequences):
+                batch.add(last[seq], position, seq, True)
+            if context.decode(batch) != 0:
+                raise DeskError("llama.cpp could not decode a benchmark step.")
+            for seq in range(sequences):
+                last[seq] = chains[seq].sample(context, seq)
+            position += 1
+        end = time.perf_counter()
+    finally:
+        for chain in chains:
+            chain.close()
+        batch.close()
+        context.clear()
+    return BareTiming(sequences, generate_tokens, first - start, end - first)
+
+
+def _runs(host: EngineHost, prompt: int, generate: int, repeats: int) -> list[SpeedSample]:
+    measure_speed(host, min(prompt, 32), 4)  # warm up caches and threads
+    return [measure_speed(host, prompt, generate) for _ in range(repeats)]
+
+
+def run_bench(
+    host: EngineHost,
+    *,
+    prompt_tokens: int = 512,
+    generate_tokens: int = 128,
+    repeats: int = 3,
+    long_prompt: bool = True,
+) -> list[BenchResult]:
+    """pp/tg for a short prompt and, with ``long_prompt``, for one that fills most of the context."""
+    info = host.info
+    assert info is not None
+    settings = host.settings
+    scenarios = [("short prompt", prompt_tokens)]
+    long_tokens = info.n_ctx - generate_tokens - 16
+    if long_prompt and long_tokens > prompt_tokens * 2:
+        scenarios.append(("long prompt", long_tokens))
+    results = []
+    for name, prompt in scenarios:
+        samples = _runs(host, prompt, generate_tokens, repeats)
+        results.append(
+            BenchResult(
+                model=Path(info.path).name,
+                scenario=name,
+                prompt_tokens=prompt,
+                generated_tokens=generate_tokens,
+                pp_tokens_per_s=Figure.of([s.prompt_tokens_per_s for s in samples]),
+                tg_tokens_per_s=Figure.of([s.generation_tokens_per_s for s in samples]),
+                time_to_first_token_s=Figure.of([s.prompt_seconds for s in samples]),
+                repeats=repeats,
+                peak_rss_bytes=peak_rss_bytes(),
+                vram_used_bytes=vram_used_bytes(),
+                n_ctx=info.n_ctx,
+                n_threads=settings.n_threads,
+                n_batch=settings.n_batch,
+                gpu_layers=info.n_gpu_layers,
+            )
+        )
+    return results
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """Generation speed through the host's streaming path relative to the bare C-API loop, in one run."""
+
+    ours_tokens_per_s: float
+    bare_tokens_per_s: float
+
+    @property
+    def ratio(self) -> float:
+        return self.ours_tokens_per_s / self.bare_tokens_per_s if self.bare_tokens_per_s else 0.0
+
+    @property
+    def per_token_overhead_us(self) -> float:
+        """Extra time per token on our path, in microseconds (negative: within noise, ours was faster)."""
+        if not self.ours_tokens_per_s or not self.bare_tokens_per_s:
+            return 0.0
+        return (1 / self.ours_tokens_per_s - 1 / self.bare_tokens_per_s) * 1e6
+
+
+def measure_overhead(host: EngineHost, *, generate_tokens: int = 128, repeats: int = 5) -> Overhead:
+    """Alternate bare and streaming runs (so drift hits both) and compare median generation speed."""
+    measure_speed(host, 32, 4, bare=True)
+    measure_speed(host, 32, 4)
+    ours, bare = [], []
+    for _ in range(repeats):
+        bare.append(measure_speed(host, 16, generate_tokens, bare=True).generation_tokens_per_s)
+        ours.append(measure_speed(host, 16, generate_tokens).generation_tokens_per_s)
+    return Overhead(round(statistics.median(ours), 2), round(statistics.median(bare), 2))
+
+
+@dataclass(frozen=True)
+class ParallelFigure:
+    """Aggregate generation tokens/s for N concurrent streams: through the host, and the bare ceiling."""
+
+    streams: int
+    host_tokens_per_s: float
+    bare_tokens_per_s: float
+
+    @property
+    def ratio(self) -> float:
+        return self.host_tokens_per_s / self.bare_tokens_per_s if self.bare_tokens_per_s else 0.0
+
+
+def host_parallel_rate(host: EngineHost, streams: int, prompt: tuple[int, ...], generate_tokens: int) -> float:
+    """N tickets submitted at once, consumed by N client threads: aggregate tokens/s after the first tokens."""
+    import threading
+
+    host.clear_cache()
+    request = bench_request(prompt, generate_tokens)
+    tickets = [host.generate(request) for _ in range(streams)]
+    readers = [threading.Thread(target=ticket.run_to_end) for ticket in tickets]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    firsts, ends = [], []
+    for ticket in tickets:
+        stats = ticket.stats
+        assert stats is not None
+        firsts.append(stats.time_to_first_token_s)
+        ends.append(stats.total_time_s)
+    decode = max(ends) - max(firsts)
+    return streams * (generate_tokens - 1) / decode if decode > 0 else 0.0
+
+
+def measure_batching(
+    host: EngineHost,
+    counts: Sequence[int] = (1, 2, 4, 8),
+    *,
+    prompt_tokens: int = 32,
+    generate_tokens: int = 64,
+    repeats: int = 3,
+) -> list[ParallelFigure]:
+    """For each N: the host with N concurrent streams against the bare N-sequence loop, interleaved."""
+    prompt = filler_prompt(host, prompt_tokens)
+    figures = []
+    for n in counts:
+        bare, ours = [], []
+        for _ in range(repeats):
+            timing = host.with_model(
+                partial(bare_decode, prompt=prompt, generate_tokens=generate_tokens, sequences=n), exclusive=True
+            )
+            bare.append(timing.tokens_per_s)
+            ours.append(host_parallel_rate(host, n, prompt, generate_tokens))
+        figures.append(ParallelFigure(n, round(statistics.median(ours), 2), round(statistics.median(bare), 2)))
+    return figures
+
+
+@dataclass(frozen=True)
+class Extrapolation:
+    """Generation speed of a full-size model estimated from full-width test models with few layers."""
+
+    target_layers: int
+    seconds_per_layer: float
+    fixed_seconds: float
+    tokens_per_s: float
+    note: str = "extrapolated from full-width test models with 1 and 2 layers, not measured on the real model"
+
+
+def extrapolate(layer_speeds: dict[int, float], target_layers: int) -> Extrapolation:
+    """Fit time per token = fixed + layers x per-layer to measured (layers -> tokens/s) and extend it."""
+    (l1, s1), (l2, s2) = sorted(layer_speeds.items())[:2]
+    t1, t2 = 1 / s1, 1 / s2
+    per_layer = max((t2 - t1) / (l2 - l1), 0.0)
+    fixed = max(t1 - l1 * per_layer, 0.0)
+    total = fixed + target_layers * per_layer
+    return Extrapolation(target_layers, per_layer, fixed, round(1 / total, 2) if total > 0 else 0.0)
+
+
+# -- tuning -------------------------------------------------------------------------------------------
+
+
+def tune(
+    settings: LoadSettings,
+    *,
+    generate_tokens: int = 32,
+    on_trial: Callable[[dict[str, int], float, float], None] | None = None,
+) -> dict[str, int]:
+    """Try thread counts, batch sizes and (on GPU builds) the planner's GPU layers and a few fewer; keep the
+    fastest and save it.
+
+    The score is generation speed, with prompt speed breaking ties; the result is stored per model file and
+    used by later loads that do not set threads or batch themselves.
+    """
+    from app.core.runtime.native import supports_gpu_offload
+
+    cores = os.cpu_count() or 2
+    thread_options = sorted({max(1, cores // 2), cores, *([max(1, cores - 1)] if cores > 2 else [])})
+    batch_options = (128, 512)
+    layer_options: list[int | None] = [None]
+    if supports_gpu_offload():  # a GPU build: also try fewer layers than the planner's choice
+        from app.core.planning.fit import device_for, plan_file
+        from app.core.planning.planner import PlanSettings
+
+        planned = plan_file(
+            Path(settings.model_path),
+            device_for(),
+            PlanSettings(settings.n_ctx, settings.kv_type, settings.flash_attn, settings.n_batch),
+        )
+        layer_options = list[int | None](
+            sorted({planned.gpu_layers, max(0, planned.gpu_layers - 2), max(0, planned.gpu_layers - 4)})
+        )
+    best: tuple[float, float, dict[str, int]] | None = None
+    host = EngineHost(name="tuning-host")
+    try:
+        for threads in thread_options:
+            for batch in batch_options:
+                for layers in layer_options:
+                    trial = {"n_threads": threads, "n_batch": batch}
+                    if layers is not None:
+                        trial["n_gpu_layers"] = layers
+                    info = host.load(
+                        replace(
+                            settings,
+                            n_threads=threads,
+                            n_batch=batch,
+                            n_gpu_layers=layers if layers is not None else settings.n_gpu_layers,
+                            n_parallel=1,
+                        )
+                    )
+                    measure_speed(host, 16, 4)
+                    sample = measure_speed(host, min(256, info.n_ctx // 2), generate_tokens)
+                    if on_trial is not None:
+                        on_trial(trial, sample.prompt_tokens_per_s, sample.generation_tokens_per_s)
+                    score = (sample.generation_tokens_per_s, sample.prompt_tokens_per_s, trial)
+                    if best is None or score[:2] > best[:2]:
+                        best = score
+    finally:
+        host.close()
+    assert best is not None
+    store = paths.cache_dir() / TUNED_FILE
+    data = read_json_dict(store)
+    data[str(Path(settings.model_path).resolve())] = best[2]
+    write_json_atomic(store, data)
+    return best[2]

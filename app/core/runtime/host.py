@@ -1,0 +1,522 @@
+"""The engine host: the one owner of a loaded model's llama.cpp objects, on one worker thread.
+
+Everything else submits work and gets a ticket or a future back:
+
+    host = EngineHost()
+    host.load(LoadSettings(model_path="model.gguf"))          # blocking; load_async() returns a Future
+    ticket = host.generate(GenerationRequest((Message("user", "Hi"),)))
+    for delta in ticket:
+        print(delta, end="")
+    print(ticket.stats)
+
+Continuous batching: every running reply is a sequence in the same llama.cpp batch, each with its own KV
+sequence id and sampler chain. A new request joins at the next step; a finished or cancelled one leaves
+without stalling the others; a long prompt is prefilled in chunks of ``n_batch`` interleaved with the running
+sequences' decode steps. A finished sequence keeps its KV cells, and the next request whose tokens start the
+same way reuses them (a request that continues no cached conversation takes the least recently used one).
+
+Each sequence has its own ``n_ctx`` KV cells, so a reply is the same whatever runs beside it. A request is
+admitted when a sequence is free; otherwise it waits, in arrival order.
+
+Other jobs (load, unload, tokenize, routing traces, measurements) run on the same thread between two decode
+steps; those that need the context to themselves wait until no reply is running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from app.core.context import POLICIES, fit_prompt, reply_reserve
+from app.core.errors import DeskError, NoModelError, PromptFormatError
+from app.core.prompts import FORMAT_PLAIN, ChatFormat, Message, get_format
+from app.core.runtime.decoding import KVSequence, RunningReply
+from app.core.runtime.loading import LoadCancelled, LoadedModel, open_model
+from app.core.runtime.native import Batch, SamplerChain
+from app.core.runtime.tickets import ReplyTicket
+from app.core.runtime.types import (
+    STOP_CANCELLED,
+    STOP_ERROR,
+    GenerationRequest,
+    GenerationStats,
+    HostHealth,
+    LoadSettings,
+    ModelInfo,
+)
+
+T = TypeVar("T")
+
+
+class HostError(DeskError):
+    """llama.cpp failed while decoding; the replies in that batch end with this error, the host keeps serving."""
+
+
+@dataclass
+class _Call:
+    work: Callable[[], Any]
+    future: Future[Any]
+    exclusive: bool = False  # needs the context to itself: waits until no reply is running
+
+
+@dataclass
+class _Waiting:
+    ticket: ReplyTicket
+    submitted_at: float = field(default_factory=time.perf_counter)
+
+
+class EngineHost:
+    """Owns one loaded model and decodes every reply to it in one batch per step. Thread-safe API."""
+
+    def __init__(self, name: str = "engine-host") -> None:
+        self._jobs: queue.SimpleQueue[_Call | _Waiting | None] = queue.SimpleQueue()
+        self._loaded: LoadedModel | None = None
+        self.info: ModelInfo | None = None
+        self._sequences: list[KVSequence] = []
+        self._waiting: list[_Waiting] = []
+        self._deferred: list[_Call] = []
+        self._submitted: dict[int, float] = {}
+        self._batch: Batch | None = None
+        self._last_error = ""
+        self._load_abort = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    # -- public API (any thread) -------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        """Whether a model is loaded (possibly for its tokenizer only)."""
+        return self.info is not None
+
+    @property
+    def settings(self) -> LoadSettings:
+        loaded = self._loaded
+        if loaded is None:
+            raise NoModelError("No model is loaded.")
+        return loaded.settings
+
+    def clear_cache(self) -> None:
+        """Forget every finished sequence's cached prefix (the next prompts are evaluated in full)."""
+        self.call(self._drop_cache, exclusive=True)
+
+    def load_async(self, settings: LoadSettings) -> Future[ModelInfo]:
+        """Load ``settings.model_path`` (replacing any loaded model; running replies end with an error)."""
+        self._load_abort.clear()
+        return self.submit_call(lambda: self._load(settings))
+
+    def load(self, settings: LoadSettings) -> ModelInfo:
+        """:meth:`load_async`, waiting for the result.
+
+        Raises:
+            ModelLoadError, DeskError: see :func:`app.core.runtime.loading.open_model`.
+        """
+        return self.load_async(settings).result()
+
+    def cancel_load(self) -> None:
+        """Abort a load in progress (llama.cpp stops at its next progress report)."""
+        self._load_abort.set()
+
+    def unload(self) -> None:
+        """Free the loaded model (running replies end with an error)."""
+        self.call(self._unload)
+
+    def unload_async(self) -> Future[None]:
+        """:meth:`unload` without waiting."""
+        return self.submit_call(self._unload)
+
+    def generate(self, request: GenerationRequest) -> ReplyTicket:
+        """Queue ``request``; its text streams through the returned ticket."""
+        ticket = ReplyTicket(request)
+        if request.context_policy not in POLICIES:
+            ticket.finish(
+                error=DeskError(f"Unknown context policy {request.context_policy!r}; use one of {', '.join(POLICIES)}.")
+            )
+            return ticket
+        self._put(_Waiting(ticket))
+        return ticket
+
+    def submit_call(self, work: Callable[[], T], *, exclusive: bool = False) -> Future[T]:
+        """Run ``work()`` on the host thread between decode steps; ``exclusive`` waits until no reply runs."""
+        future: Future[T] = Future()
+        if threading.current_thread() is self._thread:
+            _run_into(work, future)
+            return future
+        self._put(_Call(work, future, exclusive))
+        return future
+
+    def call(self, work: Callable[[], T], *, exclusive: bool = False) -> T:
+        """:meth:`submit_call`, waiting for the result (its exception is raised here)."""
+        return self.submit_call(work, exclusive=exclusive).result()
+
+    def with_model(self, work: Callable[[LoadedModel], T], *, exclusive: bool = False) -> T:
+        """Run ``work(loaded_model)`` on the host thread. Exclusive work may use the main context freely; the
+        prefix cache is dropped afterwards."""
+
+        def run() -> T:
+            loaded = self._require_model()
+            if not exclusive:
+                return work(loaded)
+            try:
+                return work(loaded)
+            finally:
+                self._drop_cache()
+
+        return self.call(run, exclusive=exclusive)
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        return self.with_model(lambda m: m.vocab.encode(text, special=special))
+
+    def detokenize(self, tokens: list[int], *, special: bool = True) -> str:
+        return self.with_model(lambda m: m.vocab.decode(tokens, special=special))
+
+    def prompt_tokens(self, messages: list[Message] | tuple[Message, ...], chat_format: str | None = None) -> list[int]:
+        """The exact token ids a reply to ``messages`` would be fed (before any context policy)."""
+
+        def run(loaded: LoadedModel) -> list[int]:
+            fmt = get_format(chat_format) if chat_format else loaded.chat_format
+            return fmt.encode(messages, loaded.vocab)
+
+        return self.with_model(run)
+
+    def health(self) -> HostHealth:
+        """Alive, busy, queue length and cache use; cheap, never waits for the worker."""
+        sequences = list(self._sequences)
+        info = self.info
+        return HostHealth(
+            alive=self._thread.is_alive() and not self._closed,
+            model=info.name if info is not None else None,
+            active=sum(1 for s in sequences if s.reply is not None),
+            queued=len(self._waiting),
+            cached_tokens=sum(len(s.cached) for s in sequences if s.reply is None),
+            kv_cells=info.kv_cells if info is not None else 0,
+            error=self._last_error,
+        )
+
+    def close(self) -> None:
+        """Stop the worker and free the model."""
+        if self._closed:
+            return
+        self._closed = True
+        self._put(None)
+        self._thread.join(60)
+
+    # -- the worker thread ---------------------------------------------------------------------------
+
+    def _put(self, job: _Call | _Waiting | None) -> None:
+        if self._closed and job is not None:
+            if isinstance(job, _Waiting):
+                job.ticket.finish(error=NoModelError("The engine has shut down."))
+            else:
+                job.future.set_exception(NoModelError("The engine has shut down."))
+            return
+        self._jobs.put(job)
+
+    def _serve(self) -> None:
+        while True:
+            idle = not self._waiting and not self._deferred and not any(s.reply for s in self._sequences)
+            try:
+                job = self._jobs.get() if idle else self._jobs.get_nowait()
+            except queue.Empty:
+                pass
+            else:
+                if job is None:
+                    self._shutdown()
+                    return
+                self._take(job)
+                continue  # take every queued job before the next step
+            try:
+                self._step()
+            except Exception as err:  # never let the worker die: fail what was running, keep serving
+                self._fail_running(HostError(f"llama.cpp failed while answering: {type(err).__name__}: {err}"))
+
+    def _take(self, job: _Call | _Waiting) -> None:
+        if isinstance(job, _Waiting):
+            self._submitted[id(job.ticket)] = job.submitted_at
+            self._waiting.append(job)
+            return
+        if job.exclusive and any(s.reply is not None for s in self._sequences):
+            self._deferred.append(job)
+            return
+        _run_into(job.work, job.future)
+
+    def _step(self) -> None:
+        self._run_deferred()
+        loaded = self._loaded
+        self._drop_cancelled()
+        if loaded is None or loaded.context is None:
+            for waiting in self._waiting:
+                waiting.ticket.finish(error=NoModelError("No model is loaded; load one before chatting."))
+            self._waiting.clear()
+            return
+        self._admit(loaded)
+        running = [s.reply for s in self._sequences if s.reply is not None]
+        if not running:
+            return
+        context, vocab = loaded.context, loaded.vocab
+        batch = self._batch
+        assert batch is not None
+        batch.clear()
+        rows: list[tuple[int, RunningReply]] = []
+        evaluated: list[tuple[KVSequence, list[int]]] = []
+        for reply in running:
+            if not reply.pending and reply.last_token >= 0:
+                sequence = reply.sequence
+                rows.append((batch.add(reply.last_token, len(sequence.cached), sequence.seq_id, True), reply))
+                evaluated.append((sequence, [reply.last_token]))
+        room = batch.capacity - batch.size
+        for reply in running:
+            if not reply.pending or room <= 0:
+                continue
+            sequence = reply.sequence
+            chunk = reply.pending[:room]
+            start = len(sequence.cached)
+            last = len(chunk) == len(reply.pending)
+            for offset, token in enumerate(chunk):
+                row = batch.add(token, start + offset, sequence.seq_id, last and offset == len(chunk) - 1)
+            if last:
+                rows.append((row, reply))
+            del reply.pending[: len(chunk)]
+            evaluated.append((sequence, chunk))
+            room -= len(chunk)
+        status = context.decode(batch)
+        if status != 0:
+            self._decode_failed(status, [sequence for sequence, _ in evaluated])
+            return
+        for sequence, tokens in evaluated:
+            sequence.cached.extend(tokens)
+        for row, reply in rows:
+            reason = reply.accept(reply.sampler.sample(context, row), vocab)
+            if reason is not None:
+                self._finish(reply, reason)
+
+    # -- admission and the prefix cache ----------------------------------------------------------
+
+    def _admit(self, loaded: LoadedModel) -> None:
+        while self._waiting:
+            free = [s for s in self._sequences if s.reply is None]
+            if not free:
+                return  # wait, in arrival order, for a sequence to finish
+            waiting = self._waiting[0]
+            try:
+                tokens, prompt, chat_format = self._prompt_for(loaded, waiting.ticket.request)
+            except Exception as err:
+                self._waiting.pop(0)
+                waiting.ticket.finish(error=_as_request_error(err))
+                continue
+            n_ctx = loaded.settings.n_ctx
+            sequence, reused = _choose_sequence(free, tokens)
+            self._waiting.pop(0)
+            reused = min(reused, len(tokens) - 1)  # the last prompt token is always evaluated, for its logits
+            loaded.context.forget(sequence.seq_id, reused)  # type: ignore[union-attr]
+            del sequence.cached[reused:]
+            request = waiting.ticket.request
+            seed = request.sampling.seed if request.sampling.seed is not None else loaded.settings.seed
+            sampler = SamplerChain(
+                request.sampling, loaded.vocab.size, seed if seed is not None else random.randrange(2**31)
+            )
+            sampler.accept(tokens)
+            waiting.ticket.prompt = prompt
+            sequence.reply = RunningReply(
+                waiting.ticket,
+                sequence,
+                sampler,
+                tokens,
+                reused,
+                n_ctx=n_ctx,
+                is_chat=chat_format.is_chat,
+                prompt=prompt,
+            )
+
+    def _prompt_for(self, loaded: LoadedModel, request: GenerationRequest) -> tuple[list[int], Any, ChatFormat]:
+        chat_format = get_format(request.chat_format) if request.chat_format else loaded.chat_format
+        n_ctx = loaded.settings.n_ctx
+        if request.prompt_tokens is not None:
+            tokens = list(request.prompt_tokens)
+            prompt = None
+            if len(tokens) >= n_ctx:
+                raise DeskError(f"The prompt has {len(tokens)} tokens; the context holds {n_ctx}.")
+        else:
+            if not request.messages or (
+                chat_format.name == FORMAT_PLAIN and not any(m.content for m in request.messages)
+            ):
+                raise PromptFormatError("The prompt is empty: write a message (or some text to continue) first.")
+            prompt = fit_prompt(
+                request.messages,
+                chat_format,
+                loaded.vocab,
+                n_ctx=n_ctx,
+                reserve=reply_reserve(n_ctx, request.sampling.max_new_tokens),
+                policy=request.context_policy,
+            )
+            tokens = list(prompt.tokens)
+        if not tokens:
+            raise PromptFormatError("The prompt is empty: write a message (or some text to continue) first.")
+        vocab_size = loaded.vocab.size
+        if any(t < 0 or t >= vocab_size for t in tokens):
+            raise DeskError(f"The prompt holds token ids outside this model's vocabulary (0..{vocab_size - 1}).")
+        return tokens, prompt, chat_format
+
+    def _drop_cancelled(self) -> None:
+        for waiting in [w for w in self._waiting if w.ticket.cancelled.is_set()]:
+            self._waiting.remove(waiting)
+            waiting.ticket.finish(stats=_empty_stats(STOP_CANCELLED))
+        for sequence in self._sequences:
+            reply = sequence.reply
+            if reply is not None and reply.ticket.cancelled.is_set():
+                self._finish(reply, STOP_CANCELLED)
+
+    def _finish(self, reply: RunningReply, reason: str, error: BaseException | None = None) -> None:
+        sequence = reply.sequence
+        sequence.reply = None
+        sequence.last_used = time.perf_counter()
+        reply.sampler.close()
+        submitted = self._submitted.pop(id(reply.ticket), reply.admitted_at)
+        if error is not None:
+            if self._loaded is not None and self._loaded.context is not None:
+                self._loaded.context.forget(sequence.seq_id)
+            sequence.cached.clear()
+            reply.ticket.finish(stats=reply.stats(STOP_ERROR, submitted), error=error)
+            return
+        reply.flush_text(reason)
+        reply.ticket.finish(stats=reply.stats(reason, submitted))
+
+    def _decode_failed(self, status: int, sequences: list[KVSequence]) -> None:
+        if status == 1:
+            message = (
+                "The KV cache is full: the running conversations need more cells than the context holds. "
+                "Raise the context size or serve fewer requests at once."
+            )
+        else:
+            message = f"llama.cpp could not decode the batch (status {status})."
+        self._last_error = message
+        for sequence in sequences:
+            if sequence.reply is not None:
+                self._finish(sequence.reply, STOP_ERROR, HostError(message))
+
+    def _fail_running(self, error: BaseException) -> None:
+        self._last_error = str(error)
+        for sequence in self._sequences:
+            if sequence.reply is not None:
+                self._finish(sequence.reply, STOP_ERROR, error)
+        self._drop_cache()
+
+    def _drop_cache(self) -> None:
+        loaded = self._loaded
+        if loaded is not None and loaded.context is not None:
+            loaded.context.clear()
+        for sequence in self._sequences:
+            sequence.cached.clear()
+
+    def _run_deferred(self) -> None:
+        if self._deferred and not any(s.reply is not None for s in self._sequences):
+            deferred, self._deferred = self._deferred, []
+            for job in deferred:
+                _run_into(job.work, job.future)
+
+    # -- load / unload (on the worker) ---------------------------------------------------------------
+
+    def _require_model(self) -> LoadedModel:
+        if self._loaded is None:
+            raise NoModelError("No model is loaded.")
+        return self._loaded
+
+    def _load(self, settings: LoadSettings) -> ModelInfo:
+        self._unload()
+        loaded = open_model(settings, should_abort=self._load_abort.is_set)
+        if self._load_abort.is_set():
+            loaded.close()
+            raise LoadCancelled("Loading was cancelled.")
+        self._loaded = loaded
+        if loaded.context is not None:
+            self._sequences = [KVSequence(i) for i in range(loaded.context.n_seq_max)]
+            self._batch = Batch(loaded.context.n_batch, 1)
+        self.info = loaded.info
+        return loaded.info
+
+    def _unload(self) -> None:
+        gone = NoModelError("The model was unloaded while answering.")
+        for sequence in self._sequences:
+            if sequence.reply is not None:
+                self._finish(sequence.reply, STOP_ERROR, gone)
+        self._sequences = []
+        if self._batch is not None:
+            self._batch.close()
+            self._batch = None
+        loaded, self._loaded = self._loaded, None
+        self.info = None
+        if loaded is not None:
+            loaded.close()
+
+    def _shutdown(self) -> None:
+        for waiting in self._waiting:
+            waiting.ticket.finish(error=NoModelError("The engine has shut down."))
+        self._waiting.clear()
+        for job in self._deferred:
+            job.future.set_exception(NoModelError("The engine has shut down."))
+        self._deferred.clear()
+        with contextlib.suppress(Exception):
+            self._unload()
+        while True:
+            try:
+                left = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(left, _Waiting):
+                left.ticket.finish(error=NoModelError("The engine has shut down."))
+            elif isinstance(left, _Call):
+                left.future.set_exception(NoModelError("The engine has shut down."))
+
+
+def _choose_sequence(free: list[KVSequence], tokens: list[int]) -> tuple[KVSequence, int]:
+    """The free sequence to run ``tokens`` on, and how many of its cached tokens it reuses.
+
+    A request goes on a cached sequence when it continues that conversation (keeps at least half of its
+    cells: the next turn, an edit near the end) or is almost all cached there (90 % of the prompt: a
+    regenerated reply); otherwise on an empty sequence, else the least recently used one. A shared system
+    prompt alone is no reason to overwrite another conversation's cache.
+    """
+    best, best_reused = None, 0
+    for sequence in free:
+        reused = sequence.common_prefix(tokens)
+        worth_it = reused * 2 >= len(sequence.cached) or reused * 10 >= len(tokens) * 9
+        if reused and worth_it and reused > best_reused:
+            best, best_reused = sequence, reused
+    if best is not None:
+        return best, best_reused
+    fallback = min(free, key=lambda s: (len(s.cached) > 0, s.last_used))
+    return fallback, fallback.common_prefix(tokens)
+
+
+def _run_into(work: Callable[[], Any], future: Future[Any]) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = work()
+    except BaseException as err:
+        future.set_exception(err)
+    else:
+        future.set_result(result)
+
+
+def _as_request_error(err: BaseException) -> BaseException:
+    """A request's own failure as a typed, user-facing error."""
+    if isinstance(err, DeskError):
+        return err
+    if isinstance(err, UnicodeError):
+        return PromptFormatError(
+            "The message holds text that is not valid Unicode (for example a lone surrogate from a broken "
+            "emoji); remove it and send again."
+        )
+    return DeskError(f"The request could not be prepared: {type(err).__name__}: {err}")
+
+
+def _empty_stats(reason: str) -> GenerationStats:
+    return GenerationStats(0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, reason, 0, 0, 0)

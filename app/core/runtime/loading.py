@@ -1,0 +1,269 @@
+"""Opening a model for the engine host: pre-flight checks that name what is wrong before llama.cpp is asked,
+the memory planner's GPU layers (with a retry on out-of-memory), and llama.cpp's load errors turned into one
+user-facing :class:`ModelLoadError`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.core.errors import DeskError, ModelLoadError
+from app.core.models.gguf import GGUFError, GGUFHeader, read_model
+from app.core.planning.planner import PlanSettings, check_kv_settings, kv_cache_bytes, parse_buffer_lines
+from app.core.prompts import FORMATS, ChatFormat, detect_format, get_format
+from app.core.runtime import llama_log
+from app.core.runtime.native import LoadAborted, NativeContext, NativeModel, NativeVocab, supports_gpu_offload
+from app.core.runtime.tuning import tuned_settings
+from app.core.runtime.types import LoadSettings, ModelInfo
+
+GGUF_MAGIC = b"GGUF"
+
+
+class LoadCancelled(DeskError):
+    """The load was cancelled before it finished."""
+
+
+@dataclass
+class LoadedModel:
+    """Everything llama.cpp holds for one loaded model; owned by the engine host's worker thread."""
+
+    model: NativeModel
+    context: NativeContext | None  # None when opened for the tokenizer only
+    vocab: NativeVocab
+    chat_format: ChatFormat
+    settings: LoadSettings
+    info: ModelInfo
+
+    def close(self) -> None:
+        if self.context is not None:
+            self.context.close()
+        self.model.close()
+
+
+def check_gguf_file(path: Path) -> None:
+    """Fail with a clear :class:`ModelLoadError` if ``path`` is missing or not a GGUF file."""
+    if not path.exists():
+        raise ModelLoadError(
+            f"Model file not found: {path}. Check the path, or download a model with `mixtral-desk models`.",
+            path=str(path),
+            reason="missing",
+        )
+    if not path.is_file():
+        raise ModelLoadError(
+            f"{path} is a folder, not a model file; choose a .gguf file.", path=str(path), reason="missing"
+        )
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(
+            f"{path.name} is not a GGUF model file (it does not start with 'GGUF'). Mixtral Desk runs llama.cpp "
+            "GGUF files such as mixtral-8x7b-instruct-v0.1.Q4_K_M.gguf; older GGML .bin files and "
+            "safetensors must be converted first.",
+            path=str(path),
+            reason="not_gguf",
+        )
+
+
+_TRUNCATED = re.compile(
+    r"not within the file bounds|file is truncated|unexpectedly reached end of file|failed to read", re.I
+)
+_OUTDATED = re.compile(r"ffn_(gate|down|up)_exps\.weight' not found|missing tensor 'blk\.\d+\.ffn_\w+_exps", re.I)
+_ARCH = re.compile(r"unknown model architecture: '([^']*)'", re.I)
+_OOM = re.compile(
+    r"failed to allocate|unable to allocate|out of memory|cudaMalloc failed|failed to create .*buffer", re.I
+)
+
+
+def classify_load_failure(path: Path, lines: Sequence[str], exc: BaseException) -> ModelLoadError:
+    """Turn llama.cpp's log lines from a failed load into one user-facing error."""
+    errors = [ln.strip() for ln in lines if "error" in ln.lower() or "failed" in ln.lower()]
+    detail = errors[-1] if errors else str(exc)
+    text = "\n".join(lines)
+    name = path.name
+    if match := _ARCH.search(text):
+        return ModelLoadError(
+            f"{name} uses the model architecture '{match.group(1)}', which the installed llama.cpp does not "
+            "support. Update llama-cpp-python, or choose a Mixtral GGUF.",
+            path=str(path),
+            reason="unsupported_arch",
+            detail=detail,
+        )
+    if _OUTDATED.search(text):
+        return ModelLoadError(
+            OUTDATED_LAYOUT_MESSAGE.format(name=name), path=str(path), reason="outdated_layout", detail=detail
+        )
+    if _TRUNCATED.search(text):
+        return ModelLoadError(
+            f"{name} is incomplete or corrupted (its data ends before the model does). Delete it and "
+            "download it again; if you copied it, copy the whole file.",
+            path=str(path),
+            reason="truncated",
+            detail=detail,
+        )
+    if _OOM.search(text):
+        return ModelLoadError(
+            f"Not enough memory to load {name} with these settings. Lower the context size, use a quantized "
+            "KV cache, offload fewer layers to the GPU, or pick a smaller quantization.",
+            path=str(path),
+            reason="out_of_memory",
+            detail=detail,
+        )
+    return ModelLoadError(f"llama.cpp could not load {name}: {detail}", path=str(path), reason="failed", detail=detail)
+
+
+OUTDATED_LAYOUT_MESSAGE = (
+    "{name} stores Mixtral's experts in the old per-expert layout (converted before April 2024), which "
+    "current llama.cpp no longer loads. Download a newer conversion of the same model, e.g. the "
+    "mixtral-8x7b-instruct entry of `mixtral-desk models list`."
+)
+
+
+def _read_header_for_load(path: Path) -> GGUFHeader:
+    """Pre-flight: every part present and complete, and a tensor layout llama.cpp can load."""
+    try:
+        model = read_model(path)
+    except GGUFError as err:
+        reason = "truncated" if ("truncated" in str(err) or "incomplete" in str(err)) else "failed"
+        raise ModelLoadError(str(err), path=str(path), reason=reason, detail=str(err)) from err
+    if model.expert_layout == "per-expert":
+        raise ModelLoadError(OUTDATED_LAYOUT_MESSAGE.format(name=path.name), path=str(path), reason="outdated_layout")
+    return model.header
+
+
+def _check_kv_fits_in_ram(path: Path, header: GGUFHeader, settings: LoadSettings) -> None:
+    """Refuse before llama.cpp allocates a KV cache larger than the free memory (it would be killed)."""
+    import psutil
+
+    needed = kv_cache_bytes(header, settings.total_kv_cells, settings.kv_type)
+    available = psutil.virtual_memory().available
+    if needed > available:
+        gib = 1024**3
+        raise ModelLoadError(
+            f"Not enough memory to load {path.name} with a {settings.n_ctx}-token context: its KV cache alone "
+            f"needs {needed / gib:.1f} GiB but only {available / gib:.1f} GiB are free. Lower the context size, "
+            "use a quantized KV cache (with flash attention), or close other programs.",
+            path=str(path),
+            reason="out_of_memory",
+            detail=f"kv cache {needed} bytes > available {available} bytes",
+        )
+
+
+def _metadata_int(metadata: dict[str, str], key: str) -> int:
+    value = metadata.get(key, "0")
+    return int(value) if value.isdigit() else 0
+
+
+def validate_settings(settings: LoadSettings) -> None:
+    """Refuse settings that cannot work together, with the reason."""
+    check_kv_settings(settings.kv_type, settings.flash_attn)
+    if settings.n_ctx < 64:
+        raise DeskError(f"A context of {settings.n_ctx} tokens is too small; use at least 512.")
+    if settings.n_parallel < 1:
+        raise DeskError("At least one sequence is needed (n_parallel >= 1).")
+    if settings.chat_format is not None and settings.chat_format not in FORMATS:
+        raise DeskError(f"Unknown prompt format {settings.chat_format!r}; use one of {', '.join(FORMATS)}.")
+
+
+def open_model(settings: LoadSettings, *, should_abort: Callable[[], bool] | None = None) -> LoadedModel:
+    """Load ``settings.model_path`` and create its context.
+
+    With ``n_gpu_layers=None`` the memory planner chooses how many layers go to the GPU; if llama.cpp still
+    runs out of GPU memory, loading is retried with fewer layers and ``info.notes`` says so.
+
+    Raises:
+        ModelLoadError: missing, not a GGUF, truncated, unsupported architecture, out of memory.
+        LoadCancelled: ``should_abort`` said so while llama.cpp was loading.
+        DeskError: settings that cannot work together (e.g. a quantized V cache without flash attention).
+    """
+    path = Path(settings.model_path).expanduser()
+    validate_settings(settings)
+    check_gguf_file(path)
+    header = _read_header_for_load(path)
+    notes: list[str] = []
+    offload = supports_gpu_offload() and not settings.vocab_only
+    full_offload = max(header.arch_int("block_count"), 0) + 1
+    plan_settings = PlanSettings(settings.total_kv_cells, settings.kv_type, settings.flash_attn, settings.n_batch)
+    tuned = {} if settings.vocab_only else tuned_settings(path)  # what `bench --tune` found fastest
+    if not offload:
+        gpu_layers = 0
+    elif settings.n_gpu_layers is None and "n_gpu_layers" in tuned:
+        gpu_layers = min(tuned["n_gpu_layers"], full_offload)
+        notes.append(f"Using the {gpu_layers} GPU layers that `bench --tune` found fastest.")
+    elif settings.n_gpu_layers is None:
+        from app.core.planning.fit import device_for, plan_file
+
+        plan = plan_file(path, device_for(), plan_settings)
+        gpu_layers = plan.gpu_layers
+        notes.append(f"Memory plan: {plan.summary()}")
+    else:
+        gpu_layers = full_offload if settings.n_gpu_layers < 0 else min(settings.n_gpu_layers, full_offload)
+    if not settings.vocab_only and gpu_layers == 0:
+        _check_kv_fits_in_ram(path, header, settings)
+    threads = settings.n_threads or tuned.get("n_threads")
+    n_batch = settings.n_batch
+    if settings.n_threads is None and settings.n_batch == LoadSettings.n_batch and "n_batch" in tuned:
+        n_batch = tuned["n_batch"]
+    while True:
+        with llama_log.capture() as lines:
+            try:
+                model = NativeModel(
+                    str(path), n_gpu_layers=gpu_layers, vocab_only=settings.vocab_only, should_abort=should_abort
+                )
+                context = None
+                if not settings.vocab_only:
+                    try:
+                        context = NativeContext(
+                            model,
+                            n_ctx=settings.total_kv_cells,
+                            n_batch=n_batch,
+                            n_seq_max=settings.n_parallel,
+                            flash_attn=settings.flash_attn,
+                            kv_type=settings.kv_type,
+                            n_threads=threads,
+                        )
+                    except RuntimeError:
+                        model.close()
+                        raise
+            except LoadAborted as exc:
+                raise LoadCancelled("Loading was cancelled.") from exc
+            except (ValueError, RuntimeError, OSError) as exc:
+                error = classify_load_failure(path, lines, exc)
+            else:
+                break
+        if error.reason != "out_of_memory" or gpu_layers == 0:
+            raise error
+        fewer = max(0, gpu_layers - max(1, full_offload // 8))
+        notes.append(
+            f"Loading with {gpu_layers} GPU layers ran out of GPU memory; retried with {fewer} (slower, but it runs)."
+        )
+        gpu_layers = fewer
+    if not settings.vocab_only:
+        measurement = parse_buffer_lines(lines)
+        if measurement is not None:
+            from app.core.planning.fit import measurement_store
+
+            measurement_store().record(path, plan_settings, gpu_layers, measurement)
+    metadata = model.metadata
+    format_name = settings.chat_format or detect_format(metadata, model.vocab)
+    arch = metadata.get("general.architecture", "")
+    info = ModelInfo(
+        path=str(path),
+        name=metadata.get("general.name", path.stem),
+        architecture=arch,
+        chat_format=format_name,
+        n_ctx=settings.n_ctx,
+        n_ctx_train=_metadata_int(metadata, f"{arch}.context_length"),
+        n_vocab=model.vocab.size,
+        expert_count=_metadata_int(metadata, f"{arch}.expert_count"),
+        expert_used_count=_metadata_int(metadata, f"{arch}.expert_used_count"),
+        n_gpu_layers=gpu_layers,
+        file_size=path.stat().st_size,
+        notes=tuple(notes),
+        n_layer=_metadata_int(metadata, f"{arch}.block_count"),
+        n_parallel=settings.n_parallel,
+        kv_cells=context.n_ctx if context is not None else 0,
+    )
+    return LoadedModel(model, context, model.vocab, get_format(format_name), settings, info)

@@ -1,0 +1,178 @@
+"""The runtime's plain data: how to load a model, how to sample, what to answer, and what it cost."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from app.core.context import POLICY_ROLLING
+from app.core.prompts import Message
+
+KV_CACHE_TYPES: dict[str, int] = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids
+
+STOP_EOS = "eos"
+STOP_STRING = "stop_string"
+STOP_MAX_TOKENS = "max_tokens"
+STOP_CONTEXT_FULL = "context_full"
+STOP_CANCELLED = "cancelled"
+STOP_ERROR = "error"
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """How to load a model.
+
+    ``n_gpu_layers``: layers to offload, ``-1`` = all, ``None`` = the memory planner decides (none on a
+    CPU-only build). ``kv_type`` applies to both K and V; a quantized V cache needs flash attention.
+    ``n_ctx`` is the longest conversation one sequence may hold. Up to ``n_parallel`` sequences (the
+    window's chat, API requests) are decoded together in one batch; each has its own ``n_ctx`` KV cells
+    (so a reply is the same whatever runs beside it, and the KV cache is ``n_ctx x n_parallel`` tokens: the
+    memory the planner counts). A finished sequence keeps its cells for prefix reuse until another request
+    needs the sequence (least recently used first).
+    """
+
+    model_path: str
+    n_ctx: int = 4096
+    n_gpu_layers: int | None = None
+    flash_attn: bool = False
+    kv_type: str = "f16"
+    n_threads: int | None = None
+    n_batch: int = 512
+    seed: int | None = None
+    chat_format: str | None = None  # None = detect from the GGUF
+    vocab_only: bool = False  # tokenizer and metadata only: enough to build prompts, not to generate
+    n_parallel: int = 2
+
+    @property
+    def total_kv_cells(self) -> int:
+        return self.n_ctx * self.n_parallel
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Sampling for one reply. ``temperature`` 0 is greedy; ``max_new_tokens`` 0 = until the context is full.
+
+    ``ignore_eos`` keeps generating past the end-of-text token (benchmarks, as llama-bench does).
+    """
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    max_new_tokens: int = 1024
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A conversation to answer (or, in plain format, text to continue).
+
+    ``prompt_tokens`` feeds token ids as they are instead of formatting ``messages`` (benchmarks, tracing).
+    """
+
+    messages: tuple[Message, ...]
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    context_policy: str = POLICY_ROLLING
+    chat_format: str | None = None  # None: the model's format; "plain" continues text with a chat model too
+    prompt_tokens: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """What one reply cost. Token rates are 0.0 when there was nothing to time.
+
+    ``time_to_first_token_s`` counts from submission (so it includes waiting for other requests);
+    ``queued_s`` is that waiting alone.
+    """
+
+    prompt_tokens: int
+    prompt_tokens_cached: int
+    prompt_tokens_evaluated: int
+    generated_tokens: int
+    time_to_first_token_s: float
+    prompt_tokens_per_s: float
+    generation_tokens_per_s: float
+    total_time_s: float
+    stop_reason: str
+    context_used: int
+    context_size: int
+    dropped_messages: int
+    queued_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SpeedSample:
+    """One timed run: prompt evaluation (until the first token) and generation after it."""
+
+    prompt_tokens: int
+    generated_tokens: int
+    prompt_seconds: float
+    decode_seconds: float
+    bare: bool = False
+
+    @property
+    def prompt_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def generation_tokens_per_s(self) -> float:
+        steps = self.generated_tokens - 1  # the first token belongs to the prompt phase
+        return steps / self.decode_seconds if self.decode_seconds > 0 and steps > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What was loaded, as llama.cpp sees it."""
+
+    path: str
+    name: str
+    architecture: str
+    chat_format: str
+    n_ctx: int
+    n_ctx_train: int
+    n_vocab: int
+    expert_count: int
+    expert_used_count: int
+    n_gpu_layers: int
+    file_size: int
+    notes: tuple[str, ...] = ()
+    n_layer: int = 0
+    n_parallel: int = 1
+    kv_cells: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class HostHealth:
+    """The engine host's own report: is its worker alive, what is it doing, what waits."""
+
+    alive: bool
+    model: str | None
+    active: int  # sequences being decoded now
+    queued: int  # requests waiting for a free sequence or KV room
+    cached_tokens: int  # tokens of finished sequences kept for prefix reuse
+    kv_cells: int
+    error: str = ""  # the last unexpected failure, if any
+
+    @property
+    def busy(self) -> bool:
+        return self.active > 0 or self.queued > 0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["busy"] = self.busy
+        return data

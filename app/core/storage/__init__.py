@@ -1,0 +1,1 @@
+"""What the app keeps: conversations, presets, settings and where files live."""
