@@ -685,6 +685,7 @@ class MainWindow(QMainWindow):
             self.chat_view.append_to_last(text)
 
     def _on_reply_finished(self, generation: ReplyTicket) -> None:
+        self._update_engine_status()
         self._reply_done()
         stats = generation.stats.to_json() if generation.stats else {}
         if self.conversation is not None:
