@@ -115,19 +115,10 @@ def run(args: argparse.Namespace) -> int:
         payload["results"] += [r.to_json() for r in results]
         if args.overhead:
             overhead = bench.measure_overhead(engine, generate_tokens=args.generate)
-            payload.setdefault("overhead", {})[model.name] = {
-                "ours_tokens_per_s": overhead.ours_tokens_per_s,
-                "bare_tokens_per_s": overhead.bare_tokens_per_s,
-                "ratio": round(overhead.ratio, 3),
-                "per_token_overhead_us": round(overhead.per_token_overhead_us, 1),
-            }
+            payload.setdefault("overhead", {})[model.name] = overhead.to_json()
         if args.parallel:
             payload.setdefault("parallel", {})[model.name] = {
-                str(f.streams): {
-                    "host_tokens_per_s": f.host_tokens_per_s,
-                    "bare_tokens_per_s": f.bare_tokens_per_s,
-                    "ratio": round(f.ratio, 3),
-                }
+                str(f.streams): f.to_json()
                 for f in bench.measure_batching(engine, generate_tokens=min(args.generate, 64))
             }
         engine.close()
@@ -171,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
             )
         for name, figures in payload.get("overhead", {}).items():
             print(
-                f"{name}: streaming path {figures['ours_tokens_per_s']} tok/s vs bare llama.cpp loop "
+                f"{name}: streaming path {figures['host_tokens_per_s']} tok/s vs bare llama.cpp loop "
                 f"{figures['bare_tokens_per_s']} tok/s -> ratio {figures['ratio']:.3f} (target >= 0.97), "
                 f"{figures['per_token_overhead_us']} us per token"
             )

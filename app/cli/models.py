@@ -98,8 +98,9 @@ def _entry_for(text: str, quant: str | None) -> catalog.CatalogEntry | None:
     if not chosen:
         from app.core.planning.fit import advise, device_for
         from app.core.planning.planner import PlanSettings
+        from app.core.runtime.types import LoadSettings
 
-        advice = advise(model, device_for(), PlanSettings())
+        advice = advise(model, device_for(), PlanSettings(n_parallel=LoadSettings.n_parallel))
         if advice.recommended is None:
             raise DeskError(f"No quantization of {model.name} fits this machine; see `mixtral-desk plan {model.id}`.")
         print(f"Choosing {advice.recommended.quant.quant}, the best fit for this machine.", file=sys.stderr)

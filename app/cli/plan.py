@@ -13,7 +13,7 @@ from app.core.models import catalog
 from app.core.models.gguf import GGUFError
 from app.core.planning.fit import WhatIf, advise, device_for, plan_entry, plan_file
 from app.core.planning.planner import PlanSettings, check_kv_settings
-from app.core.runtime.types import KV_CACHE_TYPES
+from app.core.runtime.types import KV_CACHE_TYPES, LoadSettings
 
 
 def add_planning_options(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +22,14 @@ def add_planning_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ctx", type=int, default=4096, metavar="N", help="context length (default 4096)")
     group.add_argument("--kv", choices=sorted(KV_CACHE_TYPES), default="f16", help="KV cache type")
     group.add_argument("--flash-attn", action="store_true", help="plan with flash attention")
+    group.add_argument(
+        "--parallel",
+        type=int,
+        default=LoadSettings.n_parallel,
+        metavar="N",
+        help=f"conversations served at once, each with its own context (default {LoadSettings.n_parallel}: "
+        "the chat and one API client; `serve --parallel`)",
+    )
     group.add_argument("--gpu-layers", type=int, default=None, metavar="N", help="plan this many GPU layers (-1 = all)")
     what_if = parser.add_argument_group("what-if machine (plan before you buy)")
     what_if.add_argument("--assume-vram", metavar="SIZE", help="GPU memory, e.g. 24GiB")
@@ -40,7 +48,15 @@ def planning_inputs(args: argparse.Namespace) -> tuple[Any, PlanSettings]:
     if args.ctx < 64:
         raise DeskError("The context must be at least 64 tokens.")
     check_kv_settings(args.kv, args.flash_attn)
-    settings = PlanSettings(n_ctx=args.ctx, kv_type=args.kv, flash_attn=args.flash_attn, gpu_layers=args.gpu_layers)
+    if args.parallel < 1:
+        raise DeskError("--parallel must be at least 1.")
+    settings = PlanSettings(
+        n_ctx=args.ctx,
+        kv_type=args.kv,
+        flash_attn=args.flash_attn,
+        gpu_layers=args.gpu_layers,
+        n_parallel=args.parallel,
+    )
     return device_for(what_if), settings
 
 

@@ -481,7 +481,7 @@ class MainWindow(QMainWindow):
         try:
             device = device_for()
             for n_ctx in (self.settings.context_length // 2, self.settings.context_length // 4, 2048):
-                plan = plan_file(path, device, PlanSettings(n_ctx=max(512, n_ctx)))
+                plan = plan_file(path, device, PlanSettings(n_ctx=max(512, n_ctx), n_parallel=LoadSettings.n_parallel))
                 if plan.verdict != VERDICT_TOO_BIG:
                     return f"The planner suggests a {max(512, n_ctx)}-token context: {plan.summary()}"
         except Exception:

@@ -35,6 +35,7 @@ from app.core.models.catalog import CatalogEntry
 from app.core.models.downloads import Progress, spec_for_catalog_entry
 from app.core.planning.planner import VERDICT_TOO_BIG, Device, MemoryPlan, PlanSettings, recommend
 from app.core.planning.text import human_bytes, short_verdict, speed
+from app.core.runtime.types import LoadSettings
 from app.core.storage import paths
 from app.gui.downloads import DownloadService
 
@@ -328,7 +329,10 @@ class ModelManagerWindow(QWidget):
 
     def settings(self) -> PlanSettings:
         kv = self.kv.currentText()
-        return PlanSettings(n_ctx=self.context.value(), kv_type=kv, flash_attn=kv != "f16")
+        # the window loads with room for its own chat and one API client (LoadSettings.n_parallel)
+        return PlanSettings(
+            n_ctx=self.context.value(), kv_type=kv, flash_attn=kv != "f16", n_parallel=LoadSettings.n_parallel
+        )
 
     def replan(self) -> None:
         """Recompute every row's verdict for the current settings, off the GUI thread."""

@@ -233,7 +233,10 @@ def test_plan_a_local_file(tiny_v1: dict[str, Path]) -> None:
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["verdict"] == "cpu_only" and plan["source"] == "exact from GGUF header"
-    assert plan["ram"]["kv_cache"] == 2 * 8192 * 2 * 32 * 2 * 2  # layers x ctx x kv heads x dim x (K+V) x f16
+    one_conversation = 2 * 8192 * 2 * 32 * 2 * 2  # layers x ctx x kv heads x dim x (K+V) x f16
+    assert plan["ram"]["kv_cache"] == 2 * one_conversation  # by default the chat and one API client
+    alone = json.loads(run_cli("plan", str(tiny_v1["Q4_K_M"]), "--ctx", "8192", "--parallel", "1", "--json").stdout)
+    assert alone["ram"]["kv_cache"] == one_conversation
     human = run_cli("plan", str(tiny_v1["Q4_K_M"]))
     assert "Runs on the CPU only" in human.stdout and "KV cache" in human.stdout
 

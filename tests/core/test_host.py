@@ -74,12 +74,19 @@ def test_demo_model_answers_a_question_end_to_end(demo_engine: EngineHost) -> No
     assert stats.context_used == stats.prompt_tokens + stats.generated_tokens
 
 
-def test_stream_yields_many_deltas_before_the_end(tiny_engine: EngineHost) -> None:
-    generation = tiny_engine.generate(GenerationRequest((M("user", "Go"),), GREEDY))
-    deltas = list(generation)
-    assert len(deltas) > 5
+def test_text_streams_in_rounds_while_the_reply_runs(demo_engine: EngineHost) -> None:
+    sampling = SamplingSettings(temperature=0.0, repeat_penalty=1.0, max_new_tokens=200, ignore_eos=True)
+    generation = demo_engine.generate(GenerationRequest((M("user", "Tell me a story."),), sampling))
+    stream = iter(generation)
+    deltas = [next(stream)]  # the first token's text comes at once...
+    still_running_at_first = not generation.finished.is_set()
+    deltas.append(next(stream))  # ...and later text in rounds, long before 200 tokens are done
+    still_running_at_second = not generation.finished.is_set()
+    deltas += list(stream)
+    assert still_running_at_first and still_running_at_second
     assert "".join(deltas) == generation.text
-    assert generation.stats is not None and generation.stats.generated_tokens >= len(deltas)
+    assert generation.stats is not None and generation.stats.generated_tokens == 200
+    assert 3 <= len(deltas) < 200  # several tokens per delta: consumers are not woken for every token
 
 
 def test_cancel_from_another_thread_stops_within_one_token(tiny_engine: EngineHost) -> None:
@@ -345,6 +352,52 @@ def test_health_reports_running_and_waiting_requests(tiny_v1: dict[str, Path], h
     second.run_to_end()
     assert second.stats is not None and second.stats.stop_reason == STOP_CANCELLED
     assert host.health().active == 0
+
+
+def test_a_queued_request_cancelled_while_every_sequence_is_busy_ends_at_once(
+    tiny_v1: dict[str, Path], host: EngineHost
+) -> None:
+    host.load(LoadSettings(model_path=str(tiny_v1["Q4_0"]), n_ctx=256, n_parallel=1))
+    endless = SamplingSettings(temperature=1.0, max_new_tokens=0, ignore_eos=True)
+    running = host.generate(GenerationRequest((M("user", "one"),), endless))
+    queued = host.generate(GenerationRequest((M("user", "two"),), endless))
+    next(iter(running))
+    queued.cancel()
+    assert queued.wait(30) and not running.finished.is_set()  # it did not wait for the running reply
+    assert queued.stats is not None and queued.stats.stop_reason == STOP_CANCELLED
+    assert queued.tokens_generated == 0 and queued.stats.prompt_tokens_evaluated == 0
+    running.cancel()
+    running.run_to_end()
+
+
+def test_a_continued_text_moves_next_to_the_running_replies_and_answers_the_same(
+    demo_model: Path, host: EngineHost
+) -> None:
+    host.load(LoadSettings(model_path=str(demo_model), n_ctx=512, n_parallel=4))
+    moves: list[tuple[int, int]] = []
+    context = host.with_model(lambda loaded: loaded.context)
+    move = context.move_sequence
+    context.move_sequence = lambda source, target: (moves.append((source, target)), move(source, target))[1]
+
+    def text(words: str) -> tuple[int, ...]:
+        return tuple(host.tokenize(words))
+
+    def plain(tokens: tuple[int, ...], sampling: SamplingSettings = GREEDY) -> GenerationRequest:
+        return GenerationRequest((), sampling, chat_format=FORMAT_PLAIN, prompt_tokens=tokens)
+
+    story = text("Once upon a time, in a small village by the sea, there lived")
+    expected = host.generate(plain(story)).run_to_end()  # its cache: sequence 0
+    host.generate(plain(text("Photosynthesis is the process by which"))).run_to_end()  # sequence 1
+    host.generate(plain(text("import numpy as np"))).run_to_end()  # sequence 2
+    endless = SamplingSettings(temperature=1.0, max_new_tokens=0, ignore_eos=True)
+    running = host.generate(plain(text("Count: one, two, three,"), endless))  # sequence 3
+    next(iter(running))
+    again = host.generate(plain(story))  # continues sequence 0, which is not next to 3
+    assert again.run_to_end() == expected
+    assert moves == [(0, 2)]  # its cache was copied next to the running reply, not evaluated again
+    assert again.stats is not None and again.stats.prompt_tokens_cached == len(story) - 1
+    running.cancel()
+    running.run_to_end()
 
 
 def test_a_long_prompt_is_prefilled_in_chunks_while_another_stream_decodes(demo_model: Path, host: EngineHost) -> None:

@@ -170,6 +170,17 @@ def test_real_loads_correct_later_plans(tiny_v1: dict[str, Path], host: EngineHo
     assert f"{plan.ram.compute / MIB:.2f}" in reported
 
 
+def test_the_plan_counts_the_kv_of_every_parallel_conversation(tiny_v1: dict[str, Path], host: EngineHost) -> None:
+    device = Device("cpu", "CPU", 0, 0, 64 * GIB, 64 * GIB, 0.0, 40.0)
+    one = fit.plan_file(tiny_v1["Q4_0"], device, PlanSettings(n_ctx=2048))
+    two = fit.plan_file(tiny_v1["Q4_0"], device, PlanSettings(n_ctx=2048, n_parallel=2))
+    assert two.ram.kv_cache == 2 * one.ram.kv_cache
+    with llama_log.capture() as lines:
+        host.load(LoadSettings(model_path=str(tiny_v1["Q4_0"]), n_ctx=2048, n_parallel=2))
+    reported = [line for line in lines if "KV buffer size" in line]
+    assert reported and f"{two.ram.kv_cache / MIB:.2f}" in reported[0]  # what llama.cpp allocated
+
+
 def test_hardware_probe_fails_soft_without_a_gpu() -> None:
     report = hardware.probe()
     assert report.ram_total_bytes > 0 and report.cpu_count >= 1

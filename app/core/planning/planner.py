@@ -200,6 +200,11 @@ class PlanSettings:
     flash_attn: bool = False
     n_batch: int = 512
     gpu_layers: int | None = None
+    n_parallel: int = 1  # conversations served at once; each has its own n_ctx KV cells
+
+    @property
+    def kv_cells(self) -> int:
+        return self.n_ctx * max(1, self.n_parallel)
 
     @property
     def n_ubatch(self) -> int:
@@ -395,7 +400,7 @@ def _plan_for_layers(
 ) -> MemoryPlan:
     n = shape.n_layer
     gpu_w, cpu_w, gpu_a, cpu_a = _split(shape, gpu_layers)
-    kv_total = shape.kv_bytes(settings.n_ctx, settings.kv_type)
+    kv_total = shape.kv_bytes(settings.kv_cells, settings.kv_type)
     kv_gpu = kv_total * min(gpu_layers, n) // max(n, 1)
     compute = compute_buffer_bytes(shape, settings)
     gpu_compute = compute if gpu_layers > 0 else 0
@@ -559,7 +564,7 @@ class MeasurementStore:
                 str(model_path.resolve()),
                 stat.st_size,
                 stat.st_mtime_ns,
-                padded_context(settings.n_ctx),
+                padded_context(settings.kv_cells),
                 settings.kv_type,
                 settings.flash_attn,
                 settings.n_ubatch,

@@ -6,10 +6,13 @@ Mixtral-shaped test models.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import resource
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -22,6 +25,7 @@ from app.core.prompts import FORMAT_PLAIN
 from app.core.runtime.host import EngineHost
 from app.core.runtime.loading import LoadedModel
 from app.core.runtime.native import Batch, SamplerChain
+from app.core.runtime.tickets import ReplyTicket
 from app.core.runtime.tuning import TUNED_FILE
 from app.core.runtime.types import GenerationRequest, LoadSettings, SamplingSettings, SpeedSample
 from app.core.storage import paths
@@ -219,60 +223,86 @@ def run_bench(
 
 
 @dataclass(frozen=True)
-class Overhead:
-    """Generation speed through the host's streaming path relative to the bare C-API loop, in one run."""
+class PairedRuns:
+    """Generation tokens/s through the host and of the bare C-API loop, run in pairs one right after the other
+    (``streams`` concurrent streams each). Each pair's ratio compares runs seconds apart, so the machine's drift
+    hits both sides; the figure is the median of the pair ratios, with their range."""
 
-    ours_tokens_per_s: float
-    bare_tokens_per_s: float
+    streams: int
+    pairs: tuple[tuple[float, float], ...]  # (host, bare) tokens/s
+
+    @property
+    def host_tokens_per_s(self) -> float:
+        return round(statistics.median(h for h, _ in self.pairs), 2)
+
+    @property
+    def bare_tokens_per_s(self) -> float:
+        return round(statistics.median(b for _, b in self.pairs), 2)
+
+    @property
+    def ratios(self) -> list[float]:
+        return [h / b for h, b in self.pairs if b > 0]
 
     @property
     def ratio(self) -> float:
-        return self.ours_tokens_per_s / self.bare_tokens_per_s if self.bare_tokens_per_s else 0.0
+        """Median of host / bare over the pairs (1.0 = as fast as bare llama.cpp)."""
+        return statistics.median(self.ratios) if self.ratios else 0.0
 
     @property
     def per_token_overhead_us(self) -> float:
-        """Extra time per token on our path, in microseconds (negative: within noise, ours was faster)."""
-        if not self.ours_tokens_per_s or not self.bare_tokens_per_s:
-            return 0.0
-        return (1 / self.ours_tokens_per_s - 1 / self.bare_tokens_per_s) * 1e6
+        """Median extra time per generated token on the host's path, in microseconds (negative: within noise)."""
+        extra = [(1 / h - 1 / b) * 1e6 for h, b in self.pairs if h > 0 and b > 0]
+        return statistics.median(extra) if extra else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        ratios = self.ratios
+        return {
+            "streams": self.streams,
+            "host_tokens_per_s": self.host_tokens_per_s,
+            "bare_tokens_per_s": self.bare_tokens_per_s,
+            "ratio": round(self.ratio, 3),
+            "ratio_low": round(min(ratios), 3) if ratios else 0.0,
+            "ratio_high": round(max(ratios), 3) if ratios else 0.0,
+            "per_token_overhead_us": round(self.per_token_overhead_us, 1),
+            "pairs": len(self.pairs),
+        }
 
 
-def measure_overhead(host: EngineHost, *, generate_tokens: int = 128, repeats: int = 5) -> Overhead:
-    """Alternate bare and streaming runs (so drift hits both) and compare median generation speed."""
+def measure_overhead(host: EngineHost, *, generate_tokens: int = 128, repeats: int = 5) -> PairedRuns:
+    """One stream: a bare run then a streaming run (a client thread reading the ticket), ``repeats`` pairs."""
     measure_speed(host, 32, 4, bare=True)
     measure_speed(host, 32, 4)
-    ours, bare = [], []
+    pairs = []
     for _ in range(repeats):
-        bare.append(measure_speed(host, 16, generate_tokens, bare=True).generation_tokens_per_s)
-        ours.append(measure_speed(host, 16, generate_tokens).generation_tokens_per_s)
-    return Overhead(round(statistics.median(ours), 2), round(statistics.median(bare), 2))
+        bare = measure_speed(host, 16, generate_tokens, bare=True).generation_tokens_per_s
+        ours = measure_speed(host, 16, generate_tokens).generation_tokens_per_s
+        pairs.append((ours, bare))
+    return PairedRuns(1, tuple(pairs))
 
 
-@dataclass(frozen=True)
-class ParallelFigure:
-    """Aggregate generation tokens/s for N concurrent streams: through the host, and the bare ceiling."""
-
-    streams: int
-    host_tokens_per_s: float
-    bare_tokens_per_s: float
-
-    @property
-    def ratio(self) -> float:
-        return self.host_tokens_per_s / self.bare_tokens_per_s if self.bare_tokens_per_s else 0.0
+def read_together(tickets: Sequence[ReplyTicket]) -> None:
+    """Read every ticket's stream to its end on this one thread, woken by their listeners: how the API
+    server's event loop reads its concurrent streams."""
+    ready = threading.Event()
+    reading = list(tickets)
+    for ticket in reading:
+        ticket.set_listener(ready.set)
+    while reading:
+        ready.wait()
+        ready.clear()
+        for ticket in list(reading):
+            with contextlib.suppress(queue.Empty):
+                while ticket.next_delta(0) is not None:
+                    pass
+                reading.remove(ticket)
 
 
 def host_parallel_rate(host: EngineHost, streams: int, prompt: tuple[int, ...], generate_tokens: int) -> float:
-    """N tickets submitted at once, consumed by N client threads: aggregate tokens/s after the first tokens."""
-    import threading
-
+    """N tickets submitted at once and read by one client thread: aggregate tokens/s after the first tokens."""
     host.clear_cache()
     request = bench_request(prompt, generate_tokens)
     tickets = [host.generate(request) for _ in range(streams)]
-    readers = [threading.Thread(target=ticket.run_to_end) for ticket in tickets]
-    for reader in readers:
-        reader.start()
-    for reader in readers:
-        reader.join()
+    read_together(tickets)
     firsts, ends = [], []
     for ticket in tickets:
         stats = ticket.stats
@@ -290,19 +320,18 @@ def measure_batching(
     prompt_tokens: int = 32,
     generate_tokens: int = 64,
     repeats: int = 3,
-) -> list[ParallelFigure]:
-    """For each N: the host with N concurrent streams against the bare N-sequence loop, interleaved."""
+) -> list[PairedRuns]:
+    """For each N: the bare N-sequence loop, then N concurrent streams through the host, ``repeats`` pairs."""
     prompt = filler_prompt(host, prompt_tokens)
     figures = []
     for n in counts:
-        bare, ours = [], []
+        pairs = []
         for _ in range(repeats):
             timing = host.with_model(
                 partial(bare_decode, prompt=prompt, generate_tokens=generate_tokens, sequences=n), exclusive=True
             )
-            bare.append(timing.tokens_per_s)
-            ours.append(host_parallel_rate(host, n, prompt, generate_tokens))
-        figures.append(ParallelFigure(n, round(statistics.median(ours), 2), round(statistics.median(bare), 2)))
+            pairs.append((host_parallel_rate(host, n, prompt, generate_tokens), timing.tokens_per_s))
+        figures.append(PairedRuns(n, tuple(pairs)))
     return figures
 
 

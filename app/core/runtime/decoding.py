@@ -109,6 +109,7 @@ class RunningReply:
         "sequence",
         "stops",
         "strip_leading",
+        "submitted_at",
         "ticket",
     )
 
@@ -123,6 +124,7 @@ class RunningReply:
         n_ctx: int,
         is_chat: bool,
         prompt: FittedPrompt | None,
+        submitted_at: float,
     ) -> None:
         sampling = ticket.request.sampling
         self.ticket = ticket
@@ -140,6 +142,7 @@ class RunningReply:
         self.strip_leading = is_chat
         self.last_token = -1
         self.generated = 0
+        self.submitted_at = submitted_at
         self.admitted_at = time.perf_counter()
         self.first_token_at = 0.0
 
@@ -148,7 +151,7 @@ class RunningReply:
         ticket = self.ticket
         if not self.first_token_at:
             self.first_token_at = time.perf_counter()
-        if ticket.cancelled.is_set():
+        if ticket.cancelled:
             return STOP_CANCELLED
         if not self.ignore_eos and vocab.is_end_of_generation(token):
             return STOP_EOS
@@ -159,7 +162,7 @@ class RunningReply:
             text = text.lstrip()
             self.strip_leading = not text
         if text:
-            ticket.push(text)
+            ticket.push(text, coalesce=True)
         if stopped:
             return STOP_STRING
         if self.max_new and self.generated >= self.max_new:
@@ -179,11 +182,12 @@ class RunningReply:
         if tail:
             self.ticket.push(tail)
 
-    def stats(self, reason: str, submitted_at: float) -> GenerationStats:
+    def stats(self, reason: str) -> GenerationStats:
+        submitted_at = self.submitted_at
         end = time.perf_counter()
         first = self.first_token_at or end
         prefill = first - self.admitted_at
-        evaluated = self.prompt_tokens - self.n_reused
+        evaluated = self.prompt_tokens - self.n_reused - len(self.pending)  # less when cancelled mid-prompt
         decode = end - self.first_token_at if self.first_token_at else 0.0
         return GenerationStats(
             prompt_tokens=self.prompt_tokens,

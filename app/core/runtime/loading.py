@@ -5,6 +5,7 @@ user-facing :class:`ModelLoadError`.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -167,6 +168,19 @@ def validate_settings(settings: LoadSettings) -> None:
         raise DeskError(f"Unknown prompt format {settings.chat_format!r}; use one of {', '.join(FORMATS)}.")
 
 
+def default_thread_counts() -> tuple[int, int]:
+    """Threads for generation and for prompt batches when neither the user nor a tuning run chose: one per
+    physical core for generation (hyper-threads only slow it down), every usable core for prompts.
+
+    llama.cpp's own default is a fixed 4, which on a 2-core machine runs three times slower than 2.
+    """
+    import psutil
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    physical = psutil.cpu_count(logical=False) or usable
+    return max(1, min(physical, usable)), max(1, usable)
+
+
 def open_model(settings: LoadSettings, *, should_abort: Callable[[], bool] | None = None) -> LoadedModel:
     """Load ``settings.model_path`` and create its context.
 
@@ -185,7 +199,9 @@ def open_model(settings: LoadSettings, *, should_abort: Callable[[], bool] | Non
     notes: list[str] = []
     offload = supports_gpu_offload() and not settings.vocab_only
     full_offload = max(header.arch_int("block_count"), 0) + 1
-    plan_settings = PlanSettings(settings.total_kv_cells, settings.kv_type, settings.flash_attn, settings.n_batch)
+    plan_settings = PlanSettings(
+        settings.n_ctx, settings.kv_type, settings.flash_attn, settings.n_batch, n_parallel=settings.n_parallel
+    )
     tuned = {} if settings.vocab_only else tuned_settings(path)  # what `bench --tune` found fastest
     if not offload:
         gpu_layers = 0
@@ -203,6 +219,9 @@ def open_model(settings: LoadSettings, *, should_abort: Callable[[], bool] | Non
     if not settings.vocab_only and gpu_layers == 0:
         _check_kv_fits_in_ram(path, header, settings)
     threads = settings.n_threads or tuned.get("n_threads")
+    threads_batch = threads
+    if threads is None:
+        threads, threads_batch = default_thread_counts()
     n_batch = settings.n_batch
     if settings.n_threads is None and settings.n_batch == LoadSettings.n_batch and "n_batch" in tuned:
         n_batch = tuned["n_batch"]
@@ -223,6 +242,7 @@ def open_model(settings: LoadSettings, *, should_abort: Callable[[], bool] | Non
                             flash_attn=settings.flash_attn,
                             kv_type=settings.kv_type,
                             n_threads=threads,
+                            n_threads_batch=threads_batch,
                         )
                     except RuntimeError:
                         model.close()

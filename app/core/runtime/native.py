@@ -120,11 +120,12 @@ class NativeContext:
         flash_attn: bool = False,
         kv_type: str = "f16",
         n_threads: int | None = None,
+        n_threads_batch: int | None = None,
         cb_eval: Any = None,
     ) -> None:
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx
-        params.n_batch = n_batch
+        params.n_batch = max(n_batch, n_seq_max)  # a decode step holds one token of every sequence
         params.n_ubatch = min(n_batch, 512)
         params.n_seq_max = n_seq_max
         # one KV stream per sequence: a sequence's attention never depends on where others' cells lie, so a
@@ -137,7 +138,9 @@ class NativeContext:
         params.type_k = params.type_v = KV_CACHE_TYPES[kv_type]
         params.no_perf = True
         if n_threads:
-            params.n_threads = params.n_threads_batch = n_threads
+            params.n_threads = n_threads
+        if n_threads_batch or n_threads:
+            params.n_threads_batch = n_threads_batch or n_threads
         if cb_eval is not None:
             params.cb_eval = cb_eval
             params.cb_eval_user_data = None
@@ -158,6 +161,13 @@ class NativeContext:
     def forget(self, sequence: int, start: int = 0) -> None:
         """Drop a sequence's KV cells from position ``start`` on."""
         llama_cpp.llama_memory_seq_rm(self.memory, sequence, start, -1)
+
+    def move_sequence(self, source: int, target: int) -> None:
+        """Move ``source``'s KV cells to sequence ``target`` (replacing what it held). With one KV stream per
+        sequence llama.cpp copies the whole stream at the next decode."""
+        llama_cpp.llama_memory_seq_rm(self.memory, target, -1, -1)
+        llama_cpp.llama_memory_seq_cp(self.memory, source, target, -1, -1)
+        llama_cpp.llama_memory_seq_rm(self.memory, source, -1, -1)
 
     def clear(self) -> None:
         llama_cpp.llama_memory_clear(self.memory, True)

@@ -184,7 +184,7 @@ class RemoteEngine:
         reason = STOP_EOS
         usage: Any = None
         pieces = 0
-        if ticket.cancelled.is_set():
+        if ticket.cancelled:
             reason = STOP_CANCELLED
         else:
             stream = self.client().chat.completions.create(
@@ -200,7 +200,7 @@ class RemoteEngine:
             )
             try:
                 for chunk in stream:
-                    if ticket.cancelled.is_set():
+                    if ticket.cancelled:
                         reason = STOP_CANCELLED
                         break
                     if chunk.usage is not None:
