@@ -49,7 +49,8 @@ def plan_report(plan: MemoryPlan) -> str:
     """The full breakdown of one plan."""
     settings = plan.settings
     lines = [
-        f"{plan.model} on {plan.device} ({plan.backend}), context {settings.n_ctx}, KV {settings.kv_type}"
+        f"{plan.model} on {plan.device} ({plan.backend}), context {settings.n_ctx}"
+        f"{f' x {settings.n_parallel} conversations' if settings.n_parallel > 1 else ''}, KV {settings.kv_type}"
         f"{', flash attention' if settings.flash_attn else ''} - {plan.source}",
         plan.summary(),
         "",

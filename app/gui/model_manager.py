@@ -211,6 +211,10 @@ class ModelManagerWindow(QWidget):
         self.hardware_label.setWordWrap(True)
         self.context = QSpinBox(minimum=512, maximum=131072, singleStep=1024, value=4096)
         self.context.setAccessibleName("Context length")
+        self.context.setToolTip(
+            f"Tokens per conversation. Fits are planned for {LoadSettings.n_parallel} conversations at once "
+            "(your chat and one API client), each with its own KV cache."
+        )
         self.kv = QComboBox()
         self.kv.addItems(["f16", "q8_0", "q4_0"])
         self.kv.setAccessibleName("KV cache type")

@@ -239,6 +239,7 @@ def test_plan_a_local_file(tiny_v1: dict[str, Path]) -> None:
     assert alone["ram"]["kv_cache"] == one_conversation
     human = run_cli("plan", str(tiny_v1["Q4_K_M"]))
     assert "Runs on the CPU only" in human.stdout and "KV cache" in human.stdout
+    assert "context 4096 x 2 conversations" in human.stdout
 
 
 def test_plan_every_quant_for_an_assumed_4090() -> None:
