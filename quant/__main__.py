@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands.add_parser("requantize", help="requantize a GGUF with llama.cpp's quantizer", add_help=False)
     commands.add_parser(
+        "full", help="full-size Mixtral GGUFs whose data is a sparse hole (shape-true test files)", add_help=False
+    )
+    commands.add_parser(
         "eval", help="perplexity, KL divergence and top-1 agreement against a reference", add_help=False
     )
     if argv is None:
@@ -53,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         "download-bench": "quant.download_bench",
         "host-bench": "quant.host_bench",
         "requantize": "quant.requantize",
+        "full": "quant.full",
         "eval": "quant.evaluate",
     }
     if argv and argv[0] in scripts:

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,44 +68,42 @@ def quant_path(out_dir: Path, spec: TinyMixtralSpec, quant: str) -> Path:
     return out_dir / f"mixtral-tiny-{spec.tokenizer}-{quant}.gguf"
 
 
-def write_f16(spec: TinyMixtralSpec, path: Path, split_max_tensors: int = 0) -> Path:
-    """Write the model described by ``spec`` to ``path`` (atomically) and return the path.
-
-    With ``split_max_tensors`` the model is written as parts of at most that many tensors, named
-    ``STEM-0000k-of-0000n.gguf`` beside ``path``; the first part's path is returned.
-    """
-    import gguf
-
-    vocab = read_sentencepiece_vocab(mistral_tokenizer_path(spec.tokenizer))
-    n_vocab = len(vocab.pieces)
-    head_dim = spec.n_embd // spec.n_head
-    n_embd_kv = head_dim * spec.n_head_kv
-    rng = np.random.default_rng(spec.seed)
-
-    pool = (rng.standard_normal(1 << 24, dtype=np.float32) * 0.02).astype(np.float16) if spec.pooled_random else None
-
-    def random_f16(shape: tuple[int, ...]) -> np.ndarray:
-        if pool is None:
-            return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
-        count = int(np.prod(shape))
-        start = int(rng.integers(0, pool.size))
-        return np.resize(np.roll(pool, -start), count).reshape(shape)
-
-    def matrix(name: str, *shape: int) -> None:
-        if spec.zero_weights_type is None:
-            writer.add_tensor(name, random_f16(shape))
+def tensor_layout(spec: TinyMixtralSpec, n_vocab: int) -> list[tuple[str, tuple[int, ...], str]]:
+    """Every tensor of a Mixtral-architecture model as (name, numpy shape, kind); kind is "matrix" (written
+    in the model's weight type), "norm" (F32 ones) or "router" (the F32 expert gate)."""
+    n_embd_kv = spec.n_embd // spec.n_head * spec.n_head_kv
+    tensors: list[tuple[str, tuple[int, ...], str]] = [("token_embd.weight", (n_vocab, spec.n_embd), "matrix")]
+    for layer in range(spec.n_layer):
+        p = f"blk.{layer}."
+        tensors += [
+            (p + "attn_norm.weight", (spec.n_embd,), "norm"),
+            (p + "attn_q.weight", (spec.n_embd, spec.n_embd), "matrix"),
+            (p + "attn_k.weight", (n_embd_kv, spec.n_embd), "matrix"),
+            (p + "attn_v.weight", (n_embd_kv, spec.n_embd), "matrix"),
+            (p + "attn_output.weight", (spec.n_embd, spec.n_embd), "matrix"),
+            (p + "ffn_norm.weight", (spec.n_embd,), "norm"),
+            (p + "ffn_gate_inp.weight", (spec.n_expert, spec.n_embd), "router"),
+        ]
+        if spec.legacy_experts:
+            for expert in range(spec.n_expert):
+                tensors += [
+                    (p + f"ffn_gate.{expert}.weight", (spec.n_ff, spec.n_embd), "matrix"),
+                    (p + f"ffn_down.{expert}.weight", (spec.n_embd, spec.n_ff), "matrix"),
+                    (p + f"ffn_up.{expert}.weight", (spec.n_ff, spec.n_embd), "matrix"),
+                ]
         else:
-            zeros = np.zeros(gguf.quant_shape_to_byte_shape(shape, zero_type), dtype=np.uint8)
-            writer.add_tensor(name, zeros, raw_dtype=zero_type)
+            tensors += [
+                (p + "ffn_gate_exps.weight", (spec.n_expert, spec.n_ff, spec.n_embd), "matrix"),
+                (p + "ffn_down_exps.weight", (spec.n_expert, spec.n_embd, spec.n_ff), "matrix"),
+                (p + "ffn_up_exps.weight", (spec.n_expert, spec.n_ff, spec.n_embd), "matrix"),
+            ]
+    tensors += [("output_norm.weight", (spec.n_embd,), "norm"), ("output.weight", (n_vocab, spec.n_embd), "matrix")]
+    return tensors
 
-    def ones(n: int) -> np.ndarray:
-        return np.ones(n, dtype=np.float32)
 
-    zero_type = gguf.GGMLQuantizationType[spec.zero_weights_type or "F16"]
-    arch = spec.architecture
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=path.parent))
-    writer = gguf.GGUFWriter(str(staging / path.name), arch, split_max_tensors=split_max_tensors)
+def write_metadata(writer: Any, spec: TinyMixtralSpec, vocab: Any, file_type: int) -> None:
+    """The Mixtral hyperparameters and Mistral's tokenizer, as llama.cpp's converter writes them."""
+    head_dim = spec.n_embd // spec.n_head
     writer.add_name(spec.display_name)
     writer.add_context_length(spec.n_ctx_train)
     writer.add_embedding_length(spec.n_embd)
@@ -117,8 +116,8 @@ def write_f16(spec: TinyMixtralSpec, path: Path, split_max_tensors: int = 0) -> 
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_expert_count(spec.n_expert)
     writer.add_expert_used_count(spec.n_expert_used)
-    writer.add_vocab_size(n_vocab)
-    writer.add_file_type(1 if spec.zero_weights_type is None else 2)  # MOSTLY_F16 / MOSTLY_Q4_0
+    writer.add_vocab_size(len(vocab.pieces))
+    writer.add_file_type(file_type)
     writer.add_tokenizer_model("llama")
     writer.add_token_list(vocab.pieces)
     writer.add_token_scores(vocab.scores)
@@ -129,30 +128,42 @@ def write_f16(spec: TinyMixtralSpec, path: Path, split_max_tensors: int = 0) -> 
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
 
-    matrix("token_embd.weight", n_vocab, spec.n_embd)
-    for layer in range(spec.n_layer):
-        p = f"blk.{layer}."
-        writer.add_tensor(p + "attn_norm.weight", ones(spec.n_embd))
-        matrix(p + "attn_q.weight", spec.n_embd, spec.n_embd)
-        matrix(p + "attn_k.weight", n_embd_kv, spec.n_embd)
-        matrix(p + "attn_v.weight", n_embd_kv, spec.n_embd)
-        matrix(p + "attn_output.weight", spec.n_embd, spec.n_embd)
-        writer.add_tensor(p + "ffn_norm.weight", ones(spec.n_embd))
-        writer.add_tensor(
-            p + "ffn_gate_inp.weight",
-            (rng.standard_normal((spec.n_expert, spec.n_embd)) * 0.5).astype(np.float32),
-        )
-        if spec.legacy_experts:
-            for expert in range(spec.n_expert):
-                matrix(p + f"ffn_gate.{expert}.weight", spec.n_ff, spec.n_embd)
-                matrix(p + f"ffn_down.{expert}.weight", spec.n_embd, spec.n_ff)
-                matrix(p + f"ffn_up.{expert}.weight", spec.n_ff, spec.n_embd)
+
+def write_f16(spec: TinyMixtralSpec, path: Path, split_max_tensors: int = 0) -> Path:
+    """Write the model described by ``spec`` to ``path`` (atomically) and return the path.
+
+    With ``split_max_tensors`` the model is written as parts of at most that many tensors, named
+    ``STEM-0000k-of-0000n.gguf`` beside ``path``; the first part's path is returned.
+    """
+    import gguf
+
+    vocab = read_sentencepiece_vocab(mistral_tokenizer_path(spec.tokenizer))
+    rng = np.random.default_rng(spec.seed)
+
+    pool = (rng.standard_normal(1 << 24, dtype=np.float32) * 0.02).astype(np.float16) if spec.pooled_random else None
+
+    def random_f16(shape: tuple[int, ...]) -> np.ndarray:
+        if pool is None:
+            return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
+        count = int(np.prod(shape))
+        start = int(rng.integers(0, pool.size))
+        return np.resize(np.roll(pool, -start), count).reshape(shape)
+
+    zero_type = gguf.GGMLQuantizationType[spec.zero_weights_type or "F16"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=path.parent))
+    writer = gguf.GGUFWriter(str(staging / path.name), spec.architecture, split_max_tensors=split_max_tensors)
+    write_metadata(writer, spec, vocab, 1 if spec.zero_weights_type is None else 2)  # MOSTLY_F16 / MOSTLY_Q4_0
+    for name, shape, kind in tensor_layout(spec, len(vocab.pieces)):
+        if kind == "norm":
+            writer.add_tensor(name, np.ones(shape, dtype=np.float32))
+        elif kind == "router":
+            writer.add_tensor(name, (rng.standard_normal(shape) * 0.5).astype(np.float32))
+        elif spec.zero_weights_type is None:
+            writer.add_tensor(name, random_f16(shape))
         else:
-            matrix(p + "ffn_gate_exps.weight", spec.n_expert, spec.n_ff, spec.n_embd)
-            matrix(p + "ffn_down_exps.weight", spec.n_expert, spec.n_embd, spec.n_ff)
-            matrix(p + "ffn_up_exps.weight", spec.n_expert, spec.n_ff, spec.n_embd)
-    writer.add_tensor("output_norm.weight", ones(spec.n_embd))
-    matrix("output.weight", n_vocab, spec.n_embd)
+            zeros = np.zeros(gguf.quant_shape_to_byte_shape(shape, zero_type), dtype=np.uint8)
+            writer.add_tensor(name, zeros, raw_dtype=zero_type)
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -1,0 +1,170 @@
+"""Full-size Mixtral GGUFs that cost no disk: shape-true test files, not models.
+
+    python -m quant full --model 8x7b --quant Q2_K --out DIR
+    python -m quant full --model 8x22b --sizes            # every level's exact file size, nothing kept
+
+Each file has Mixtral's real architecture, hyperparameters and Mistral's real vocabulary (v1 for 8x7B, v3 for
+8x22B), every tensor in the type llama.cpp's own quantizer picks for the level, and tensor data that is a
+sparse hole: a 17 GB Q2_K file takes under a megabyte of disk. llama.cpp loads and runs it (the weights are
+zeros, so the text is meaningless but the speed and memory are real), the planner sizes it, and its length is
+the exact size of a real file at that level.
+
+The per-tensor types are learned, not re-implemented: a full-size F16 file (also a hole) goes through
+``llama_model_quantize`` with ``dry_run``, which logs the type it would give every tensor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from quant.requantize import QUANT_FTYPES
+from quant.tiny import TinyMixtralSpec, tensor_layout, write_metadata
+from quant.tokenizers import mistral_tokenizer_path, read_sentencepiece_vocab
+
+LEVELS = ("Q2_K", "Q3_K_M", "Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
+
+# The published hyperparameters of the two Mixtral generations.
+SHAPES = {
+    "8x7b": TinyMixtralSpec(
+        tokenizer="v1",
+        n_layer=32,
+        n_embd=4096,
+        n_ff=14336,
+        n_head=32,
+        n_head_kv=8,
+        n_ctx_train=32768,
+        rope_freq_base=1_000_000.0,
+        name="Mixtral-8x7B-Instruct-v0.1 (shape-true test file, zero weights)",
+    ),
+    "8x22b": TinyMixtralSpec(
+        tokenizer="v3",
+        n_layer=56,
+        n_embd=6144,
+        n_ff=16384,
+        n_head=48,
+        n_head_kv=8,
+        n_ctx_train=65536,
+        rope_freq_base=1_000_000.0,
+        name="Mixtral-8x22B-Instruct-v0.1 (shape-true test file, zero weights)",
+    ),
+}
+
+_DRY_RUN_LINE = re.compile(r"^\[\s*\d+/\s*\d+\]\s+(\S+)\s+- \[.*?\], type =\s*(\S+),\s+size = .*?(?:\((\S+)\))?\s*$")
+
+
+@dataclass(frozen=True)
+class FullFile:
+    """A written shape-true file: its path, apparent size and the disk it really takes."""
+
+    path: Path
+    level: str
+    apparent_bytes: int
+    disk_bytes: int
+
+
+def write_sparse(spec: TinyMixtralSpec, path: Path, types: dict[str, str], file_type: int) -> Path:
+    """Write ``spec`` with each matrix in ``types[name]`` (a ggml type name; default F16) and all tensor data a
+    hole. Norms and the expert router stay F32, as llama.cpp's quantizer leaves them."""
+    import gguf
+
+    vocab = read_sentencepiece_vocab(mistral_tokenizer_path(spec.tokenizer))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.writing")
+    writer = gguf.GGUFWriter(str(staging), spec.architecture)
+    write_metadata(writer, spec, vocab, file_type)
+    for name, shape, kind in tensor_layout(spec, len(vocab.pieces)):
+        ggml_type = gguf.GGMLQuantizationType["F32" if kind != "matrix" else types.get(name, "F16")]
+        block, type_size = gguf.GGML_QUANT_SIZES[ggml_type]
+        rows = 1
+        for size in shape[:-1]:
+            rows *= size
+        writer.add_tensor_info(name, shape, np.dtype(np.float32), rows * shape[-1] // block * type_size, ggml_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    assert writer.fout is not None
+    out = writer.fout[0]
+    data_start = gguf.GGUFWriter.ggml_pad(out.tell(), writer.data_alignment)
+    data_bytes = sum(
+        gguf.GGUFWriter.ggml_pad(info.nbytes, writer.data_alignment) for info in writer.tensors[0].values()
+    )
+    out.truncate(data_start + data_bytes)  # the data: a hole the file system does not store
+    writer.close()
+    staging.replace(path)
+    return path
+
+
+def quantizer_types(f16: Path, level: str) -> dict[str, str]:
+    """The ggml type llama.cpp's quantizer gives each tensor of ``f16`` at ``level`` (a dry run: no data is
+    read or written)."""
+    import llama_cpp
+
+    from app.core.runtime import llama_log
+    from app.core.runtime.native import init_backend
+
+    init_backend()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = QUANT_FTYPES[level]
+    params.dry_run = True
+    with tempfile.TemporaryDirectory() as scratch, llama_log.capture() as lines:
+        status = llama_cpp.llama_model_quantize(
+            str(f16).encode(), str(Path(scratch) / "never-written.gguf").encode(), params
+        )
+    if status != 0:
+        raise RuntimeError(f"llama.cpp's dry run of {level} failed (status {status})")
+    types = {}
+    for line in lines:
+        match = _DRY_RUN_LINE.match(line.strip())
+        if match:
+            name, current, target = match.groups()
+            types[name] = (target or current).upper()
+    if not types:
+        raise RuntimeError("llama.cpp's dry run reported no tensors")
+    return types
+
+
+def write_full(model: str, level: str, out_dir: Path, scratch: Path | None = None) -> FullFile:
+    """The shape-true ``model`` (8x7b or 8x22b) at ``level`` in ``out_dir`` (reused when already there)."""
+    spec = SHAPES[model]
+    path = out_dir / f"mixtral-{model}-shape-true-{level}.gguf"
+    if not path.exists():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=scratch or out_dir) as work:
+            f16 = write_sparse(spec, Path(work) / "f16.gguf", {}, 1)
+            write_sparse(spec, path, quantizer_types(f16, level), QUANT_FTYPES[level])
+    stat = path.stat()
+    return FullFile(path, level, stat.st_size, stat.st_blocks * 512)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m quant full", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(SHAPES), default="8x7b")
+    parser.add_argument("--quant", action="append", choices=LEVELS, help="level(s) to write (default: all)")
+    parser.add_argument("--out", type=Path, help="folder for the files (default: a temporary one, removed)")
+    parser.add_argument("--sizes", action="store_true", help="print each level's size and keep no files")
+    args = parser.parse_args(argv)
+    levels = args.quant or list(LEVELS)
+    with tempfile.TemporaryDirectory(prefix="quant-full-") as scratch:
+        out = Path(scratch) if args.sizes or args.out is None else args.out
+        for level in levels:
+            full = write_full(args.model, level, out)
+            where = "" if args.sizes or args.out is None else f"  {full.path}"
+            print(
+                f"{args.model} {level:7s} {full.apparent_bytes:>15,d} bytes ({full.apparent_bytes / 2**20:10.1f} MiB), "
+                f"{full.disk_bytes / 1024:.0f} KiB on disk{where}"
+            )
+            if args.sizes:
+                os.remove(full.path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

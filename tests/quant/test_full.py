@@ -1,0 +1,55 @@
+"""Shape-true full-size Mixtral files: real shapes and llama.cpp's own per-tensor types, data a sparse hole."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.core.models.gguf import read_model
+from app.core.planning.planner import ModelShape
+from quant.full import quantizer_types, write_full, write_sparse
+from quant.tiny import TinyMixtralSpec
+
+# mradermacher/Mixtral-8x7B-Instruct-v0.1-GGUF, Q4_K_M: the published file size
+PUBLIC_8X7B_Q4_K_M_BYTES = 28_448_468_384
+
+
+def test_a_full_size_8x7b_q4_k_m_is_as_big_as_the_published_file_and_costs_no_disk(tmp_path: Path) -> None:
+    full = write_full("8x7b", "Q4_K_M", tmp_path)
+    assert full.apparent_bytes == pytest.approx(PUBLIC_8X7B_Q4_K_M_BYTES, rel=1e-4)
+    assert full.disk_bytes < 4 * 2**20  # the header and vocabulary only
+    model = read_model(full.path)
+    shape = ModelShape.from_gguf(model, full.path.name)
+    assert (shape.n_layer, shape.n_embd, shape.n_ff, shape.n_expert, shape.n_vocab) == (32, 4096, 14336, 8, 32000)
+    types = {t.name: t.type_name for t in model.tensors}
+    # the choices of llama.cpp's own quantizer for 8-expert models, not a uniform Q4_K
+    assert types["blk.0.ffn_gate_exps.weight"] == "Q4_K" and types["blk.0.attn_v.weight"] in ("Q6_K", "Q8_0")
+    assert types["blk.0.ffn_norm.weight"] == "F32" and types["blk.0.ffn_gate_inp.weight"] == "F32"
+
+
+def test_types_come_from_llama_cpps_dry_run(tmp_path: Path) -> None:
+    spec = TinyMixtralSpec(n_layer=2, n_embd=256, n_ff=512)
+    f16 = write_sparse(spec, tmp_path / "f16.gguf", {}, 1)
+    q2 = quantizer_types(f16, "Q2_K")
+    q8 = quantizer_types(f16, "Q8_0")
+    assert set(q2) == set(q8) == {t.name for t in read_model(f16).tensors}
+    assert q8["blk.0.ffn_down_exps.weight"] == "Q8_0"
+    assert q2["blk.0.ffn_down_exps.weight"] != q2["blk.0.attn_v.weight"]  # mixed types within one level
+
+
+def test_the_sizes_command_prints_every_level_and_keeps_nothing(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "quant", "full", "--model", "8x22b", "--quant", "Q2_K", "--sizes"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PATH": ""},
+    )
+    assert "8x22b Q2_K" in result.stdout and "on disk" in result.stdout
+    size = int(result.stdout.split()[2].replace(",", ""))
+    assert size == pytest.approx(18.6e9 + 18.5e9 + 15.0e9, rel=0.01)  # MaziyarPanahi's three Q2_K parts
+    assert list(tmp_path.iterdir()) == []
