@@ -1,7 +1,10 @@
 """The catalog of Mixtral GGUF files Mixtral Desk knows: data in ``catalog.json``, loaded into typed entries.
 
-Sizes marked ``size_exact: false`` are estimates until the hub's file metadata fills them in
-(see :mod:`app.core.models.catalog`).
+Every size says where it comes from (``size_source``): ``hub`` (the hub's own byte count, with sha256 where
+known) or ``computed`` (the length of a shape-true file for the real architecture, every tensor in the type
+llama.cpp's quantizer gives it: ``python -m quant full --update-catalog``); computed sizes are replaced by the
+hub's when it answers (see :mod:`app.core.models.catalog`). A file name that no public source confirmed is
+marked ``name_verified: false``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ TOKENIZERS = ("v1", "v3")
 LAYOUT_MERGED = "merged"  # ffn_*_exps tensors: what current llama.cpp loads
 LAYOUT_PER_EXPERT = "per-expert"  # ffn_*.E tensors from late 2023: current llama.cpp refuses them
 LAYOUTS = (LAYOUT_MERGED, LAYOUT_PER_EXPERT)
+SIZE_HUB = "hub"  # bytes the hub reported for the file(s)
+SIZE_COMPUTED = "computed"  # a shape-true file's length: llama.cpp's quantizer on the real architecture
+SIZE_SOURCES = (SIZE_HUB, SIZE_COMPUTED)
 
 
 class CatalogError(ValueError):
@@ -53,8 +59,14 @@ class CatalogQuant:
     quant: str
     files: tuple[CatalogFile, ...]
     size: int
-    size_exact: bool
+    size_source: str
     note: str
+    name_verified: bool = True  # False: no public source confirmed these file names
+
+    @property
+    def size_exact(self) -> bool:
+        """The size is the hub's own figure, not computed."""
+        return self.size_source == SIZE_HUB
 
     @property
     def is_split(self) -> bool:
@@ -170,4 +182,11 @@ def _quant(entry: Any, where: str) -> CatalogQuant:
     size = int(entry["size"])
     if size <= 0:
         raise CatalogError(f"{where}: {entry['quant']} has no size.")
-    return CatalogQuant(str(entry["quant"]), files, size, bool(entry["size_exact"]), str(entry["note"]))
+    source = str(entry["size_source"])
+    if source not in SIZE_SOURCES:
+        raise CatalogError(
+            f"{where}: {entry['quant']} has size_source {source!r}; use one of {', '.join(SIZE_SOURCES)}."
+        )
+    return CatalogQuant(
+        str(entry["quant"]), files, size, source, str(entry["note"]), bool(entry.get("name_verified", True))
+    )

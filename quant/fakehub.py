@@ -43,6 +43,8 @@ class FakeHub:
     faults: dict[str, list[Fault]] = field(default_factory=dict)
     throttle_bytes_per_s: float = 0.0
     bytes_served: Counter[str] = field(default_factory=Counter)
+    #: (file name, first byte) of every body request, in arrival order
+    requested_from: list[tuple[str, int]] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
     _stopping: threading.Event = field(default_factory=threading.Event)
@@ -146,6 +148,7 @@ class FakeHub:
                 self.end_headers()
                 if not body:
                     return
+                hub.requested_from.append((name, start))
                 block = 1 << 16
                 if fault is not None and fault.kind == "trickle":
                     block = fault.chunk

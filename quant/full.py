@@ -1,7 +1,8 @@
 """Full-size Mixtral GGUFs that cost no disk: shape-true test files, not models.
 
     python -m quant full --model 8x7b --quant Q2_K --out DIR
-    python -m quant full --model 8x22b --sizes            # every level's exact file size, nothing kept
+    python -m quant full --model 8x22b --instruct --sizes # every level's exact file size, nothing kept
+    python -m quant full --update-catalog                 # computed sizes into models_manifest/catalog.json
 
 Each file has Mixtral's real architecture, hyperparameters and Mistral's real vocabulary (v1 for 8x7B, v3 for
 8x22B), every tensor in the type llama.cpp's own quantizer picks for the level, and tensor data that is a
@@ -16,15 +17,17 @@ The per-tensor types are learned, not re-implemented: a full-size F16 file (also
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from models_manifest import SIZE_COMPUTED, CatalogModel, default_path, load_catalog
 from quant.requantize import QUANT_FTYPES
 from quant.tiny import TinyMixtralSpec, tensor_layout, write_metadata
 from quant.tokenizers import mistral_tokenizer_path, read_sentencepiece_vocab
@@ -45,7 +48,7 @@ SHAPES = {
         name="Mixtral-8x7B-Instruct-v0.1 (shape-true test file, zero weights)",
     ),
     "8x22b": TinyMixtralSpec(
-        tokenizer="v3",
+        tokenizer="v1",  # the base model; Instruct v0.1 has Mistral's v3 vocabulary (32768)
         n_layer=56,
         n_embd=6144,
         n_ff=16384,
@@ -53,7 +56,7 @@ SHAPES = {
         n_head_kv=8,
         n_ctx_train=65536,
         rope_freq_base=1_000_000.0,
-        name="Mixtral-8x22B-Instruct-v0.1 (shape-true test file, zero weights)",
+        name="Mixtral-8x22B-v0.1 (shape-true test file, zero weights)",
     ),
 }
 
@@ -105,19 +108,11 @@ def write_sparse(spec: TinyMixtralSpec, path: Path, types: dict[str, str], file_
 def quantizer_types(f16: Path, level: str) -> dict[str, str]:
     """The ggml type llama.cpp's quantizer gives each tensor of ``f16`` at ``level`` (a dry run: no data is
     read or written)."""
-    import llama_cpp
-
     from app.core.runtime import llama_log
-    from app.core.runtime.native import init_backend
+    from app.core.runtime.native import quantize
 
-    init_backend()
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = QUANT_FTYPES[level]
-    params.dry_run = True
     with tempfile.TemporaryDirectory() as scratch, llama_log.capture() as lines:
-        status = llama_cpp.llama_model_quantize(
-            str(f16).encode(), str(Path(scratch) / "never-written.gguf").encode(), params
-        )
+        status = quantize(str(f16), str(Path(scratch) / "never-written.gguf"), QUANT_FTYPES[level], dry_run=True)
     if status != 0:
         raise RuntimeError(f"llama.cpp's dry run of {level} failed (status {status})")
     types = {}
@@ -131,31 +126,95 @@ def quantizer_types(f16: Path, level: str) -> dict[str, str]:
     return types
 
 
-def write_full(model: str, level: str, out_dir: Path, scratch: Path | None = None) -> FullFile:
-    """The shape-true ``model`` (8x7b or 8x22b) at ``level`` in ``out_dir`` (reused when already there)."""
+def shape_for(model: str, *, instruct: bool = False) -> TinyMixtralSpec:
+    """The real shape of ``model`` (8x7b or 8x22b); ``instruct`` picks the Instruct release's vocabulary."""
     spec = SHAPES[model]
-    path = out_dir / f"mixtral-{model}-shape-true-{level}.gguf"
+    if instruct and model == "8x22b":
+        return replace(spec, tokenizer="v3", name=spec.name.replace("v0.1", "Instruct-v0.1"))
+    return spec
+
+
+def write_full(
+    model: str, level: str, out_dir: Path, *, instruct: bool = False, spec: TinyMixtralSpec | None = None
+) -> FullFile:
+    """The shape-true ``model`` (8x7b or 8x22b, or any ``spec``) at ``level`` in ``out_dir`` (reused when
+    already there)."""
+    spec = spec or shape_for(model, instruct=instruct)
+    path = out_dir / f"mixtral-{model}{'-instruct' if instruct else ''}-shape-true-{level}.gguf"
     if not path.exists():
         out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=scratch or out_dir) as work:
+        with tempfile.TemporaryDirectory(dir=out_dir) as work:
             f16 = write_sparse(spec, Path(work) / "f16.gguf", {}, 1)
             write_sparse(spec, path, quantizer_types(f16, level), QUANT_FTYPES[level])
     stat = path.stat()
     return FullFile(path, level, stat.st_size, stat.st_blocks * 512)
 
 
+def catalog_spec(model: CatalogModel) -> TinyMixtralSpec:
+    """The shape a catalog model's files have, from its architecture block and tokenizer."""
+    arch = model.architecture
+    return TinyMixtralSpec(
+        tokenizer=model.tokenizer or "v1",
+        n_layer=arch.n_layer,
+        n_embd=arch.n_embd,
+        n_ff=arch.n_ff,
+        n_head=arch.n_head,
+        n_head_kv=arch.n_head_kv,
+        n_expert=arch.n_expert,
+        n_expert_used=arch.n_expert_used,
+        n_ctx_train=model.context_length,
+        rope_freq_base=1_000_000.0,
+        name=model.name,
+    )
+
+
+def computed_catalog_sizes() -> dict[tuple[str, str], int]:
+    """(model id, level) -> the shape-true file size, for every catalog size marked ``computed``."""
+    sizes = {}
+    with tempfile.TemporaryDirectory(prefix="catalog-sizes-") as scratch:
+        for model in load_catalog():
+            for quant in model.quants:
+                if quant.size_source != SIZE_COMPUTED or quant.quant not in QUANT_FTYPES:
+                    continue
+                full = write_full(model.id, quant.quant, Path(scratch), spec=catalog_spec(model))
+                sizes[(model.id, quant.quant)] = full.apparent_bytes
+                os.remove(full.path)
+    return sizes
+
+
+def update_catalog(path: Path | None = None) -> int:
+    """Write the computed sizes into the catalog file; returns how many changed."""
+    target = path or default_path()
+    data = json.loads(target.read_text(encoding="utf-8"))
+    sizes = computed_catalog_sizes()
+    changed = 0
+    for model in data["models"]:
+        for quant in model["quants"]:
+            size = sizes.get((model["id"], quant["quant"]))
+            if size is not None and quant["size"] != size:
+                quant["size"] = size
+                changed += 1
+    target.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return changed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m quant full", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(SHAPES), default="8x7b")
+    parser.add_argument("--instruct", action="store_true", help="the Instruct release (8x22B: v3 vocabulary)")
     parser.add_argument("--quant", action="append", choices=LEVELS, help="level(s) to write (default: all)")
     parser.add_argument("--out", type=Path, help="folder for the files (default: a temporary one, removed)")
     parser.add_argument("--sizes", action="store_true", help="print each level's size and keep no files")
+    parser.add_argument("--update-catalog", action="store_true", help="write computed sizes into the catalog")
     args = parser.parse_args(argv)
+    if args.update_catalog:
+        print(f"{update_catalog()} computed sizes changed in {default_path()}")
+        return 0
     levels = args.quant or list(LEVELS)
     with tempfile.TemporaryDirectory(prefix="quant-full-") as scratch:
         out = Path(scratch) if args.sizes or args.out is None else args.out
         for level in levels:
-            full = write_full(args.model, level, out)
+            full = write_full(args.model, level, out, instruct=args.instruct)
             where = "" if args.sizes or args.out is None else f"  {full.path}"
             print(
                 f"{args.model} {level:7s} {full.apparent_bytes:>15,d} bytes ({full.apparent_bytes / 2**20:10.1f} MiB), "

@@ -1,7 +1,7 @@
 """House rules that keep the layers apart, read from the imports of every module.
 
 - cli | gui | server -> core (the CLI also starts the window and the server; the window starts the server);
-  core never imports gui, cli, server, quant or Qt; quant -> core only.
+  core never imports gui, cli, server, quant or Qt; quant -> core and the catalog (models_manifest) only.
 - Inside core, folders depend one way: runtime -> planning -> models -> storage (and all on core's root modules).
 - Only app/core/runtime imports llama_cpp: the engine host owns every llama.cpp object.
 - models_manifest holds data and its loader: it imports nothing from app.
@@ -75,7 +75,7 @@ ALLOWED = {
     "core.models": {"core", "core.storage", "models_manifest"},
     "core.storage": {"core"},
     "core": {"core"},
-    "quant": {"core", "core.runtime", "core.planning", "core.models", "core.storage"},
+    "quant": {"core", "core.runtime", "core.planning", "core.models", "core.storage", "models_manifest"},
     "models_manifest": set(),
     "app": {"cli"},  # app/__main__.py
 }

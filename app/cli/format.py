@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 from app.core.errors import DeskError
 from app.core.planning.planner import MemoryPlan
-from app.core.planning.text import human_bytes, short_verdict, speed
+from app.core.planning.text import human_bytes, short_verdict, size_label, speed
 
-__all__ = ["human_bytes", "parse_size", "plan_report", "short_verdict", "speed", "table"]
+__all__ = ["human_bytes", "parse_size", "plan_report", "short_verdict", "size_label", "speed", "table"]
 
 _UNITS = {
     "": 1,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.cli.format import human_bytes, short_verdict, speed, table
+from app.cli.format import human_bytes, short_verdict, size_label, speed, table
 from app.cli.plan import add_planning_options, planning_inputs
 from app.core.errors import DeskError
 from app.core.models import catalog
@@ -27,6 +27,9 @@ def register(commands: Any) -> None:
     )
     listing.add_argument("--json", action="store_true", help="print as JSON")
     listing.add_argument("--refresh", action="store_true", help="fetch file sizes and sha256 from the hub first")
+    listing.add_argument(
+        "--all", action="store_true", help="also files in the old per-expert layout that llama.cpp cannot load"
+    )
     add_planning_options(listing)
     listing.set_defaults(func=run_list)
 
@@ -74,11 +77,15 @@ def run_list(args: argparse.Namespace) -> int:
     device, settings = planning_inputs(args)
     rows, payload = [], []
     for item in catalog.entries():
+        if not (item.model.loadable or item.installed or args.all):
+            continue
         plan = plan_entry(item, device, settings)
         payload.append({**item.to_json(), "plan": plan.to_json()})
-        size = human_bytes(item.quant.size) + ("" if item.quant.size_exact else " (est.)")
+        size = size_label(item.quant)
         fits = short_verdict(plan) if item.model.loadable else "old layout"
-        rows.append([item.id, size, "installed" if item.installed else "-", fits, speed(plan)])
+        rows.append(
+            [item.id, size, "installed" if item.installed else "-", fits, speed(plan) if item.model.loadable else "-"]
+        )
     if args.json:
         print(json.dumps({"device": device.name, "settings": vars(settings), "models": payload}, indent=2))
         return 0

@@ -17,6 +17,7 @@ from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersisten
 from PySide6.QtGui import QDesktopServices, QDragEnterEvent, QDropEvent, QFont
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QHBoxLayout,
@@ -34,7 +35,7 @@ from app.core.models import catalog
 from app.core.models.catalog import CatalogEntry
 from app.core.models.downloads import Progress, spec_for_catalog_entry
 from app.core.planning.planner import VERDICT_TOO_BIG, Device, MemoryPlan, PlanSettings, recommend
-from app.core.planning.text import human_bytes, short_verdict, speed
+from app.core.planning.text import human_bytes, short_verdict, size_label, speed
 from app.core.runtime.types import LoadSettings
 from app.core.storage import paths
 from app.gui.downloads import DownloadService
@@ -77,6 +78,7 @@ class CatalogTableModel(QAbstractTableModel):
     def __init__(self) -> None:
         super().__init__()
         self.rows: list[Row] = []
+        self.show_unusable = False  # files current llama.cpp refuses (old layout) stay hidden unless on disk
         self.reload()
 
     def reload(self) -> None:
@@ -91,6 +93,7 @@ class CatalogTableModel(QAbstractTableModel):
                 else "not downloaded",
             )
             for e in catalog.entries()
+            if e.model.loadable or e.installed or self.show_unusable
         ]
         self.endResetModel()
 
@@ -136,7 +139,7 @@ class CatalogTableModel(QAbstractTableModel):
             if column == 1:
                 return entry.quant.quant
             if column == 2:
-                return human_bytes(entry.quant.size) + ("" if entry.quant.size_exact else " (est.)")
+                return size_label(entry.quant)
             if column == 3:
                 return entry.quant.note
             if column == 4:
@@ -146,7 +149,7 @@ class CatalogTableModel(QAbstractTableModel):
                     return "planning…"
                 return ("★ recommended · " if row.recommended else "") + short_verdict(plan)
             if column == 5:
-                return speed(plan) if plan is not None else ""
+                return speed(plan) if plan is not None and entry.model.loadable else ""
             if column == 6:
                 return row.status
         if role == Qt.ItemDataRole.ToolTipRole and column == 4 and plan is not None:
@@ -218,6 +221,10 @@ class ModelManagerWindow(QWidget):
         self.kv = QComboBox()
         self.kv.addItems(["f16", "q8_0", "q4_0"])
         self.kv.setAccessibleName("KV cache type")
+        self.show_unusable = QCheckBox("Show unusable files")
+        self.show_unusable.setToolTip(
+            "Also list files in the old per-expert layout (late 2023), which current llama.cpp cannot load."
+        )
         self.table = QTableView()
         self.table.setModel(self.model)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -249,6 +256,7 @@ class ModelManagerWindow(QWidget):
         settings.addWidget(QLabel("KV cache"))
         settings.addWidget(self.kv)
         settings.addStretch(1)
+        settings.addWidget(self.show_unusable)
         layout.addLayout(settings)
         layout.addWidget(self.table, 1)
         actions = QHBoxLayout()
@@ -264,6 +272,7 @@ class ModelManagerWindow(QWidget):
         self._replan_timer.timeout.connect(self.replan)
         self.context.valueChanged.connect(lambda _: self._replan_timer.start())
         self.kv.currentTextChanged.connect(lambda _: self._replan_timer.start())
+        self.show_unusable.toggled.connect(self._on_show_unusable)
         self.downloads.progressed.connect(self._on_progress)
         self.table.selectionModel().currentRowChanged.connect(lambda *_: self._update_buttons())
         handlers = {
@@ -337,6 +346,11 @@ class ModelManagerWindow(QWidget):
         return PlanSettings(
             n_ctx=self.context.value(), kv_type=kv, flash_attn=kv != "f16", n_parallel=LoadSettings.n_parallel
         )
+
+    def _on_show_unusable(self, shown: bool) -> None:
+        self.model.show_unusable = shown
+        self.model.reload()
+        self.replan()
 
     def replan(self) -> None:
         """Recompute every row's verdict for the current settings, off the GUI thread."""

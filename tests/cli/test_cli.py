@@ -278,9 +278,18 @@ def test_models_list_shows_every_entry_with_a_verdict() -> None:
     by_id = {m["id"]: m for m in listing["models"]}
     assert by_id["demo:Q4_1"]["installed"] and by_id["demo:Q4_1"]["plan"]["verdict"] == "cpu_only"
     assert not by_id["mixtral-8x22b-instruct:Q8_0"]["installed"]
-    assert len(by_id) >= 30
+    assert len(by_id) >= 20 and not any("thebloke" in key for key in by_id)  # unusable old layout: hidden
+    everything = json.loads(run_cli("models", "list", "--all", "--json").stdout)
+    assert len(everything["models"]) >= 30
+    assert by_id["mixtral-8x7b-instruct:Q4_K_M"]["size_source"] == "computed"
+    assert not by_id["mixtral-8x22b-instruct:Q3_K_M"]["name_verified"]
     human = run_cli("models", "list")
-    assert "old layout" in human.stdout and "installed" in human.stdout
+    assert "installed" in human.stdout and "old layout" in run_cli("models", "list", "--all").stdout
+    row = next(line for line in human.stdout.splitlines() if line.startswith("mixtral-8x7b-instruct:Q4_K_M"))
+    assert "26.5 GiB (computed)" in row  # 28 448 466 016 bytes, as the published file within 2.4 KB
+    assert "file name not verified" in next(
+        line for line in human.stdout.splitlines() if line.startswith("mixtral-8x22b-instruct:Q3_K_M")
+    )
 
 
 def hub_env(hub, home: Path) -> dict[str, str]:

@@ -202,11 +202,13 @@ def test_a_killed_download_resumes_after_restart(hub, payload: Path, isolated_ho
     child.wait(30)
     kept = (partial_dir(spec()) / "model.Q4_0.gguf.part").stat().st_size
     assert kept > 2_000_000
-    served_before = hub.bytes_served["model.Q4_0.gguf"]
+    requests_before = len(hub.requested_from)
     hub.throttle_bytes_per_s = 0
     placed, _ = run(spec())
     assert sha256_of(placed[0]) == sha256_of(payload)
-    assert hub.bytes_served["model.Q4_0.gguf"] - served_before == payload.stat().st_size - kept
+    # the restart asked only for the rest (the killed connection's server thread may still count bytes it was
+    # writing into the dead socket, so the byte counter is no measure here)
+    assert hub.requested_from[requests_before:] == [("model.Q4_0.gguf", kept)]
 
 
 @pytest.fixture

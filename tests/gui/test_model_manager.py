@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QPoint, Qt
+from PySide6.QtWidgets import QCheckBox, QStyle, QStyleOptionButton
 
 from app.core.models import catalog
 from app.core.models.downloads import RetryPolicy, partial_dir, spec_for_catalog_entry
@@ -30,6 +31,14 @@ def open_manager(qtbot, device: Device, **kwargs) -> ModelManagerWindow:
     return window
 
 
+def on_the_box(checkbox: QCheckBox) -> QPoint:
+    """A point on a check box's indicator, where a person clicks."""
+    option = QStyleOptionButton()
+    checkbox.initStyleOption(option)
+    box = checkbox.style().subElementRect(QStyle.SubElement.SE_CheckBoxIndicator, option, checkbox)
+    return box.center()
+
+
 def cell(window: ModelManagerWindow, entry_id: str, column: int) -> str:
     return window.model.data(window.model.index(window.model.row_of(entry_id), column))
 
@@ -50,7 +59,21 @@ def test_badges_for_simulated_machines(qtbot, device: Device, expect: dict[str, 
     window = open_manager(qtbot, device)
     for entry_id, text in expect.items():
         assert text in cell(window, entry_id, 4), (entry_id, cell(window, entry_id, 4))
+    assert window.model.row_of("mixtral-8x7b-instruct-thebloke:Q4_K_M") == -1  # unusable: hidden by default
+
+
+def test_unusable_old_layout_files_show_behind_a_switch(qtbot) -> None:
+    window = open_manager(qtbot, CPU_32)
+    assert not any(row.entry.model.id.endswith("-thebloke") for row in window.model.rows)
+    with qtbot.waitSignal(window.plans_updated, timeout=30_000):
+        qtbot.mouseClick(window.show_unusable, Qt.MouseButton.LeftButton, pos=on_the_box(window.show_unusable))
     assert cell(window, "mixtral-8x7b-instruct-thebloke:Q4_K_M", 4) == "old file layout"
+    assert cell(window, "mixtral-8x7b-instruct-thebloke:Q4_K_M", 5) == ""  # no speed for a file that cannot run
+    window.select("mixtral-8x7b-instruct-thebloke:Q4_K_M")
+    assert not window.buttons["Download"].isEnabled()
+    with qtbot.waitSignal(window.plans_updated, timeout=30_000):
+        qtbot.mouseClick(window.show_unusable, Qt.MouseButton.LeftButton, pos=on_the_box(window.show_unusable))
+    assert window.model.row_of("mixtral-8x7b-instruct-thebloke:Q4_K_M") == -1
 
 
 def test_context_and_kv_changes_update_the_badges(qtbot) -> None:
@@ -187,11 +210,11 @@ def test_screenshot_script_catches_a_download_in_progress(tmp_path: Path, qapp, 
 
 def test_hub_details_fill_in_after_the_window_opens(qtbot, served, tiny_v1: dict[str, Path]) -> None:
     window = open_manager(qtbot, CPU_32)
-    qtbot.waitUntil(lambda: "(est.)" not in cell(window, ENTRY, 2), timeout=30_000)
+    qtbot.waitUntil(lambda: "(computed)" not in cell(window, ENTRY, 2), timeout=30_000)
     assert cell(window, ENTRY, 2) == "13 MiB"  # the served file's exact size replaced the catalog estimate
-    assert "(est.)" in cell(window, "mixtral-8x7b-instruct:Q8_0", 2)  # the hub does not have that one
+    assert "(computed)" in cell(window, "mixtral-8x7b-instruct:Q8_0", 2)  # the hub does not have that one
 
 
 def test_the_window_opens_without_a_network(qtbot) -> None:
     window = open_manager(qtbot, CPU_32)  # HF_HUB_OFFLINE is set by the test fixtures
-    assert window.model.rowCount() > 30 and "(est.)" in cell(window, ENTRY, 2)
+    assert window.model.rowCount() >= 20 and "(computed)" in cell(window, ENTRY, 2)

@@ -10,7 +10,10 @@ import pytest
 
 from app.core.models.gguf import read_model
 from app.core.planning.planner import ModelShape
-from quant.full import quantizer_types, write_full, write_sparse
+from app.core.runtime import llama_log
+from app.core.runtime.native import NativeModel
+from models_manifest import load_catalog
+from quant.full import computed_catalog_sizes, quantizer_types, write_full, write_sparse
 from quant.tiny import TinyMixtralSpec
 
 # mradermacher/Mixtral-8x7B-Instruct-v0.1-GGUF, Q4_K_M: the published file size
@@ -28,6 +31,20 @@ def test_a_full_size_8x7b_q4_k_m_is_as_big_as_the_published_file_and_costs_no_di
     # the choices of llama.cpp's own quantizer for 8-expert models, not a uniform Q4_K
     assert types["blk.0.ffn_gate_exps.weight"] == "Q4_K" and types["blk.0.attn_v.weight"] in ("Q6_K", "Q8_0")
     assert types["blk.0.ffn_norm.weight"] == "F32" and types["blk.0.ffn_gate_inp.weight"] == "F32"
+
+
+@pytest.mark.parametrize(("model", "instruct", "layers"), [("8x7b", False, 32), ("8x22b", True, 56)])
+def test_llama_cpp_accepts_the_full_size_files(tmp_path: Path, model: str, instruct: bool, layers: int) -> None:
+    full = write_full(model, "Q2_K", tmp_path, instruct=instruct)
+    with llama_log.capture() as lines:
+        native = NativeModel(str(full.path), n_gpu_layers=0, no_alloc=True)  # checks every tensor's name and shape
+    try:
+        assert native.n_layer == layers and native.metadata["llama.expert_count"] == "8"
+        assert native.vocab.size == (32768 if instruct else 32000)
+        reported = [line.split("=")[-1].strip() for line in lines if "model type" in line]
+        assert reported == [model.upper().replace("X", "x")]  # llama.cpp recognises 8x7B / 8x22B
+    finally:
+        native.close()
 
 
 def test_types_come_from_llama_cpps_dry_run(tmp_path: Path) -> None:
@@ -53,3 +70,13 @@ def test_the_sizes_command_prints_every_level_and_keeps_nothing(tmp_path: Path) 
     size = int(result.stdout.split()[2].replace(",", ""))
     assert size == pytest.approx(18.6e9 + 18.5e9 + 15.0e9, rel=0.01)  # MaziyarPanahi's three Q2_K parts
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_computed_catalog_size_is_what_llama_cpps_quantizer_gives_the_real_shape() -> None:
+    computed = computed_catalog_sizes()
+    catalog = {(m.id, q.quant): q for m in load_catalog() for q in m.quants}
+    assert len(computed) >= 20  # every 8x7B and 8x22B level the catalog lists
+    for key, size in computed.items():
+        assert catalog[key].size == size, key  # run `python -m quant full --update-catalog` after a change
+    instruct = catalog[("mixtral-8x7b-instruct", "Q4_K_M")]
+    assert instruct.size == pytest.approx(PUBLIC_8X7B_Q4_K_M_BYTES, rel=1e-4)

@@ -16,7 +16,7 @@ from app.core.errors import DeskError
 from app.core.models.demo import demo_model_path
 from app.core.storage import paths
 from app.core.storage.jsonfile import read_json_dict, write_json_atomic
-from models_manifest import CatalogError, CatalogFile, CatalogModel, CatalogQuant, load_catalog
+from models_manifest import SIZE_HUB, CatalogError, CatalogFile, CatalogModel, CatalogQuant, load_catalog
 
 HUB_CACHE_FILE = "hub_files.json"
 
@@ -52,6 +52,8 @@ class CatalogEntry:
             "files": [f.name for f in self.quant.files],
             "size": self.quant.size,
             "size_exact": self.quant.size_exact,
+            "size_source": self.quant.size_source,
+            "name_verified": self.quant.name_verified,
             "note": self.quant.note,
             "installed": self.installed,
             "path": str(self.first_path) if self.installed else None,
@@ -92,7 +94,7 @@ def _with_hub_metadata(model: CatalogModel, files: dict[str, Any]) -> CatalogMod
         )
         sizes = [f.size for f in new_files]
         if all(s is not None for s in sizes):
-            quant = replace(quant, files=new_files, size=sum(s for s in sizes if s is not None), size_exact=True)
+            quant = replace(quant, files=new_files, size=sum(s for s in sizes if s is not None), size_source=SIZE_HUB)
         else:
             quant = replace(quant, files=new_files)
         quants.append(quant)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.core.planning.planner import VERDICT_CPU, VERDICT_FULL, VERDICT_PARTIAL, MemoryPlan
+from models_manifest import CatalogQuant
 
 
 def human_bytes(count: int | float) -> str:
@@ -13,6 +14,12 @@ def human_bytes(count: int | float) -> str:
             return f"{value:.0f} {unit}" if unit in ("B", "KiB", "MiB") else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TiB"
+
+
+def size_label(quant: CatalogQuant) -> str:
+    """``28.4 GiB``, or ``26.5 GiB (computed)`` until the hub has confirmed it; an unconfirmed file name says so."""
+    text = human_bytes(quant.size) + ("" if quant.size_exact else " (computed)")
+    return text if quant.name_verified else f"{text}, file name not verified"
 
 
 def short_verdict(plan: MemoryPlan) -> str:

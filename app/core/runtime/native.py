@@ -47,7 +47,8 @@ class LoadAborted(Exception):
 
 
 class NativeModel:
-    """A llama.cpp model (weights) and its vocabulary. Free it with :meth:`close`."""
+    """A llama.cpp model (weights) and its vocabulary. Free it with :meth:`close`. With ``no_alloc`` llama.cpp
+    only validates the file and lays out its tensors (no weights are read): no context can be made on it."""
 
     def __init__(
         self,
@@ -55,6 +56,7 @@ class NativeModel:
         *,
         n_gpu_layers: int,
         vocab_only: bool = False,
+        no_alloc: bool = False,
         should_abort: Callable[[], bool] | None = None,
         on_progress: Callable[[float], None] | None = None,
     ) -> None:
@@ -62,6 +64,9 @@ class NativeModel:
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.vocab_only = vocab_only
+        if no_alloc:  # read the header and tensor table, check them, allocate and read nothing
+            params.no_alloc = True
+            params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE  # the mmap path cannot skip allocation
         aborted = [False]
 
         def progress(fraction: float, user_data: Any) -> bool:
@@ -337,11 +342,15 @@ class NativeVocab:
         return str(result.prompt)
 
 
-def quantize(src: str, dst: str, ftype: int, *, threads: int = 0, allow_requantize: bool = True) -> int:
-    """llama.cpp's quantizer from ``src`` to ``dst``; returns its status (0 = done)."""
+def quantize(
+    src: str, dst: str, ftype: int, *, threads: int = 0, allow_requantize: bool = True, dry_run: bool = False
+) -> int:
+    """llama.cpp's quantizer from ``src`` to ``dst``; returns its status (0 = done). ``dry_run`` reads no
+    tensor data and writes nothing: llama.cpp only logs each tensor's chosen type and the sizes."""
     init_backend()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads
     params.allow_requantize = allow_requantize
+    params.dry_run = dry_run
     return int(llama_cpp.llama_model_quantize(src.encode("utf-8"), dst.encode("utf-8"), params))
