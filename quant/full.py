@@ -73,9 +73,16 @@ class FullFile:
     disk_bytes: int
 
 
-def write_sparse(spec: TinyMixtralSpec, path: Path, types: dict[str, str], file_type: int) -> Path:
+def write_sparse(
+    spec: TinyMixtralSpec,
+    path: Path,
+    types: dict[str, str],
+    file_type: int,
+    layout: list[tuple[str, tuple[int, ...], str]] | None = None,
+) -> Path:
     """Write ``spec`` with each matrix in ``types[name]`` (a ggml type name; default F16) and all tensor data a
-    hole. Norms and the expert router stay F32, as llama.cpp's quantizer leaves them."""
+    hole. Norms and the expert router stay F32, as llama.cpp's quantizer leaves them. ``layout`` replaces the
+    tensor list (tests use it to write defective files)."""
     import gguf
 
     vocab = read_sentencepiece_vocab(mistral_tokenizer_path(spec.tokenizer))
@@ -83,7 +90,7 @@ def write_sparse(spec: TinyMixtralSpec, path: Path, types: dict[str, str], file_
     staging = path.with_name(f".{path.name}.writing")
     writer = gguf.GGUFWriter(str(staging), spec.architecture)
     write_metadata(writer, spec, vocab, file_type)
-    for name, shape, kind in tensor_layout(spec, len(vocab.pieces)):
+    for name, shape, kind in layout if layout is not None else tensor_layout(spec, len(vocab.pieces)):
         ggml_type = gguf.GGMLQuantizationType["F32" if kind != "matrix" else types.get(name, "F16")]
         block, type_size = gguf.GGML_QUANT_SIZES[ggml_type]
         rows = 1

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from app.cli.format import human_bytes, parse_size, plan_report, short_verdict, speed, table
+from app.cli.format import parse_size, plan_report, short_verdict, size_label, speed, table
 from app.core.errors import DeskError
 from app.core.models import catalog
 from app.core.models.gguf import GGUFError
@@ -82,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
     if path.suffix == ".gguf" or path.exists():
         if not path.is_file():
             raise DeskError(f"Model file not found: {path}.")
+        from app.core.runtime.loading import check_loadable
+
+        check_loadable(path)  # a file llama.cpp would refuse gets its defect named, not a plan
         try:
             plan = plan_file(path, device, settings)
         except GGUFError as err:
@@ -106,9 +109,7 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for item, plan in advice.plans:
         mark = "<- recommended" if advice.recommended and item.id == advice.recommended.id else ""
-        rows.append(
-            [item.quant.quant, human_bytes(item.quant.size), short_verdict(plan), speed(plan), plan.source, mark]
-        )
+        rows.append([item.quant.quant, size_label(item.quant), short_verdict(plan), speed(plan), plan.source, mark])
     print(f"{advice.model.name} on {device.name}, context {settings.n_ctx}, KV {settings.kv_type}")
     print(table(rows, ["quant", "size", "fits", "speed", "figures", ""]))
     if advice.recommended is None:

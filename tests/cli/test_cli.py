@@ -347,3 +347,39 @@ def test_import_and_scan_commands(tiny_v1: dict[str, Path], tmp_path: Path) -> N
     answer = run_cli("chat", "--model", "mine", "--prompt", "hi", "--max-tokens", "2", "--json")
     assert answer.returncode == 0, answer.stderr
     assert json.loads(answer.stdout)["model"]["path"] == str(source.resolve())
+
+
+def _defective(tmp_path: Path, defect: str) -> Path:
+    """A small Mixtral-architecture GGUF (data a sparse hole) with one defect llama.cpp refuses."""
+    from quant.full import write_sparse
+    from quant.tiny import TinyMixtralSpec, tensor_layout
+
+    spec = TinyMixtralSpec(n_layer=2, n_embd=256, n_ff=512)
+    layout = tensor_layout(spec, 32000)
+    if defect == "unknown architecture":
+        spec = TinyMixtralSpec(n_layer=2, n_embd=256, n_ff=512, architecture="notanarch")
+    elif defect == "missing tensor":
+        layout = [t for t in layout if t[0] != "blk.1.ffn_down_exps.weight"]
+    elif defect == "wrong shape":
+        layout = tensor_layout(TinyMixtralSpec(n_layer=2, n_embd=256, n_ff=768), 32000)  # header says 512
+    path = write_sparse(spec, tmp_path / f"{defect.replace(' ', '-')}.gguf", {}, 1, layout)
+    if defect == "duplicate tensor":  # rename blk.1.attn_q to blk.1.attn_k in place: same length
+        data = path.read_bytes()
+        path.write_bytes(data.replace(b"blk.1.attn_q.weight", b"blk.1.attn_k.weight", 1))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("defect", "message"),
+    [
+        ("unknown architecture", "architecture 'notanarch'"),
+        ("missing tensor", "the tensor blk.1.ffn_down_exps.weight is missing"),
+        ("duplicate tensor", "holds the tensor blk.1.attn_k.weight twice"),
+        ("wrong shape", "its tensor blk.0.ffn_gate_exps.weight has the shape"),
+    ],
+)
+def test_plan_names_the_defect_of_a_file_llama_cpp_would_refuse(tmp_path: Path, defect: str, message: str) -> None:
+    path = _defective(tmp_path, defect)
+    result = run_cli("plan", str(path))
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""

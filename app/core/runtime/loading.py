@@ -92,6 +92,31 @@ def classify_load_failure(path: Path, lines: Sequence[str], exc: BaseException) 
             reason="unsupported_arch",
             detail=detail,
         )
+    if match := _DUPLICATED.search(text):
+        return ModelLoadError(
+            f"{name} is damaged: it holds the tensor {match.group(1)} twice. Download or convert it again.",
+            path=str(path),
+            reason="broken_file",
+            detail=detail,
+        )
+    if match := _WRONG_SHAPE.search(text):
+        return ModelLoadError(
+            f"{name} is inconsistent: its tensor {match.group(1)} has the shape {match.group(3).strip()}, but the "
+            f"file's own model settings call for {match.group(2).strip()}. It was converted wrongly or is damaged; "
+            "download or convert it again.",
+            path=str(path),
+            reason="broken_file",
+            detail=detail,
+        )
+    if match := _MISSING.search(text):
+        return ModelLoadError(
+            f"{name} is not a complete model: the tensor {match.group(1) or match.group(2)} is missing. The "
+            "conversion is broken or unfinished; download or convert it again.",
+            path=str(path),
+            reason="broken_file",
+            detail=detail,
+        )
+    # (files in the old layout are refused by the pre-flight before llama.cpp is asked)
     if _OUTDATED.search(text):
         return ModelLoadError(
             OUTDATED_LAYOUT_MESSAGE.format(name=name), path=str(path), reason="outdated_layout", detail=detail
@@ -113,6 +138,28 @@ def classify_load_failure(path: Path, lines: Sequence[str], exc: BaseException) 
             detail=detail,
         )
     return ModelLoadError(f"llama.cpp could not load {name}: {detail}", path=str(path), reason="failed", detail=detail)
+
+
+_MISSING = re.compile(r"missing tensor '([^']+)'|tensor '([^']+)' not found")
+_WRONG_SHAPE = re.compile(r"tensor '([^']+)' has wrong shape; expected ([^,]+(?:, *[^,]+)*?), got (.+)$", re.M)
+_DUPLICATED = re.compile(r"(?:duplicate tensor name|tensor) '([^']+)'(?: is duplicated| for tensor)")
+
+
+def check_loadable(path: Path) -> None:
+    """Ask llama.cpp whether it would load ``path``, without reading or allocating any weights (well under a
+    second even for 8x22B): the header and tensor table against the architecture's own rules.
+
+    Raises:
+        ModelLoadError: with the defect named: unknown architecture, a tensor missing, duplicated or of the
+            wrong shape, the old expert layout, a truncated file.
+    """
+    _read_header_for_load(path)
+    with llama_log.capture() as lines:
+        try:
+            model = NativeModel(str(path), n_gpu_layers=0, no_alloc=True)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise classify_load_failure(path, lines, exc) from exc
+    model.close()
 
 
 OUTDATED_LAYOUT_MESSAGE = (
