@@ -142,16 +142,22 @@ def shape_for(model: str, *, instruct: bool = False) -> TinyMixtralSpec:
 
 
 def write_full(
-    model: str, level: str, out_dir: Path, *, instruct: bool = False, spec: TinyMixtralSpec | None = None
+    model: str,
+    level: str,
+    out_dir: Path,
+    *,
+    instruct: bool = False,
+    spec: TinyMixtralSpec | None = None,
+    source: Path | None = None,
 ) -> FullFile:
     """The shape-true ``model`` (8x7b or 8x22b, or any ``spec``) at ``level`` in ``out_dir`` (reused when
-    already there)."""
+    already there). ``source``: that shape's sparse F16 file, when a caller writes several levels."""
     spec = spec or shape_for(model, instruct=instruct)
     path = out_dir / f"mixtral-{model}{'-instruct' if instruct else ''}-shape-true-{level}.gguf"
     if not path.exists():
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out_dir) as work:
-            f16 = write_sparse(spec, Path(work) / "f16.gguf", {}, 1)
+            f16 = source or write_sparse(spec, Path(work) / "f16.gguf", {}, 1)
             write_sparse(spec, path, quantizer_types(f16, level), QUANT_FTYPES[level])
     stat = path.stat()
     return FullFile(path, level, stat.st_size, stat.st_blocks * 512)
@@ -180,10 +186,13 @@ def computed_catalog_sizes() -> dict[tuple[str, str], int]:
     sizes = {}
     with tempfile.TemporaryDirectory(prefix="catalog-sizes-") as scratch:
         for model in load_catalog():
+            spec = catalog_spec(model)
+            source = None
             for quant in model.quants:
                 if quant.size_source != SIZE_COMPUTED or quant.quant not in QUANT_FTYPES:
                     continue
-                full = write_full(model.id, quant.quant, Path(scratch), spec=catalog_spec(model))
+                source = source or write_sparse(spec, Path(scratch) / f"{model.id}-F16.gguf", {}, 1)
+                full = write_full(model.id, quant.quant, Path(scratch), spec=spec, source=source)
                 sizes[(model.id, quant.quant)] = full.apparent_bytes
                 os.remove(full.path)
     return sizes
@@ -220,8 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     levels = args.quant or list(LEVELS)
     with tempfile.TemporaryDirectory(prefix="quant-full-") as scratch:
         out = Path(scratch) if args.sizes or args.out is None else args.out
+        spec = shape_for(args.model, instruct=args.instruct)
+        source = write_sparse(spec, Path(scratch) / "F16.gguf", {}, 1)  # one F16 for every level's dry run
         for level in levels:
-            full = write_full(args.model, level, out, instruct=args.instruct)
+            full = write_full(args.model, level, out, spec=spec, source=source)
             where = "" if args.sizes or args.out is None else f"  {full.path}"
             print(
                 f"{args.model} {level:7s} {full.apparent_bytes:>15,d} bytes ({full.apparent_bytes / 2**20:10.1f} MiB), "
