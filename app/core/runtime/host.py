@@ -86,7 +86,7 @@ class EngineHost:
         self._loaded: LoadedModel | None = None
         self.info: ModelInfo | None = None
         self._sequences: list[KVSequence] = []
-        self._running: list[RunningReply] = []  # the replies being decoded, in admission order
+        self._running: list[RunningReply] = []  # the replies being decoded, in sequence id order (see _place)
         self._waiting: list[_Waiting] = []
         self._deferred: list[_Call] = []
         self._batch: Batch | None = None
