@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         "full", help="full-size Mixtral GGUFs whose data is a sparse hole (shape-true test files)", add_help=False
     )
     commands.add_parser(
+        "realsize-bench", help="the full-size 8x7B through the console chat and the window", add_help=False
+    )
+    commands.add_parser(
         "eval", help="perplexity, KL divergence and top-1 agreement against a reference", add_help=False
     )
     if argv is None:
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         "requantize": "quant.requantize",
         "full": "quant.full",
         "eval": "quant.evaluate",
+        "realsize-bench": "quant.realsize_bench",
     }
     if argv and argv[0] in scripts:
         import importlib

@@ -1,6 +1,13 @@
 """Compare the memory planner with what llama.cpp itself reports when it loads a model.
 
     python -m quant planner-check [--models-dir DIR] [--gpu]
+    python -m quant planner-check --full [--real]
+
+``--full`` checks the planner at Mixtral's real size: every level of the shape-true 8x7B and 8x22B Instruct
+files (``quant full``; sparse, they cost no disk) at contexts 4k and 32k with KV f16 and q8_0, against what
+llama.cpp computes for them with ``no_alloc`` (a load that reads and allocates nothing, so sizes far beyond
+this machine are checked too). ``--real`` adds real loads of the 8x7B levels that fit in this machine's RAM,
+against both the plan and the simulated figures.
 
 On the CPU it loads the tiny Mixtral and a full-width Mixtral-shaped model (4096 wide, 8 experts of 14336,
 two layers, zero weights) at several context lengths and KV cache types, reads llama.cpp's own log lines
@@ -121,13 +128,13 @@ def compare_on_cpu(path: Path, settings: PlanSettings) -> list[Comparison]:
 
 def format_rows(rows: Sequence[Comparison]) -> str:
     lines = [
-        f"{'model':32} {'ctx':>6} {'kv':5} {'fa':3} {'figure':9} {'planned MiB':>12} {'llama.cpp MiB':>14} {'ratio':>6}  ok"
+        f"{'model':32} {'ctx':>6} {'kv':5} {'fa':3} {'figure':9} {'planned MiB':>12} {'llama.cpp MiB':>14} {'error':>8}  ok"
     ]
     for row in rows:
-        ratio = row.planned / row.reported if row.reported else float("nan")
+        error = (row.planned / row.reported - 1) * 100 if row.reported else float("nan")
         lines.append(
             f"{row.model[:32]:32} {row.settings.n_ctx:>6} {row.settings.kv_type:5} {'on' if row.settings.flash_attn else 'off':3} "
-            f"{row.kind:9} {row.planned / MIB:>12.2f} {row.reported / MIB:>14.2f} {ratio:>6.3f}  "
+            f"{row.kind:9} {row.planned / MIB:>12.2f} {row.reported / MIB:>14.2f} {error:>+7.2f}%  "
             f"{'yes' if row.within_tolerance else 'NO'}"
         )
     return "\n".join(lines)
@@ -167,15 +174,113 @@ def gpu_check(path: Path, settings: PlanSettings) -> str:
     return "\n".join(lines)
 
 
+FULL_GRID: tuple[PlanSettings, ...] = tuple(
+    PlanSettings(n_ctx=ctx, kv_type=kv, flash_attn=fa, n_parallel=1)
+    for ctx in (4096, 32768)
+    for kv, fa in (("f16", False), ("q8_0", True))
+)
+CPU_ONLY = Device("cpu", "CPU", 0, 0, 1 << 50, 1 << 50, 0.0, 40.0)
+
+
+def _cpu_plan(path: Path, settings: PlanSettings) -> Any:
+    from app.core.models.gguf import read_model
+
+    return plan_memory(ModelShape.from_gguf(read_model(path), path.name), CPU_ONLY, settings)
+
+
+def compare_simulated(path: Path, settings: PlanSettings) -> list[Comparison]:
+    """The plan for ``path`` next to what llama.cpp computes for it without allocating (well under a second)."""
+    from app.core.runtime.loading import simulate_memory
+
+    plan = _cpu_plan(path, settings)
+    simulated = simulate_memory(path, settings)
+    return [
+        Comparison(path.name, settings, "weights", plan.ram.weights, simulated.cpu_weights),
+        Comparison(path.name, settings, "KV cache", plan.ram.kv_cache, simulated.cpu_kv),
+        Comparison(path.name, settings, "compute", plan.ram.compute, simulated.cpu_compute),
+    ]
+
+
+def compare_real(path: Path, settings: PlanSettings) -> list[Comparison]:
+    """A real load of ``path``: the plan and the simulated figures, each against llama.cpp's real buffers."""
+    from app.core.runtime.loading import simulate_memory
+
+    plan = _cpu_plan(path, settings)
+    simulated = simulate_memory(path, settings)
+    measured, _size, _lines = load_and_report(path, settings)
+    return [
+        Comparison(path.name, settings, "weights", plan.ram.weights, measured.cpu_weights),
+        Comparison(path.name, settings, "KV cache", plan.ram.kv_cache, measured.cpu_kv),
+        Comparison(path.name, settings, "compute", plan.ram.compute, measured.cpu_compute),
+        Comparison(path.name + " (sim)", settings, "KV cache", simulated.cpu_kv, measured.cpu_kv),
+        Comparison(path.name + " (sim)", settings, "compute", simulated.cpu_compute, measured.cpu_compute),
+    ]
+
+
+def full_size_check(folder: Path, *, real: bool) -> list[Comparison]:
+    """Write (once) every level of both shape-true models into ``folder`` and compare as the docstring says."""
+    import time
+
+    import psutil
+
+    from quant.full import LEVELS, write_full, write_sparse
+
+    rows: list[Comparison] = []
+    fitting: list[Path] = []
+    for model, instruct in (("8x7b", False), ("8x22b", True)):
+        from quant.full import shape_for
+
+        source = folder / f"{model}-f16-source.gguf"
+        if not source.exists():
+            write_sparse(shape_for(model, instruct=instruct), source, {}, 1)
+        for level in LEVELS:
+            written = write_full(model, level, folder, instruct=instruct, source=source)
+            started = time.perf_counter()
+            for settings in FULL_GRID:
+                rows += compare_simulated(written.path, settings)
+            print(
+                f"{written.path.name}: {written.apparent_bytes / 2**30:.1f} GiB apparent, "
+                f"{written.disk_bytes / 2**20:.1f} MiB on disk, {len(FULL_GRID)} simulated loads in "
+                f"{time.perf_counter() - started:.1f} s",
+                flush=True,
+            )
+            if model == "8x7b" and written.apparent_bytes + 3 * 2**30 < psutil.virtual_memory().available:
+                fitting.append(written.path)
+    if real:
+        for path in fitting:
+            for settings in FULL_GRID:
+                started = time.perf_counter()
+                rows += compare_real(path, settings)
+                print(
+                    f"real load of {path.name} ({settings.n_ctx}, {settings.kv_type}): "
+                    f"{time.perf_counter() - started:.0f} s",
+                    flush=True,
+                )
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m quant planner-check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models-dir", default="", help="where to build/keep the test models (default: a cache dir)")
     parser.add_argument("--gpu", action="store_true", help="also compare with CUDA buffers and NVML (needs a GPU)")
+    parser.add_argument("--full", action="store_true", help="every level of 8x7B and 8x22B at real size")
+    parser.add_argument("--real", action="store_true", help="with --full: real loads of the levels that fit RAM")
     args = parser.parse_args(argv)
     from app.core.storage import paths
 
     folder = Path(args.models_dir) if args.models_dir else paths.cache_dir() / "planner-check"
     folder.mkdir(parents=True, exist_ok=True)
+    if args.full:
+        rows = full_size_check(folder / "full", real=args.real)
+        print(format_rows(rows))
+        bad = [r for r in rows if not r.within_tolerance]
+        worst = max(rows, key=lambda r: abs(r.planned - r.reported) / max(r.reported, 1))
+        print(
+            f"\n{len(rows) - len(bad)} of {len(rows)} figures within 10% or 32 MiB of llama.cpp's own; largest "
+            f"relative gap {abs(worst.planned - worst.reported) / max(worst.reported, 1):.2%} "
+            f"({worst.model}, {worst.kind}, ctx {worst.settings.n_ctx}, KV {worst.settings.kv_type})."
+        )
+        return 1 if bad else 0
     models = [build_tiny(folder, "v1", ("Q4_K_M",))["Q4_K_M"], wide_model(folder)]
     rows = [row for model in models for settings in CPU_GRID for row in compare_on_cpu(model, settings)]
     print(format_rows(rows))

@@ -44,6 +44,12 @@ def register(commands: Any) -> None:
     download.add_argument("model", metavar="ID|OWNER/REPO/FILE", help="e.g. mixtral-8x7b-instruct:Q4_K_M")
     download.add_argument("--quant", metavar="Q", help="quantization, e.g. Q4_K_M")
     download.add_argument("--revision", metavar="REV", help="for OWNER/REPO/FILE: a branch, tag or commit")
+    download.add_argument(
+        "--connections",
+        type=int,
+        metavar="N",
+        help="parallel byte ranges per file, 1-16 (default: the settings' value, 4)",
+    )
     download.set_defaults(func=run_download)
 
     remove = group.add_parser("remove", help="delete a downloaded model (or forget one used in place)")
@@ -116,20 +122,31 @@ def _entry_for(text: str, quant: str | None) -> catalog.CatalogEntry | None:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from app.core.models.downloads import Control, Downloader, DownloadError, spec_for_catalog_entry, spec_for_repo_file
+    from app.core.models.downloads import (
+        MAX_CONNECTIONS,
+        Control,
+        Downloader,
+        DownloadError,
+        spec_for_catalog_entry,
+        spec_for_repo_file,
+    )
+    from app.core.storage.settings import load_settings
 
     item = _entry_for(args.model, args.quant)
     if item is not None and item.installed:
         print(f"{item.id} is already installed: {item.first_path}")
         return 0
     spec = spec_for_catalog_entry(item) if item is not None else spec_for_repo_file(args.model, args.revision)
+    connections = load_settings().settings.download_connections if args.connections is None else args.connections
+    if not 1 <= connections <= MAX_CONNECTIONS:
+        raise DeskError(f"--connections must be between 1 and {MAX_CONNECTIONS}.")
     control = Control()
     bar = _ProgressBar()
     import signal
 
     previous = signal.signal(signal.SIGINT, lambda signum, frame: control.pause())
     try:
-        placed = Downloader(spec, on_progress=bar.update, control=control).run()
+        placed = Downloader(spec, on_progress=bar.update, control=control, connections=connections).run()
     except DownloadError as err:
         bar.close()
         if err.reason == "paused":
@@ -228,6 +245,8 @@ def run_import(args: argparse.Namespace) -> int:
         return 0
     if not args.path:
         raise DeskError("Give a PATH to import, or --scan to look for models other apps downloaded.")
-    placed = import_model(Path(args.path), args.mode)
+    from app.core.runtime.loading import check_loadable
+
+    placed = import_model(Path(args.path), args.mode, check=check_loadable)
     print(placed)
     return 0

@@ -82,11 +82,13 @@ def run(args: argparse.Namespace) -> int:
     if path.suffix == ".gguf" or path.exists():
         if not path.is_file():
             raise DeskError(f"Model file not found: {path}.")
-        from app.core.runtime.loading import check_loadable
+        from app.core.runtime.loading import simulate_memory
 
-        check_loadable(path)  # a file llama.cpp would refuse gets its defect named, not a plan
+        # a file llama.cpp would refuse gets its defect named, not a plan; one it accepts gets llama.cpp's own
+        # KV and compute figures (a load that allocates nothing)
+        simulated = simulate_memory(path, settings)
         try:
-            plan = plan_file(path, device, settings)
+            plan = plan_file(path, device, settings, from_llama_cpp=simulated)
         except GGUFError as err:
             raise DeskError(str(err)) from err
         print(json.dumps(plan.to_json(), indent=2) if args.json else plan_report(plan))

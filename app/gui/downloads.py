@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject, Signal
 
-from app.core.models.downloads import DownloadError, DownloadManager, DownloadSpec, Progress, RetryPolicy
+from app.core.models.downloads import (
+    DEFAULT_CONNECTIONS,
+    DownloadError,
+    DownloadManager,
+    DownloadSpec,
+    Progress,
+    RetryPolicy,
+)
 
 
 class DownloadService(QObject):
@@ -19,10 +26,17 @@ class DownloadService(QObject):
     progressed = Signal(object)
 
     def __init__(
-        self, *, max_parallel: int = 1, retry: RetryPolicy | None = None, parent: QObject | None = None
+        self,
+        *,
+        max_parallel: int = 1,
+        connections: int = DEFAULT_CONNECTIONS,
+        retry: RetryPolicy | None = None,
+        parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
-        self.manager = DownloadManager(max_parallel=max_parallel, listener=self.progressed.emit, retry=retry)
+        self.manager = DownloadManager(
+            max_parallel=max_parallel, listener=self.progressed.emit, retry=retry, connections=connections
+        )
 
     def restore(self) -> list[str]:
         return self.manager.restore()

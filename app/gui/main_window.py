@@ -81,7 +81,11 @@ class MainWindow(QMainWindow):
         self.controller = ChatController(self)
         from app.gui.downloads import DownloadService
 
-        self.downloads = DownloadService(max_parallel=self.settings.max_parallel_downloads, parent=self)
+        self.downloads = DownloadService(
+            max_parallel=self.settings.max_parallel_downloads,
+            connections=self.settings.download_connections,
+            parent=self,
+        )
         self.downloads.restore()  # unfinished downloads from the last session carry on
         self.model_manager: Any = None
         self.api_server: Any = None
@@ -865,6 +869,7 @@ class MainWindow(QMainWindow):
         )
         self.settings = settings
         save_settings(settings)
+        self.downloads.manager.connections = settings.download_connections
         paths.set_models_dir(settings.models_dir)
         apply_theme(settings.theme, settings.font_size)
         self.chat_view.set_dark(is_dark(settings.theme))

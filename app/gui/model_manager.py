@@ -538,8 +538,9 @@ class ModelManagerWindow(QWidget):
 
     def import_file(self, path: Path, mode: str = "copy") -> None:
         from app.core.models.local import import_model
+        from app.core.runtime.loading import check_loadable
 
-        self._worker.run("import", lambda: import_model(path, mode))
+        self._worker.run("import", lambda: import_model(path, mode, check=check_loadable))
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if any(url.toLocalFile().endswith(".gguf") for url in event.mimeData().urls()):

@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.models.downloads import MAX_CONNECTIONS
 from app.core.storage.settings import THEMES, Settings
 
 
@@ -44,6 +45,8 @@ class SettingsDialog(QDialog):
         self.theme.addItems(list(THEMES))
         self.theme.setCurrentText(settings.theme)
         self.font_size = QSpinBox(minimum=8, maximum=24, value=settings.font_size)
+        self.connections = QSpinBox(minimum=1, maximum=MAX_CONNECTIONS, value=settings.download_connections)
+        self.connections.setToolTip("Parallel byte ranges per file: more helps when one connection is throttled.")
         form = QFormLayout(self)
         form.addRow("Models folder", self.models_dir)
         form.addRow("Default context length", self.context)
@@ -54,6 +57,7 @@ class SettingsDialog(QDialog):
         form.addRow("KV cache type (quantized needs flash attention)", self.kv)
         form.addRow("Theme", self.theme)
         form.addRow("Font size", self.font_size)
+        form.addRow("Connections per download", self.connections)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self._accept)
         buttons.rejected.connect(self.reject)
@@ -75,4 +79,5 @@ class SettingsDialog(QDialog):
             kv_cache_type=self.kv.currentText(),
             theme=self.theme.currentText(),
             font_size=self.font_size.value(),
+            download_connections=self.connections.value(),
         )

@@ -224,7 +224,7 @@ def create_app(service: ServedModel, *, api_key: str | None = None, max_body_byt
                 yield chunk({"content": delta} if chat else delta, None)
             if ticket.error is not None:
                 problem = failure(ticket.error)
-                yield f"data: {problem.body.decode()}\n\n"
+                yield f"data: {bytes(problem.body).decode()}\n\n"
             else:
                 stats = ticket.stats
                 yield chunk({} if chat else "", finish_reason(stats.stop_reason) if stats else "stop")

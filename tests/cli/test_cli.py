@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from app.cli.main import build_parser
+from tests.gguf_defects import defective_gguf
 
 SUBCOMMANDS = ["gui", "chat", "prompt", "hw", "plan", "models", "bench", "serve", "route"]
 
@@ -232,7 +233,7 @@ def test_plan_a_local_file(tiny_v1: dict[str, Path]) -> None:
     result = run_cli("plan", str(tiny_v1["Q4_K_M"]), "--ctx", "8192", "--json")
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
-    assert plan["verdict"] == "cpu_only" and plan["source"] == "exact from GGUF header"
+    assert plan["verdict"] == "cpu_only" and plan["source"] == "from llama.cpp"  # its no_alloc KV and compute
     one_conversation = 2 * 8192 * 2 * 32 * 2 * 2  # layers x ctx x kv heads x dim x (K+V) x f16
     assert plan["ram"]["kv_cache"] == 2 * one_conversation  # by default the chat and one API client
     alone = json.loads(run_cli("plan", str(tiny_v1["Q4_K_M"]), "--ctx", "8192", "--parallel", "1", "--json").stdout)
@@ -349,26 +350,6 @@ def test_import_and_scan_commands(tiny_v1: dict[str, Path], tmp_path: Path) -> N
     assert json.loads(answer.stdout)["model"]["path"] == str(source.resolve())
 
 
-def _defective(tmp_path: Path, defect: str) -> Path:
-    """A small Mixtral-architecture GGUF (data a sparse hole) with one defect llama.cpp refuses."""
-    from quant.full import write_sparse
-    from quant.tiny import TinyMixtralSpec, tensor_layout
-
-    spec = TinyMixtralSpec(n_layer=2, n_embd=256, n_ff=512)
-    layout = tensor_layout(spec, 32000)
-    if defect == "unknown architecture":
-        spec = TinyMixtralSpec(n_layer=2, n_embd=256, n_ff=512, architecture="notanarch")
-    elif defect == "missing tensor":
-        layout = [t for t in layout if t[0] != "blk.1.ffn_down_exps.weight"]
-    elif defect == "wrong shape":
-        layout = tensor_layout(TinyMixtralSpec(n_layer=2, n_embd=256, n_ff=768), 32000)  # header says 512
-    path = write_sparse(spec, tmp_path / f"{defect.replace(' ', '-')}.gguf", {}, 1, layout)
-    if defect == "duplicate tensor":  # rename blk.1.attn_q to blk.1.attn_k in place: same length
-        data = path.read_bytes()
-        path.write_bytes(data.replace(b"blk.1.attn_q.weight", b"blk.1.attn_k.weight", 1))
-    return path
-
-
 @pytest.mark.parametrize(
     ("defect", "message"),
     [
@@ -379,7 +360,37 @@ def _defective(tmp_path: Path, defect: str) -> Path:
     ],
 )
 def test_plan_names_the_defect_of_a_file_llama_cpp_would_refuse(tmp_path: Path, defect: str, message: str) -> None:
-    path = _defective(tmp_path, defect)
+    path = defective_gguf(tmp_path, defect)
     result = run_cli("plan", str(path))
     assert result.returncode == 1 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_import_refuses_a_file_llama_cpp_cannot_load_and_names_the_defect(tmp_path: Path) -> None:
+    path = defective_gguf(tmp_path, "missing tensor")
+    for mode in ("link", "copy"):
+        result = run_cli("models", "import", str(path), "--mode", mode)
+        assert result.returncode == 1 and "the tensor blk.1.ffn_down_exps.weight is missing" in result.stderr
+    from app.core.models.local import registered
+    from app.core.storage import paths
+
+    assert registered() == {} and not (paths.models_dir() / "imported").exists()  # nothing registered or copied
+    assert path.exists()  # and the user's file is left where it was
+
+
+def test_download_connections_option(fake_hub, isolated_home: Path, tmp_path: Path) -> None:
+    big = tmp_path / "big.gguf"
+    with big.open("wb") as out:  # 130 MiB of zeros, a sparse hole: two 65 MiB ranges
+        out.truncate(130 * 2**20)
+    fake_hub.add("someone/big", big)
+    env = hub_env(fake_hub, isolated_home)
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "app", *args], capture_output=True, text=True, timeout=120, env=env
+    )
+    refused = run("models", "download", "someone/big/big.gguf", "--connections", "0")
+    assert refused.returncode == 1 and "--connections must be between 1 and 16" in refused.stderr
+    assert fake_hub.requested_from == []
+    downloaded = run("models", "download", "someone/big/big.gguf", "--connections", "2")
+    assert downloaded.returncode == 0, downloaded.stderr
+    assert sorted(fake_hub.requested_from) == [("big.gguf", 0), ("big.gguf", 65 * 2**20)]
+    assert Path(downloaded.stdout.strip()).stat().st_size == 130 * 2**20

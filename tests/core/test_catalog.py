@@ -100,6 +100,23 @@ def test_hub_metadata_fills_sizes_and_hashes(fake_hub, tiny_v1: dict[str, Path])
     assert refreshed.files[0].sha256 == sha256_of(tiny_v1["Q4_0"])
 
 
+def test_a_refresh_pins_downloads_to_the_commit_its_figures_describe(fake_hub, tiny_v1: dict[str, Path]) -> None:
+    from app.core.models.downloads import Downloader, spec_for_catalog_entry
+    from quant.fakehub import COMMIT
+
+    model = catalog.find_model("mixtral-8x7b-instruct")
+    assert model.revision is None  # the catalog itself pins nothing for this repo
+    for quant in model.quants:
+        fake_hub.add(model.repo, tiny_v1["Q4_0"], quant.files[0].name)
+    catalog.refresh_from_hub(model)
+    assert catalog.find_model("mixtral-8x7b-instruct").revision == COMMIT
+    spec = spec_for_catalog_entry(catalog.entry("mixtral-8x7b-instruct", "Q2_K"))
+    assert {f.revision for f in spec.files} == {COMMIT}
+    Downloader(spec).run()
+    gets = [r for r in fake_hub.requests if r.startswith("GET") and "/resolve/" in r]
+    assert gets and all(f"/resolve/{COMMIT}/" in r for r in gets)
+
+
 def test_hub_unreachable_is_a_clear_error_not_a_crash() -> None:
     with pytest.raises(Exception, match="Could not read"):
         catalog.refresh_from_hub(catalog.find_model("mixtral-8x7b-instruct"))

@@ -3,6 +3,7 @@ ignored ranges, pauses, cancels, a killed process, a full disk and split models.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -126,29 +127,32 @@ def test_offline_mode_is_reported_plainly(payload: Path) -> None:
     assert caught.value.reason == "offline" and "HF_HUB_OFFLINE" in str(caught.value)
 
 
-def test_pause_keeps_the_bytes_and_resume_continues(hub, payload: Path) -> None:
-    hub.throttle_bytes_per_s = 4_000_000
+def paused_after(done: int, **kwargs) -> DownloadError:
+    """Run a download on a thread, pause it once ``done`` bytes arrived, and return how it ended."""
     control = Control()
-    halfway = threading.Event()
-
-    def watch(progress: Progress) -> None:
-        if progress.done > 2_000_000:
-            halfway.set()
-
+    arrived = threading.Event()
     errors: list[DownloadError] = []
 
     def work() -> None:
         try:
-            Downloader(spec(), on_progress=watch, control=control, retry=FAST).run()
+            Downloader(
+                spec(), on_progress=lambda p: p.done > done and arrived.set(), control=control, retry=FAST, **kwargs
+            ).run()
         except DownloadError as err:
             errors.append(err)
 
     worker = threading.Thread(target=work)
     worker.start()
-    assert halfway.wait(30)
+    assert arrived.wait(30)
     control.pause()
     worker.join(30)
-    assert errors and errors[0].reason == "paused"
+    assert errors
+    return errors[0]
+
+
+def test_pause_keeps_the_bytes_and_resume_continues(hub, payload: Path) -> None:
+    hub.throttle_bytes_per_s = 4_000_000
+    assert paused_after(2_000_000).reason == "paused"
     kept = (partial_dir(spec()) / "model.Q4_0.gguf.part").stat().st_size
     assert 2_000_000 < kept < payload.stat().st_size
     hub.throttle_bytes_per_s = 0
@@ -263,3 +267,106 @@ def test_unfinished_downloads_come_back_after_a_restart(hub, payload: Path) -> N
     second.resume("test:Q4_0")
     assert second.wait(60) and second.state("test:Q4_0") == "done"
     assert sha256_of(paths.models_dir() / "test" / "model.Q4_0.gguf") == sha256_of(payload)
+
+
+# -- parallel byte ranges ---------------------------------------------------------------------------------
+
+
+def ranged(payload: Path, connections: int = 4) -> dict[str, int]:
+    """Downloader options that cut the payload into ``connections`` ranges."""
+    return {"connections": connections, "min_range_bytes": payload.stat().st_size // connections}
+
+
+def test_parallel_ranges_fetch_every_byte_once(hub, payload: Path) -> None:
+    size = payload.stat().st_size
+    placed, events = run(spec(), **ranged(payload))
+    assert sha256_of(placed[0]) == sha256_of(payload)
+    starts = sorted(start for name, start in hub.requested_from if name == "model.Q4_0.gguf")
+    assert len(starts) == 4 and starts[0] == 0 and len(set(starts)) == 4
+    assert hub.bytes_served["model.Q4_0.gguf"] == size
+    done = [e.done for e in events if e.state == "downloading"]
+    assert done == sorted(done) and events[-1].state == "done"
+    assert not partial_dir(spec()).exists()
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fault("cut", after=300_000), Fault("status", status=503), Fault("trickle", chunk=64, delay=0.05)],
+    ids=["cut", "503", "stall"],
+)
+def test_a_failing_range_is_retried_on_its_own(hub, payload: Path, fault: Fault) -> None:
+    hub.fail_next("model.Q4_0.gguf", fault)
+    placed, events = run(spec(), **ranged(payload))
+    assert sha256_of(placed[0]) == sha256_of(payload)
+    retries = [e for e in events if e.state == "retrying"]
+    assert len(retries) == 1 and retries[0].message.startswith("range ")
+    if fault.kind == "cut":  # the other ranges were not disturbed and the cut one went on from its byte
+        assert hub.bytes_served["model.Q4_0.gguf"] == payload.stat().st_size
+
+
+def test_ranges_from_a_server_that_ignores_range_fall_back_to_one_connection(hub, payload: Path) -> None:
+    hub.fail_next("model.Q4_0.gguf", Fault("ignore_range"))
+    placed, _ = run(spec(), **ranged(payload))
+    assert sha256_of(placed[0]) == sha256_of(payload)
+    assert hub.requested_from[-1] == ("model.Q4_0.gguf", 0)  # the last request is the whole file, from byte 0
+
+
+def test_a_damaged_range_is_quarantined(hub) -> None:
+    hub.fail_next("model.Q4_0.gguf", Fault("corrupt"))
+    with pytest.raises(DownloadError) as caught:
+        run(spec(), connections=4, min_range_bytes=1 << 20)
+    assert caught.value.reason == "checksum"
+    assert not (paths.models_dir() / "test" / "model.Q4_0.gguf").exists()
+    assert not list(partial_dir(spec()).glob("*.ranges"))
+
+
+def test_paused_ranges_resume_where_each_stopped(hub, payload: Path) -> None:
+    hub.throttle_bytes_per_s = 2_000_000  # per connection
+    assert paused_after(1_000_000, **ranged(payload)).reason == "paused"
+    record = json.loads((partial_dir(spec()) / "model.Q4_0.gguf.part.ranges").read_text())
+    unfinished = sorted(next_byte for _start, end, next_byte in record["ranges"] if next_byte < end)
+    assert unfinished and all(n > s for s, _e, n in record["ranges"])  # every range had begun
+    requests_before = len(hub.requested_from)
+    hub.throttle_bytes_per_s = 0
+    placed, _ = run(spec(), **ranged(payload))
+    assert sha256_of(placed[0]) == sha256_of(payload)
+    assert sorted(start for _name, start in hub.requested_from[requests_before:]) == unfinished
+
+
+RANGED_CHILD = """
+import sys
+from app.core.models.downloads import Downloader, DownloadSpec, FileSpec
+from app.core.storage import paths
+spec = DownloadSpec("test:Q4_0", (FileSpec("test/mixtral-tiny", "model.Q4_0.gguf"),), paths.models_dir() / "test")
+Downloader(spec, connections=4, min_range_bytes=int(sys.argv[1]), on_progress=lambda p: print(p.state, p.done, flush=True)).run()
+"""
+
+
+def _recorded(record_path: Path) -> int:
+    try:
+        return sum(n - s for s, _e, n in json.loads(record_path.read_text())["ranges"])
+    except (OSError, ValueError):
+        return 0
+
+
+def test_killed_ranges_resume_from_their_record(hub, payload: Path, isolated_home: Path) -> None:
+    hub.throttle_bytes_per_s = 1_000_000  # per connection
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "MIXTRAL_DESK_HOME": str(isolated_home)}
+    env.pop("HF_HUB_OFFLINE", None)
+    quarter = str(payload.stat().st_size // 4)
+    child = subprocess.Popen([sys.executable, "-c", RANGED_CHILD, quarter], stdout=subprocess.PIPE, text=True, env=env)
+    assert child.stdout is not None
+    record_path = partial_dir(spec()) / "model.Q4_0.gguf.part.ranges"
+    for line in child.stdout:
+        state, done = line.split()
+        if state == "downloading" and int(done) > 2_000_000 and _recorded(record_path) > 1_000_000:
+            break
+    child.send_signal(signal.SIGKILL)
+    child.wait(30)
+    record = json.loads(record_path.read_text())
+    unfinished = sorted(next_byte for _start, end, next_byte in record["ranges"] if next_byte < end)
+    requests_before = len(hub.requested_from)
+    hub.throttle_bytes_per_s = 0
+    placed, _ = run(spec(), **ranged(payload))
+    assert sha256_of(placed[0]) == sha256_of(payload)
+    assert sorted(start for _name, start in hub.requested_from[requests_before:]) == unfinished

@@ -74,18 +74,19 @@ def test_demo_model_answers_a_question_end_to_end(demo_engine: EngineHost) -> No
     assert stats.context_used == stats.prompt_tokens + stats.generated_tokens
 
 
-def test_text_streams_in_rounds_while_the_reply_runs(demo_engine: EngineHost) -> None:
-    sampling = SamplingSettings(temperature=0.0, repeat_penalty=1.0, max_new_tokens=200, ignore_eos=True)
-    generation = demo_engine.generate(GenerationRequest((M("user", "Tell me a story."),), sampling))
+def test_text_streams_in_rounds_while_the_reply_runs(tiny_engine: EngineHost) -> None:
+    # the tiny model makes a token in about 1-3 ms, well inside one 15 ms flush round even on a busy machine
+    sampling = SamplingSettings(temperature=0.0, repeat_penalty=1.0, max_new_tokens=400, ignore_eos=True)
+    generation = tiny_engine.generate(GenerationRequest((M("user", "Tell me a story."),), sampling))
     stream = iter(generation)
     deltas = [next(stream)]  # the first token's text comes at once...
     still_running_at_first = not generation.finished.is_set()
-    deltas.append(next(stream))  # ...and later text in rounds, long before 200 tokens are done
+    deltas.append(next(stream))  # ...and later text in rounds, long before 400 tokens are done
     still_running_at_second = not generation.finished.is_set()
     deltas += list(stream)
     assert still_running_at_first and still_running_at_second
     assert "".join(deltas) == generation.text
-    assert generation.stats is not None and generation.stats.generated_tokens == 200
+    assert generation.stats is not None and generation.stats.generated_tokens == 400
     assert 3 <= len(deltas) < 200  # several tokens per delta: consumers are not woken for every token
 
 

@@ -231,3 +231,26 @@ def test_out_of_gpu_memory_retries_with_fewer_layers(
         host.load(LoadSettings(model_path=str(tiny_v1["Q4_0"]), n_ctx=256, n_gpu_layers=-1))
     assert attempts[0] == 3 and attempts[-1] <= 1  # all 3 (2 layers + output), then fewer until it fits
     assert attempts == sorted(attempts, reverse=True)
+
+
+@pytest.mark.parametrize(("n_ctx", "kv_type", "flash"), [(4096, "f16", False), (8192, "q8_0", True)])
+def test_llama_cpp_simulated_buffers_equal_a_real_load(
+    tiny_v1: dict[str, Path], host: EngineHost, n_ctx: int, kv_type: str, flash: bool
+) -> None:
+    from app.core.planning.planner import SOURCE_LLAMA_CPP, parse_buffer_lines
+    from app.core.runtime.loading import simulate_memory
+
+    settings = PlanSettings(n_ctx=n_ctx, kv_type=kv_type, flash_attn=flash, n_parallel=2)
+    simulated = simulate_memory(tiny_v1["Q4_0"], settings)
+    device = Device("cpu", "CPU", 0, 0, 64 * GIB, 64 * GIB, 0.0, 40.0)
+    plan = fit.plan_file(tiny_v1["Q4_0"], device, settings, from_llama_cpp=simulated)
+    assert plan.source == SOURCE_LLAMA_CPP and plan.ram.kv_cache == simulated.cpu_kv
+    with llama_log.capture() as lines:
+        host.load(
+            LoadSettings(model_path=str(tiny_v1["Q4_0"]), n_ctx=n_ctx, kv_type=kv_type, flash_attn=flash, n_parallel=2)
+        )
+    real = parse_buffer_lines(lines)
+    assert real is not None
+    assert abs(real.cpu_kv - simulated.cpu_kv) <= 0.01 * MIB  # the logs round to 0.01 MiB
+    assert abs(real.cpu_compute - simulated.cpu_compute) <= 0.01 * MIB
+    assert abs(simulated.cpu_weights - plan.ram.weights) <= 0.01 * MIB  # the tensor bytes, as the planner counts

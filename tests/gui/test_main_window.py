@@ -293,3 +293,25 @@ def test_window_geometry_is_restored(qtbot) -> None:
     again = MainWindow(load_on_start=False)
     qtbot.addWidget(again)
     assert (again.width(), again.height()) == (700, 520)
+
+
+def test_connections_per_download_are_set_in_the_settings_dialog(qtbot) -> None:
+    from PySide6.QtWidgets import QDialogButtonBox
+
+    from app.gui.settings_dialog import SettingsDialog
+
+    window = MainWindow(load_on_start=False)
+    qtbot.addWidget(window)
+    assert window.downloads.manager.connections == 4
+    menus = [a.menu() for a in window.menuBar().actions() if a.menu() is not None]
+    settings_action = next(a for menu in menus for a in menu.actions() if a.text() == "Settings…")
+    settings_action.trigger()
+    dialog = window.findChild(SettingsDialog)
+    assert dialog is not None and dialog.isVisible()
+    dialog.connections.lineEdit().selectAll()
+    qtbot.keyClicks(dialog.connections.lineEdit(), "8")
+    ok = dialog.findChild(QDialogButtonBox).button(QDialogButtonBox.StandardButton.Ok)
+    with qtbot.waitSignal(dialog.accepted):
+        qtbot.mouseClick(ok, Qt.MouseButton.LeftButton)
+    assert load_settings().settings.download_connections == 8
+    assert window.downloads.manager.connections == 8

@@ -179,6 +179,36 @@ def test_import_adds_a_local_file(qtbot, tiny_v1: dict[str, Path], tmp_path: Pat
     assert any(p.name == "local.gguf" for p in installed_models())
 
 
+def _drop(window: ModelManagerWindow, path: Path) -> None:
+    """Drag ``path`` from a file manager and drop it on the window, as a person does."""
+    from PySide6.QtCore import QMimeData, QPointF, QUrl
+    from PySide6.QtGui import QDragEnterEvent, QDropEvent
+    from PySide6.QtWidgets import QApplication
+
+    data = QMimeData()
+    data.setUrls([QUrl.fromLocalFile(str(path))])
+    centre = window.rect().center()
+    buttons, modifiers = Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+    enter = QDragEnterEvent(centre, Qt.DropAction.CopyAction, data, buttons, modifiers)
+    QApplication.sendEvent(window, enter)
+    assert enter.isAccepted()
+    drop = QDropEvent(QPointF(centre), Qt.DropAction.CopyAction, data, buttons, modifiers)
+    QApplication.sendEvent(window, drop)
+
+
+@pytest.mark.filterwarnings("ignore:Function.*QDragEnterEvent:DeprecationWarning")  # Qt 6 has no other form
+def test_a_dropped_file_llama_cpp_cannot_load_is_refused_with_its_defect(qtbot, tmp_path: Path) -> None:
+    from app.core.models.local import registered
+    from tests.gguf_defects import defective_gguf
+
+    path = defective_gguf(tmp_path, "wrong shape")
+    window = open_manager(qtbot, CPU_32)
+    _drop(window, path)
+    qtbot.waitUntil(lambda: window.message.text().startswith("Import failed"), timeout=30_000)
+    assert "its tensor blk.0.ffn_gate_exps.weight has the shape" in window.message.text()
+    assert registered() == {}
+
+
 def test_the_real_hardware_panel_fills_in(qtbot) -> None:
     window = ModelManagerWindow(DownloadService(retry=FAST), confirm=lambda q: True)
     qtbot.addWidget(window)

@@ -80,3 +80,38 @@ def test_every_computed_catalog_size_is_what_llama_cpps_quantizer_gives_the_real
         assert catalog[key].size == size, key  # run `python -m quant full --update-catalog` after a change
     instruct = catalog[("mixtral-8x7b-instruct", "Q4_K_M")]
     assert instruct.size == pytest.approx(PUBLIC_8X7B_Q4_K_M_BYTES, rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def too_big(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8x22B Instruct at Q8_0: about 140 GB apparent, more RAM than any machine these tests run on."""
+    return write_full("8x22b", "Q8_0", tmp_path_factory.mktemp("too-big"), instruct=True).path
+
+
+def test_a_level_too_big_for_this_machine_is_refused_before_llama_cpp_is_asked(too_big: Path) -> None:
+    from app.core.errors import ModelLoadError
+    from app.core.runtime.host import EngineHost
+    from app.core.runtime.types import LoadSettings
+
+    host = EngineHost()
+    try:
+        with llama_log.capture() as lines, pytest.raises(ModelLoadError) as caught:
+            host.load(LoadSettings(model_path=str(too_big), n_ctx=4096))
+    finally:
+        host.close()
+    assert caught.value.reason == "out_of_memory"
+    message = str(caught.value)
+    assert message.startswith(f"{too_big.name} does not fit this machine: it needs 1")  # 1xx GiB
+    assert "Choose a quantization whose file is under" in message
+    assert not any("llama_model_loader" in line for line in lines)  # llama.cpp never opened the file
+
+
+def test_the_console_chat_refuses_a_too_big_level_with_the_planners_advice(too_big: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "chat", "--model", str(too_big), "--prompt", "hi"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "does not fit this machine" in result.stderr and "mixtral-desk models list" in result.stderr

@@ -82,6 +82,9 @@ def catalog() -> tuple[CatalogModel, ...]:
 def _with_hub_metadata(model: CatalogModel, files: dict[str, Any]) -> CatalogModel:
     if not files:
         return model
+    commits = {item.get("revision") for item in files.values() if isinstance(item, dict)}
+    if model.revision is None and len(commits) == 1 and None not in commits:
+        model = replace(model, revision=commits.pop())  # pinned to the commit the figures describe
     quants = []
     for quant in model.quants:
         new_files = tuple(
@@ -134,7 +137,9 @@ def entry(model_id: str, quant: str) -> CatalogEntry:
 
 
 def refresh_from_hub(model: CatalogModel, token: str | None = None) -> int:
-    """Fill in sizes and sha256 from the hub's file metadata (``files_metadata=True``) and cache them.
+    """Fill in sizes and sha256 from the hub's file metadata (``files_metadata=True``) and cache them, with
+    the commit they describe: later downloads of the model ask for that commit, so the bytes that arrive are
+    the bytes the sha256 is of even if the repo changes (MaziyarPanahi's 8x22B repo was re-split in 2024).
 
     Returns the number of catalog files the hub described. Raises :class:`DeskError` when the hub cannot be
     reached (offline is a normal state: callers show the cached or estimated figures).
@@ -153,7 +158,7 @@ def refresh_from_hub(model: CatalogModel, token: str | None = None) -> int:
         if sibling.rfilename in wanted:
             lfs = getattr(sibling, "lfs", None)
             sha = getattr(lfs, "sha256", None) if lfs is not None else None
-            found[sibling.rfilename] = {"size": sibling.size, "sha256": sha}
+            found[sibling.rfilename] = {"size": sibling.size, "sha256": sha, "revision": info.sha}
     cache_path = paths.cache_dir() / HUB_CACHE_FILE
     cache = read_json_dict(cache_path)
     cache[model.repo] = {**cache.get(model.repo, {}), **found}

@@ -15,7 +15,6 @@ expect. On top of them this module adds what the library does not do for large f
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import threading
 import time
@@ -25,13 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from app.core.errors import DeskError
+from app.core.models.partfiles import DiskFullError, PartialFile, RangedPart
 from app.core.storage import paths
 
-CHUNK_BYTES = 1024 * 1024
 DISK_MARGIN_BYTES = 512 * 1024 * 1024
 PROGRESS_INTERVAL_S = 0.5
 PARTIAL_DIR = ".partial"
 QUARANTINE_DIR = ".quarantine"
+DEFAULT_CONNECTIONS = 4  # parallel byte ranges per file (Ollama pulls in 16, huggingface-hub's hf_xet in chunks)
+MAX_CONNECTIONS = 16
+MIN_RANGE_BYTES = 64 * 1024 * 1024  # smaller files come over one connection
+RANGE_POLL_S = 0.1  # how often the download's thread looks at its connections when there is nothing to hash
+RANGE_SAVE_INTERVAL_S = 1.0  # how often the ranges' record is saved (a killed process resumes from it)
 
 
 class DownloadError(DeskError):
@@ -196,29 +200,8 @@ class _Retryable(Exception):
     pass
 
 
-class _PartialFile:
-    """A ``.part`` file and the sha256 of exactly the bytes in it, kept in step on every append."""
-
-    def __init__(self, path: Path, expected_size: int | None) -> None:
-        self.path = path
-        self.hasher = hashlib.sha256()
-        self.size = path.stat().st_size if path.exists() else 0
-        if expected_size is not None and self.size > expected_size:
-            self.restart()
-        elif self.size:
-            with path.open("rb") as existing:  # resumed after a restart: the hash must cover the old bytes
-                for block in iter(lambda: existing.read(CHUNK_BYTES), b""):
-                    self.hasher.update(block)
-
-    def restart(self) -> None:
-        self.path.unlink(missing_ok=True)
-        self.hasher = hashlib.sha256()
-        self.size = 0
-
-    def append(self, handle: Any, chunk: bytes) -> None:
-        handle.write(chunk)
-        self.hasher.update(chunk)
-        self.size += len(chunk)
+class _NoRanges(Exception):
+    """The server answered a byte-range request with the whole file."""
 
 
 class _Speedometer:
@@ -245,8 +228,23 @@ class _Speedometer:
         return self.rate() < min_rate and now - self.samples[0][0] >= self.window_s * 0.9
 
 
+@dataclass(frozen=True)
+class _Place:
+    """Which file of the download is being fetched, and the bytes of the files before it."""
+
+    file: FileSpec
+    index: int
+    count: int
+    done_before: int
+    total: int
+
+
 class Downloader:
-    """Fetches one :class:`DownloadSpec`; ``run()`` blocks and returns the placed paths."""
+    """Fetches one :class:`DownloadSpec`; ``run()`` blocks and returns the placed paths.
+
+    A file of known size is fetched over ``connections`` parallel byte ranges of at least ``min_range_bytes``
+    each (one connection for smaller files, and when the server ignores ranges).
+    """
 
     def __init__(
         self,
@@ -257,6 +255,8 @@ class Downloader:
         retry: RetryPolicy | None = None,
         token: str | None = None,
         free_space: Callable[[Path], int] = free_disk_bytes,
+        connections: int = DEFAULT_CONNECTIONS,
+        min_range_bytes: int = MIN_RANGE_BYTES,
     ) -> None:
         self.spec = spec
         self.on_progress = on_progress or (lambda progress: None)
@@ -264,6 +264,8 @@ class Downloader:
         self.retry = retry or RetryPolicy()
         self.token = token
         self.free_space = free_space
+        self.connections = max(1, min(connections, MAX_CONNECTIONS))
+        self.min_range_bytes = max(1, min_range_bytes)
         self._last_report = 0.0
         self._speed = _Speedometer(5.0)
         self._digests: dict[str, str] = {}
@@ -287,7 +289,7 @@ class Downloader:
         done_before = 0
         try:
             for index, file in enumerate(files):
-                self._fetch(file, staging, index, len(files), done_before, total)
+                self._fetch(_Place(file, index, len(files), done_before, total), staging)
                 done_before += file.size or 0
         except DownloadError as err:
             if err.reason == "cancelled":
@@ -340,111 +342,119 @@ class Downloader:
 
     @staticmethod
     def _partial_size(staging: Path, file: FileSpec) -> int:
-        for candidate in (staging / (file.name + ".part"), staging / file.name):
+        part = staging / (file.name + ".part")
+        ranged = RangedPart.filled_bytes(part)
+        if ranged is not None:
+            return ranged  # the .part itself has the whole file's (sparse) size
+        for candidate in (part, staging / file.name):
             if candidate.exists():
                 return candidate.stat().st_size
         return 0
 
-    def _fetch(self, file: FileSpec, staging: Path, index: int, count: int, done_before: int, total: int) -> None:
-        from huggingface_hub import get_session, hf_hub_url
-        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
-
+    def _fetch(self, place: _Place, staging: Path) -> None:
+        """Fetch, verify and stage one file (``staging/NAME``), resuming what an earlier run left."""
+        file = place.file
         finished = staging / file.name
         if finished.exists():
             return  # verified earlier (a split model resumed after some parts were complete)
-        partial = _PartialFile(staging / (file.name + ".part"), file.size)
-        url = hf_hub_url(file.repo, file.filename, revision=file.revision)
-        headers = build_hf_headers(token=self.token)
+        part_path = staging / (file.name + ".part")
+        ranged = RangedPart.resume(part_path, file.size) if file.size else None
+        if ranged is None and RangedPart.filled_bytes(part_path) is not None:
+            RangedPart.drop(part_path)  # a record for another size of file, or one that does not add up
+        if ranged is None and file.size and not part_path.exists() and self._ranges_for(file.size) > 1:
+            ranged = RangedPart.create(part_path, file.size, self.connections, self.min_range_bytes)
+        try:
+            if ranged is not None:
+                try:
+                    self._fetch_ranges(ranged, place)
+                except _NoRanges:
+                    ranged.discard()  # the server sends whole files only: one connection, from the start
+                    ranged = None
+            if ranged is None:
+                partial = PartialFile(part_path, file.size)
+                self._fetch_sequential(partial, place)
+                size = partial.size
+                self._report(self._progress_at(place, size, "verifying"))
+                digest = partial.digest()
+            else:
+                self._report(self._progress_at(place, ranged.filled, "verifying"))
+                size, digest = ranged.size, ranged.digest()
+                ranged.sidecar.unlink(missing_ok=True)
+        except DiskFullError:
+            raise DownloadError(
+                f"The disk filled up while downloading {file.name}; what arrived is kept. Free some space, then "
+                "resume the download.",
+                reason="disk_full",
+            ) from None
+        finally:
+            if ranged is not None:
+                ranged.close()
+        if file.size is not None and size != file.size:
+            self._quarantine(part_path, file, f"it is {size} bytes instead of {file.size}")
+        if file.sha256 is not None and digest != file.sha256:
+            self._quarantine(part_path, file, f"its sha256 is {digest[:12]}… instead of {file.sha256[:12]}…")
+        part_path.replace(finished)
+        self._digests[file.name] = digest
+
+    def _ranges_for(self, size: int) -> int:
+        return max(1, min(self.connections, size // self.min_range_bytes))
+
+    def _request(self, file: FileSpec) -> tuple[Any, str, dict[str, str]]:
+        from huggingface_hub import get_session, hf_hub_url
+        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+
+        headers = dict(build_hf_headers(token=self.token))
+        headers["Accept-Encoding"] = "identity"
+        return get_session(), hf_hub_url(file.repo, file.filename, revision=file.revision), headers
+
+    def _retry_or_fail(self, attempt: int, why: _Retryable, place: _Place, have: int, what: str) -> None:
+        """Wait before attempt ``attempt + 1``, or fail when attempts are spent."""
+        file = place.file
+        if attempt >= self.retry.attempts:
+            raise DownloadError(
+                f"Downloading {file.name} kept failing ({why}); {have} of {file.size or '?'} bytes are kept, so "
+                "trying again later resumes from there.",
+                reason="network",
+            ) from None
+        delay = min(self.retry.backoff_s * 2 ** (attempt - 1), self.retry.backoff_max_s)
+        progress = self._progress_at(place, have, "retrying")
+        self._report(replace(progress, message=f"{what}{why}; retrying in {delay:.1f}s"))
+        if self.control.wait(delay):
+            self.control.check()
+
+    # -- one connection ---------------------------------------------------------------------------
+
+    def _fetch_sequential(self, partial: PartialFile, place: _Place) -> None:
+        file = place.file
+        session, url, headers = self._request(file)
         attempt = 0
         while True:
             self.control.check()
             if file.size is not None and partial.size >= file.size:
-                break
+                return
             try:
-                self._stream(get_session(), url, headers, partial, file, index, count, done_before, total)
+                self._stream(session, url, headers, partial, place)
                 if file.size is None or partial.size >= file.size:
-                    break
+                    return
                 raise _Retryable("the connection ended early")
             except _Retryable as why:
                 attempt += 1
-                if attempt >= self.retry.attempts:
-                    raise DownloadError(
-                        f"Downloading {file.name} kept failing ({why}); {partial.size} of {file.size or '?'} bytes "
-                        "are kept, so trying again later resumes from there.",
-                        reason="network",
-                    ) from None
-                delay = min(self.retry.backoff_s * 2 ** (attempt - 1), self.retry.backoff_max_s)
-                self._report(
-                    Progress(
-                        self.spec.id,
-                        "retrying",
-                        file.name,
-                        index,
-                        count,
-                        partial.size,
-                        file.size,
-                        done_before + partial.size,
-                        total,
-                        message=f"{why}; retrying in {delay:.1f}s",
-                    )
-                )
-                if self.control.wait(delay):
-                    self.control.check()
-        self._report(
-            Progress(
-                self.spec.id,
-                "verifying",
-                file.name,
-                index,
-                count,
-                partial.size,
-                file.size,
-                done_before + partial.size,
-                total,
-            )
-        )
-        digest = partial.hasher.hexdigest()
-        if file.size is not None and partial.size != file.size:
-            self._quarantine(partial.path, file, f"it is {partial.size} bytes instead of {file.size}")
-        if file.sha256 is not None and digest != file.sha256:
-            self._quarantine(partial.path, file, f"its sha256 is {digest[:12]}… instead of {file.sha256[:12]}…")
-        partial.path.replace(finished)
-        self._digests[file.name] = digest
+                self._retry_or_fail(attempt, why, place, partial.size, "")
 
-    def _stream(
-        self,
-        session: Any,
-        url: str,
-        headers: dict[str, str],
-        partial: _PartialFile,
-        file: FileSpec,
-        index: int,
-        count: int,
-        done_before: int,
-        total: int,
-    ) -> None:
+    def _stream(self, session: Any, url: str, headers: dict[str, str], partial: PartialFile, place: _Place) -> None:
         import httpx2 as httpx
 
+        file = place.file
         request_headers = dict(headers)
-        request_headers["Accept-Encoding"] = "identity"
         if partial.size:
             request_headers["Range"] = f"bytes={partial.size}-"
-        timeout = httpx.Timeout(self.retry.stall_timeout_s, connect=min(30.0, self.retry.stall_timeout_s))
-        started = time.monotonic()
-        speed = _Speedometer(self.retry.stall_timeout_s)
+        started, speed = time.monotonic(), _Speedometer(self.retry.stall_timeout_s)
         try:
-            with session.stream(
-                "GET", url, headers=request_headers, timeout=timeout, follow_redirects=True
-            ) as response:
+            with self._get(session, url, request_headers) as response:
                 status = response.status_code
                 if status == 416 and file.size is not None and partial.size >= file.size:
                     return
-                if status in (401, 403, 404):
-                    raise _status_error(status, file)
-                if status >= 500 or status == 429:
-                    raise _Retryable(f"the hub answered {status}")
-                if status not in (200, 206):
-                    raise DownloadError(f"The hub answered {status} for {file.name}.", reason="network")
+                _check_status(status, file)
                 if partial.size and status == 200:  # the server ignored Range: start this file again
                     partial.restart()
                 with partial.path.open("ab") as out:
@@ -453,24 +463,136 @@ class Downloader:
                         partial.append(out, chunk)
                         now = time.monotonic()
                         speed.add(now, partial.size)
-                        self._speed.add(now, done_before + partial.size)
+                        self._speed.add(now, place.done_before + partial.size)
                         if file.size is not None and partial.size > file.size:
                             partial.restart()
                             raise _Retryable("the server sent more bytes than the file has")
                         if now - self._last_report >= PROGRESS_INTERVAL_S:
-                            self._progress(file, index, count, partial.size, done_before, total)
+                            self._report(self._progress_at(place, partial.size, "downloading"))
                         if speed.too_slow(now, started, self.retry.min_bytes_per_s):
                             raise _Retryable(f"the transfer stalled below {self.retry.min_bytes_per_s:.0f} B/s")
         except (httpx.TransportError, httpx.StreamError) as err:
             raise _Retryable(f"{type(err).__name__}: {err}") from err
-        self._progress(file, index, count, partial.size, done_before, total)
+        self._report(self._progress_at(place, partial.size, "downloading"))
 
-    def _progress(self, file: FileSpec, index: int, count: int, have: int, done_before: int, total: int) -> None:
-        rate = self._speed.rate()
-        done = done_before + have
-        eta = (total - done) / rate if rate > 0 and total else None
-        self._report(
-            Progress(self.spec.id, "downloading", file.name, index, count, have, file.size, done, total, rate, eta)
+    def _get(self, session: Any, url: str, headers: dict[str, str]) -> Any:
+        """A streamed GET whose read timeout is the stall watchdog's."""
+        import httpx2 as httpx
+
+        timeout = httpx.Timeout(self.retry.stall_timeout_s, connect=min(30.0, self.retry.stall_timeout_s))
+        return session.stream("GET", url, headers=headers, timeout=timeout, follow_redirects=True)
+
+    # -- parallel ranges --------------------------------------------------------------------------
+
+    def _fetch_ranges(self, part: RangedPart, place: _Place) -> None:
+        """Fill every unfinished range of ``part`` on its own connection while this thread hashes the filled
+        prefix, reports progress and records the ranges; returns when all are filled.
+
+        Raises:
+            DownloadError: pause, cancel, or a range that kept failing (the record keeps what arrived).
+            _NoRanges: the server does not serve byte ranges.
+        """
+        stop = threading.Event()
+        wake = threading.Event()
+        failures: list[BaseException] = []
+
+        def fill(index: int) -> None:
+            try:
+                self._fill_range(part, index, place, stop)
+            except BaseException as err:  # handed to the loop below, which raises it on this download's thread
+                failures.append(err)
+                stop.set()
+            finally:
+                wake.set()
+
+        workers = [
+            threading.Thread(target=fill, args=(i,), name=f"download-range-{i}", daemon=True)
+            for i, byte_range in enumerate(part.ranges)
+            if not byte_range.done
+        ]
+        for worker in workers:
+            worker.start()
+        last_save = time.monotonic()
+        try:
+            while any(worker.is_alive() for worker in workers):
+                if not part.hash_up_to_frontier() and wake.wait(RANGE_POLL_S):
+                    wake.clear()
+                now = time.monotonic()
+                self._speed.add(now, place.done_before + part.filled)
+                if now - self._last_report >= PROGRESS_INTERVAL_S:
+                    self._report(self._progress_at(place, part.filled, "downloading"))
+                if now - last_save >= RANGE_SAVE_INTERVAL_S:
+                    part.save()
+                    last_save = now
+        finally:
+            stop.set()
+            for worker in workers:
+                worker.join()  # no connection may write into the file after this returns
+            part.save()
+        if failures:
+            raise _most_telling(failures)
+        self._report(self._progress_at(place, part.filled, "downloading"))
+
+    def _fill_range(self, part: RangedPart, index: int, place: _Place, stop: threading.Event) -> None:
+        byte_range = part.ranges[index]
+        session, url, headers = self._request(place.file)
+        label = f"range {index + 1} of {len(part.ranges)}: "
+        attempt = 0
+        while not byte_range.done and not stop.is_set():
+            self.control.check()
+            try:
+                self._stream_range(session, url, headers, part, index, stop)
+                if not byte_range.done and not stop.is_set():
+                    raise _Retryable("the connection ended early")
+            except _Retryable as why:
+                attempt += 1
+                self._retry_or_fail(attempt, why, place, part.filled, label)
+
+    def _stream_range(
+        self, session: Any, url: str, headers: dict[str, str], part: RangedPart, index: int, stop: threading.Event
+    ) -> None:
+        import httpx2 as httpx
+
+        byte_range = part.ranges[index]
+        request_headers = {**headers, "Range": f"bytes={byte_range.next}-{byte_range.end - 1}"}
+        started, speed = time.monotonic(), _Speedometer(self.retry.stall_timeout_s)
+        try:
+            with self._get(session, url, request_headers) as response:
+                status = response.status_code
+                if status == 200:
+                    raise _NoRanges()
+                _check_status(status, self._file_of(part))
+                if status != 206 or not response.headers.get("Content-Range", "").startswith(
+                    f"bytes {byte_range.next}-"
+                ):
+                    raise _Retryable(f"the server answered {status} with another range")
+                for chunk in response.iter_bytes():
+                    if stop.is_set():
+                        return
+                    self.control.check()
+                    part.write(index, chunk)
+                    now = time.monotonic()
+                    speed.add(now, byte_range.filled)
+                    if byte_range.done:
+                        return
+                    if speed.too_slow(now, started, self.retry.min_bytes_per_s):
+                        raise _Retryable(f"the transfer stalled below {self.retry.min_bytes_per_s:.0f} B/s")
+        except (httpx.TransportError, httpx.StreamError) as err:
+            raise _Retryable(f"{type(err).__name__}: {err}") from err
+
+    def _file_of(self, part: RangedPart) -> FileSpec:
+        name = part.path.name.removesuffix(".part")
+        return next(f for f in self.spec.files if f.name == name)
+
+    # -- reporting and placing --------------------------------------------------------------------
+
+    def _progress_at(self, place: _Place, have: int, state: str) -> Progress:
+        rate = self._speed.rate() if state == "downloading" else 0.0
+        done = place.done_before + have
+        eta = (place.total - done) / rate if rate > 0 and place.total else None
+        file = place.file
+        return Progress(
+            self.spec.id, state, file.name, place.index, place.count, have, file.size, done, place.total, rate, eta
         )
 
     def _report(self, progress: Progress) -> None:
@@ -503,6 +625,27 @@ class Downloader:
             digest = self._digests.get(file.name) or sha256_file(target)  # parts verified in an earlier run
             register(target, sha256=digest, source=f"{file.repo}/{file.filename}")
         return placed
+
+
+def _check_status(status: int, file: FileSpec) -> None:
+    if status in (401, 403, 404):
+        raise _status_error(status, file)
+    if status >= 500 or status == 429:
+        raise _Retryable(f"the hub answered {status}")
+    if status not in (200, 206):
+        raise DownloadError(f"The hub answered {status} for {file.name}.", reason="network")
+
+
+def _most_telling(failures: list[BaseException]) -> BaseException:
+    """Of what the connections of one file failed with, the one to raise: cancel, then pause, then the rest."""
+    for reason in ("cancelled", "paused"):
+        for failure in failures:
+            if isinstance(failure, DownloadError) and failure.reason == reason:
+                return failure
+    for failure in failures:
+        if not isinstance(failure, _NoRanges):
+            return failure
+    return failures[0]
 
 
 def _status_error(status: int, file: FileSpec) -> DownloadError:
@@ -561,8 +704,10 @@ class DownloadManager:
         listener: ProgressCallback | None = None,
         retry: RetryPolicy | None = None,
         free_space: Callable[[Path], int] = free_disk_bytes,
+        connections: int = DEFAULT_CONNECTIONS,
     ) -> None:
         self.max_parallel = max(1, max_parallel)
+        self.connections = connections  # per file, for downloads started from now on
         self.listener = listener or (lambda progress: None)
         self.retry = retry
         self.free_space = free_space
@@ -695,7 +840,12 @@ class DownloadManager:
             self.listener(progress)
 
         downloader = Downloader(
-            job.spec, on_progress=forward, control=job.control, retry=self.retry, free_space=self.free_space
+            job.spec,
+            on_progress=forward,
+            control=job.control,
+            retry=self.retry,
+            free_space=self.free_space,
+            connections=self.connections,
         )
         try:
             placed = downloader.run()

@@ -169,13 +169,16 @@ def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> st
 # -- import ---------------------------------------------------------------------------------------------
 
 
-def import_model(path: Path, mode: str = "copy") -> Path:
+def import_model(path: Path, mode: str = "copy", *, check: Callable[[Path], None] | None = None) -> Path:
     """Register a local GGUF (every part of a split one) after checking its header.
 
     ``copy`` and ``move`` put it into ``models/imported/``; ``link`` uses it where it is (nothing copied).
+    ``check`` (the runtime's ``check_loadable``) runs before anything is copied, moved or registered, so a
+    file llama.cpp would refuse is named with its defect and left alone.
 
     Raises:
-        DeskError: not a readable GGUF, a missing part, an unknown mode, or not enough disk space to copy.
+        DeskError: not a readable GGUF, a missing part, an unknown mode, not enough disk space to copy, or
+            what ``check`` raises.
     """
     if mode not in IMPORT_MODES:
         raise DeskError(f"Unknown import mode {mode!r}; use one of {', '.join(IMPORT_MODES)}.")
@@ -187,6 +190,8 @@ def import_model(path: Path, mode: str = "copy") -> Path:
     except GGUFError as err:
         raise DeskError(f"Cannot import {path.name}: {err}") from err
     parts = [Path(p) for p in model.paths] if len(model.paths) > 1 else [path]
+    if check is not None:
+        check(path)
     if mode == "link":
         for part in parts:
             register(part, sha256=None, source=f"linked from {part}", external=True)

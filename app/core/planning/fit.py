@@ -13,6 +13,7 @@ from app.core.models.gguf import read_model
 from app.core.planning import hardware
 from app.core.planning.planner import (
     Device,
+    Measurement,
     MeasurementStore,
     MemoryPlan,
     ModelShape,
@@ -72,14 +73,22 @@ def device_for(what_if: WhatIf | None = None, report: hardware.HardwareReport | 
         raise DeskError(str(err)) from err
 
 
-def plan_file(path: Path, device: Device, settings: PlanSettings) -> MemoryPlan:
-    """Exact plan for a local GGUF (all parts of a split model), corrected by earlier real loads."""
+def plan_file(
+    path: Path, device: Device, settings: PlanSettings, *, from_llama_cpp: Measurement | None = None
+) -> MemoryPlan:
+    """Exact plan for a local GGUF (all parts of a split model), corrected by an earlier real load, or else by
+    ``from_llama_cpp`` (what llama.cpp computed for this file and settings without allocating) when the plan
+    keeps everything in RAM."""
     shape = ModelShape.from_gguf(read_model(path), path.name)
     plan = plan_memory(shape, device, settings)
     if device.assumed:
         return plan
     measured = measurement_store().lookup(path, settings, plan.gpu_layers)
-    return with_measurement(plan, shape, device, measured) if measured else plan
+    if measured:
+        return with_measurement(plan, shape, device, measured)
+    if from_llama_cpp is not None and plan.gpu_layers == 0:
+        return with_measurement(plan, shape, device, from_llama_cpp, simulated=True)
+    return plan
 
 
 def plan_entry(item: CatalogEntry, device: Device, settings: PlanSettings, *, remote: bool = False) -> MemoryPlan:

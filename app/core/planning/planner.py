@@ -27,8 +27,13 @@ CONTEXT_PADDING = 256  # llama.cpp rounds the context up to a multiple of this
 MAX_UBATCH = 512  # llama.cpp's default n_ubatch
 GPU_RESERVE_BYTES: dict[str, int] = {"cuda": 512 * MIB, "metal": 512 * MIB}  # driver / context overhead
 RAM_RESERVE_BYTES = 1 * GIB  # the OS and this app
-# Share of peak memory bandwidth llama.cpp reaches while decoding (typical of published measurements).
-BANDWIDTH_EFFICIENCY: dict[str, float] = {"cuda": 0.6, "metal": 0.6, "cpu": 0.5}
+# Share of memory bandwidth llama.cpp reaches while decoding: of the GPU's peak (typical of published
+# measurements), and of this machine's measured RAM copy bandwidth (the full-size 8x7B Q2_K decoded at
+# 0.84-0.92 of it here: `python -m quant realsize-bench`).
+BANDWIDTH_EFFICIENCY: dict[str, float] = {"cuda": 0.6, "metal": 0.6, "cpu": 0.85}
+# A fixed cost per layer run on the CPU and token (thread hand-offs, small kernels): what makes a 135M model
+# decode at ~135 tokens/s here rather than the ~300 its bytes alone would allow.
+CPU_LAYER_OVERHEAD_S = 150e-6
 DEFAULT_RAM_BANDWIDTH_GBPS = 40.0
 MIN_USABLE_TOKENS_PER_S = 5.0
 
@@ -40,6 +45,7 @@ VERDICT_TOO_BIG = "too_big"
 SOURCE_HEADER = "exact from GGUF header"
 SOURCE_CATALOG = "estimated from catalog"
 SOURCE_MEASURED = "measured"
+SOURCE_LLAMA_CPP = "from llama.cpp"
 
 
 def check_kv_settings(kv_type: str, flash_attn: bool) -> None:
@@ -396,7 +402,13 @@ def _split(shape: ModelShape, gpu_layers: int) -> tuple[int, int, int, int]:
 
 
 def _plan_for_layers(
-    shape: ModelShape, device: Device, settings: PlanSettings, gpu_layers: int, measured: Measurement | None
+    shape: ModelShape,
+    device: Device,
+    settings: PlanSettings,
+    gpu_layers: int,
+    measured: Measurement | None,
+    *,
+    simulated: bool = False,
 ) -> MemoryPlan:
     n = shape.n_layer
     gpu_w, cpu_w, gpu_a, cpu_a = _split(shape, gpu_layers)
@@ -411,8 +423,12 @@ def _plan_for_layers(
         kv_gpu = measured.gpu_kv if gpu_layers > 0 else 0
         kv_total = measured.gpu_kv + measured.cpu_kv
         gpu_compute, cpu_compute = measured.gpu_compute, measured.cpu_compute
-        source = SOURCE_MEASURED
-        notes.append("KV cache and compute buffers as llama.cpp reported them for this file and settings.")
+        if simulated:
+            source = SOURCE_LLAMA_CPP
+            notes.append("KV cache and compute buffer as llama.cpp computes them for this file and settings.")
+        else:
+            source = SOURCE_MEASURED
+            notes.append("KV cache and compute buffers as llama.cpp reported them for this file and settings.")
     gpu = Breakdown(gpu_w, kv_gpu, gpu_compute, device.gpu_reserve_bytes if device.backend != "cpu" else 0)
     ram = Breakdown(cpu_w, kv_total - kv_gpu, cpu_compute, RAM_RESERVE_BYTES)
     efficiency = BANDWIDTH_EFFICIENCY.get(device.backend, 0.5)
@@ -421,6 +437,7 @@ def _plan_for_layers(
         seconds += gpu_a / (device.gpu_bandwidth_gbps * 1e9 * efficiency)
     if cpu_a:
         seconds += cpu_a / (device.ram_bandwidth_gbps * 1e9 * BANDWIDTH_EFFICIENCY["cpu"])
+        seconds += (n - min(gpu_layers, n)) * CPU_LAYER_OVERHEAD_S
     speed = 1.0 / seconds if seconds > 0 else 0.0
     ram_needed = ram.total + (gpu.total if device.backend == "metal" else 0)
     if ram_needed > device.ram_total_bytes:
@@ -483,9 +500,12 @@ def plan_memory(shape: ModelShape, device: Device, settings: PlanSettings | None
     return chosen
 
 
-def with_measurement(plan: MemoryPlan, shape: ModelShape, device: Device, measured: Measurement) -> MemoryPlan:
-    """``plan`` redone with the KV and compute sizes llama.cpp reported for the same file and settings."""
-    return _plan_for_layers(shape, device, plan.settings, plan.gpu_layers, measured)
+def with_measurement(
+    plan: MemoryPlan, shape: ModelShape, device: Device, measured: Measurement, *, simulated: bool = False
+) -> MemoryPlan:
+    """``plan`` redone with the KV and compute sizes llama.cpp reported for the same file and settings: from a
+    real load, or (``simulated``) from a load that allocated nothing."""
+    return _plan_for_layers(shape, device, plan.settings, plan.gpu_layers, measured, simulated=simulated)
 
 
 def recommend(plans: Sequence[tuple[str, MemoryPlan]]) -> tuple[str, MemoryPlan] | None:

@@ -13,7 +13,17 @@ from pathlib import Path
 
 from app.core.errors import DeskError, ModelLoadError
 from app.core.models.gguf import GGUFError, GGUFHeader, read_model
-from app.core.planning.planner import PlanSettings, check_kv_settings, kv_cache_bytes, parse_buffer_lines
+from app.core.planning.fit import device_for, plan_file
+from app.core.planning.planner import (
+    MIB,
+    VERDICT_TOO_BIG,
+    Measurement,
+    MemoryPlan,
+    PlanSettings,
+    check_kv_settings,
+    kv_cache_bytes,
+    parse_buffer_lines,
+)
 from app.core.prompts import FORMATS, ChatFormat, detect_format, get_format
 from app.core.runtime import llama_log
 from app.core.runtime.native import LoadAborted, NativeContext, NativeModel, NativeVocab, supports_gpu_offload
@@ -153,13 +163,60 @@ def check_loadable(path: Path) -> None:
         ModelLoadError: with the defect named: unknown architecture, a tensor missing, duplicated or of the
             wrong shape, the old expert layout, a truncated file.
     """
-    _read_header_for_load(path)
     with llama_log.capture() as lines:
+        _model_without_data(path, lines).close()
+
+
+def _model_without_data(path: Path, lines: Sequence[str]) -> NativeModel:
+    """The pre-flight, then a ``no_alloc`` llama.cpp model of ``path`` (its failure named from ``lines``)."""
+    _read_header_for_load(path)
+    try:
+        return NativeModel(str(path), n_gpu_layers=0, no_alloc=True)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise classify_load_failure(path, lines, exc) from exc
+
+
+_FILE_SIZE_LINE = re.compile(r"file size\s*=\s*([\d.]+)\s*(MiB|GiB)")
+_KV_SIZE_LINE = re.compile(r"llama_kv_cache: size =\s*([\d.]+) MiB")
+_COMPUTE_LINE = re.compile(r"(\S+)\s+compute buffer size =\s*([\d.]+) MiB")
+
+
+def simulate_memory(path: Path, settings: PlanSettings) -> Measurement:
+    """What llama.cpp itself would allocate to run ``path`` on the CPU with ``settings``: a load with
+    ``no_alloc`` (llama.cpp's "only load metadata and simulate memory allocations") of the model and a
+    context, in well under a second at any size; nothing is read or allocated.
+
+    Returns weights (the tensor bytes llama.cpp counts, to 0.01 MiB or GiB as it logs them), the KV cache
+    for ``settings.kv_cells`` cells, and the compute buffer.
+
+    Raises:
+        ModelLoadError: what :func:`check_loadable` raises, and a context llama.cpp refuses.
+    """
+    with llama_log.capture() as lines:
+        model = _model_without_data(path, lines)
         try:
-            model = NativeModel(str(path), n_gpu_layers=0, no_alloc=True)
-        except (RuntimeError, ValueError, OSError) as exc:
+            context = NativeContext(
+                model,
+                n_ctx=settings.kv_cells,
+                n_batch=settings.n_batch,
+                n_seq_max=max(1, settings.n_parallel),
+                flash_attn=settings.flash_attn,
+                kv_type=settings.kv_type,
+            )
+            context.close()
+        except RuntimeError as exc:
             raise classify_load_failure(path, lines, exc) from exc
-    model.close()
+        finally:
+            model.close()
+    weights = kv = compute = 0.0
+    for line in lines:
+        if match := _FILE_SIZE_LINE.search(line):
+            weights = float(match.group(1)) * (1024 if match.group(2) == "GiB" else 1)
+        elif match := _KV_SIZE_LINE.search(line):
+            kv += float(match.group(1))
+        elif (match := _COMPUTE_LINE.search(line)) and match.group(1).upper().startswith("CPU"):
+            compute += float(match.group(2))
+    return Measurement(cpu_weights=round(weights * MIB), cpu_kv=round(kv * MIB), cpu_compute=round(compute * MIB))
 
 
 OUTDATED_LAYOUT_MESSAGE = (
@@ -197,6 +254,23 @@ def _check_kv_fits_in_ram(path: Path, header: GGUFHeader, settings: LoadSettings
             reason="out_of_memory",
             detail=f"kv cache {needed} bytes > available {available} bytes",
         )
+
+
+def _too_big(path: Path, plan: MemoryPlan, ram_total: int) -> ModelLoadError:
+    """The planner's refusal of a model that cannot fit this machine, with what would."""
+    gib = 1024**3
+    ram = plan.ram
+    room = ram_total - ram.kv_cache - ram.compute - ram.reserve
+    return ModelLoadError(
+        f"{path.name} does not fit this machine: it needs {ram.total / gib:.1f} GiB of RAM (weights "
+        f"{ram.weights / gib:.1f}, KV cache {ram.kv_cache / gib:.1f}, compute {ram.compute / gib:.1f}, reserve "
+        f"{ram.reserve / gib:.1f}) beyond what the GPU holds, and this machine has {ram_total / gib:.1f} "
+        f"GiB. Choose a quantization whose file is under {max(room, 0) / gib:.1f} GiB (`mixtral-desk models list` "
+        "marks what fits), a shorter context, or a machine with more memory.",
+        path=str(path),
+        reason="out_of_memory",
+        detail=plan.summary(),
+    )
 
 
 def _metadata_int(metadata: dict[str, str], key: str) -> int:
@@ -250,14 +324,13 @@ def open_model(settings: LoadSettings, *, should_abort: Callable[[], bool] | Non
         settings.n_ctx, settings.kv_type, settings.flash_attn, settings.n_batch, n_parallel=settings.n_parallel
     )
     tuned = {} if settings.vocab_only else tuned_settings(path)  # what `bench --tune` found fastest
+    plan: MemoryPlan | None = None
     if not offload:
         gpu_layers = 0
     elif settings.n_gpu_layers is None and "n_gpu_layers" in tuned:
         gpu_layers = min(tuned["n_gpu_layers"], full_offload)
         notes.append(f"Using the {gpu_layers} GPU layers that `bench --tune` found fastest.")
     elif settings.n_gpu_layers is None:
-        from app.core.planning.fit import device_for, plan_file
-
         plan = plan_file(path, device_for(), plan_settings)
         gpu_layers = plan.gpu_layers
         notes.append(f"Memory plan: {plan.summary()}")
@@ -265,6 +338,10 @@ def open_model(settings: LoadSettings, *, should_abort: Callable[[], bool] | Non
         gpu_layers = full_offload if settings.n_gpu_layers < 0 else min(settings.n_gpu_layers, full_offload)
     if not settings.vocab_only and gpu_layers == 0:
         _check_kv_fits_in_ram(path, header, settings)
+        if plan is None:
+            plan = plan_file(path, device_for(), plan_settings)
+    if plan is not None and plan.verdict == VERDICT_TOO_BIG:
+        raise _too_big(path, plan, device_for().ram_total_bytes)
     threads = settings.n_threads or tuned.get("n_threads")
     threads_batch = threads
     if threads is None:

@@ -34,6 +34,7 @@ class Settings:
     font_size: int = 11
     last_model: str = ""
     max_parallel_downloads: int = 1
+    download_connections: int = 4  # parallel byte ranges per file
 
     def to_json(self) -> dict[str, Any]:
         return {"version": SETTINGS_VERSION, **asdict(self)}
@@ -57,7 +58,7 @@ def _validated(data: dict[str, Any]) -> Settings:
         raise ValueError(f"theme {settings.theme!r}")
     if settings.kv_cache_type not in ("f16", "q8_0", "q4_0"):
         raise ValueError(f"kv_cache_type {settings.kv_cache_type!r}")
-    for name in ("context_length", "font_size", "max_parallel_downloads"):
+    for name in ("context_length", "font_size", "max_parallel_downloads", "download_connections"):
         value = getattr(settings, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name} {value!r}")
