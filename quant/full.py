@@ -60,6 +60,15 @@ SHAPES = {
     ),
 }
 
+# Published file sizes to compare with (bytes): mradermacher's 8x7B conversions. Instruct Q4_K_M is exact;
+# the base repo's figures are the hub's rounded GB.
+PUBLIC_SIZES: dict[tuple[str, str], tuple[int, str]] = {
+    ("8x7b", "Q2_K"): (17_300_000_000, "mradermacher base, ~17.3 GB"),
+    ("8x7b", "Q3_K_M"): (22_500_000_000, "mradermacher base, ~22.5 GB"),
+    ("8x7b", "Q4_K_M"): (28_448_468_384, "mradermacher Instruct, exact"),
+    ("8x7b", "Q5_K_M"): (33_200_000_000, "mradermacher base, ~33.2 GB"),
+}
+
 _DRY_RUN_LINE = re.compile(r"^\[\s*\d+/\s*\d+\]\s+(\S+)\s+- \[.*?\], type =\s*(\S+),\s+size = .*?(?:\((\S+)\))?\s*$")
 
 
@@ -234,9 +243,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for level in levels:
             full = write_full(args.model, level, out, spec=spec, source=source)
             where = "" if args.sizes or args.out is None else f"  {full.path}"
+            public = PUBLIC_SIZES.get((args.model, level))
+            versus = (
+                f"; public {public[0]:,d} ({public[1]}): {(full.apparent_bytes / public[0] - 1) * 100:+.3f} %"
+                if public
+                else ""
+            )
             print(
                 f"{args.model} {level:7s} {full.apparent_bytes:>15,d} bytes ({full.apparent_bytes / 2**20:10.1f} MiB), "
-                f"{full.disk_bytes / 1024:.0f} KiB on disk{where}"
+                f"{full.disk_bytes / 1024:.0f} KiB on disk{where}{versus}"
             )
             if args.sizes:
                 os.remove(full.path)

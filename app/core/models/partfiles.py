@@ -103,10 +103,13 @@ class RangedPart:
         self.changed = threading.Condition(self._lock)  # notified on every write
         self.hasher = hashlib.sha256()
         self.hashed = 0
-        exists = path.exists()
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not exists or os.fstat(self._fd).st_size != size:
-            os.ftruncate(self._fd, size)  # sparse: blocks are allocated as bytes arrive
+        # unbuffered handles (positioned writes under a lock, works everywhere): a write is in the page cache
+        # when it returns, so the reader and a process started after a kill -9 see it
+        self._writer: BinaryIO | None = open(path, "r+b" if path.exists() else "w+b", buffering=0)  # noqa: SIM115
+        if os.fstat(self._writer.fileno()).st_size != size:
+            self._writer.truncate(size)  # sparse where the file system allows: blocks are allocated as bytes arrive
+        self._reader: BinaryIO | None = open(path, "rb", buffering=0)  # noqa: SIM115
+        self._write_lock = threading.Lock()
 
     # -- creation ---------------------------------------------------------------------------------
 
@@ -150,8 +153,13 @@ class RangedPart:
         """Write ``data`` at range ``index``'s next byte (cut at the range's end); returns bytes written."""
         byte_range = self.ranges[index]
         data = data[: byte_range.end - byte_range.next]
+        assert self._writer is not None, "write after close"
         try:
-            os.pwrite(self._fd, data, byte_range.next)
+            with self._write_lock:
+                self._writer.seek(byte_range.next)
+                view = memoryview(data)
+                while view:  # a raw write may take fewer bytes than offered
+                    view = view[self._writer.write(view) or 0 :]
         except OSError as err:
             raise _write_guard(err) from err
         with self._lock:
@@ -191,8 +199,10 @@ class RangedPart:
         """Hash up to ``limit`` more bytes of the filled prefix; returns how many were hashed."""
         end = min(self.frontier(), self.hashed + limit)
         start = self.hashed
+        assert self._reader is not None, "hash after close"
+        self._reader.seek(self.hashed)
         while self.hashed < end:
-            block = os.pread(self._fd, min(CHUNK_BYTES, end - self.hashed), self.hashed)
+            block = self._reader.read(min(CHUNK_BYTES, end - self.hashed))
             if not block:
                 raise OSError(f"{self.path} is shorter than its record says")
             self.hasher.update(block)
@@ -207,9 +217,11 @@ class RangedPart:
         return self.hasher.hexdigest()
 
     def close(self) -> None:
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
+        """Close the file (again is harmless); it must be closed before it is renamed on Windows."""
+        for handle in (self._writer, self._reader):
+            if handle is not None:
+                handle.close()
+        self._writer = self._reader = None
 
     def discard(self) -> None:
         """Close and delete the part and its record."""
