@@ -370,3 +370,19 @@ def test_killed_ranges_resume_from_their_record(hub, payload: Path, isolated_hom
     placed, _ = run(spec(), **ranged(payload))
     assert sha256_of(placed[0]) == sha256_of(payload)
     assert sorted(start for _name, start in hub.requested_from[requests_before:]) == unfinished
+
+
+def test_a_failure_before_the_first_byte_reaches_the_listener(hub) -> None:
+    events: list[Progress] = []
+    with pytest.raises(DownloadError):
+        Downloader(spec("nope.gguf"), on_progress=events.append, retry=FAST).run()
+    assert [e.state for e in events] == ["checking", "failed"] and "not found" in events[-1].message
+
+
+def test_an_unexpected_error_fails_the_job_instead_of_leaving_it_running(hub) -> None:
+    seen: list[Progress] = []
+    manager = DownloadManager(retry=FAST, listener=seen.append, free_space=lambda folder: 1 // 0)
+    manager.submit(spec())
+    assert manager.wait(30)
+    assert manager.state("test:Q4_0") == "failed" and seen[-1].state == "failed"
+    assert "ZeroDivisionError" in seen[-1].message

@@ -152,6 +152,31 @@ def test_a_failed_verification_shows_in_the_row(qtbot, served) -> None:
     assert not catalog.entry("mixtral-8x7b-instruct", "Q2_K").installed
 
 
+def test_an_unreachable_hub_fails_within_seconds_with_a_message(qtbot, monkeypatch) -> None:
+    import socket
+
+    import huggingface_hub.constants
+
+    silent = socket.socket()  # accepts connections (the kernel's backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(
+        huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    try:
+        window = open_manager(qtbot, CPU_32)
+        window.select(ENTRY)
+        qtbot.mouseClick(window.buttons["Download"], Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: cell(window, ENTRY, 6).startswith("failed"), timeout=15_000)  # FAST: 2 s stall
+        assert "Could not reach the hub" in window.message.text() + cell(window, ENTRY, 6)
+        assert window.buttons["Download"].isEnabled()  # and it can be tried again
+    finally:
+        silent.close()
+
+
 def test_downloads_outlive_the_window(qtbot, served) -> None:
     hub, _ = served
     hub.throttle_bytes_per_s = 3_000_000

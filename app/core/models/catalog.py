@@ -19,6 +19,7 @@ from app.core.storage.jsonfile import read_json_dict, write_json_atomic
 from models_manifest import SIZE_HUB, CatalogError, CatalogFile, CatalogModel, CatalogQuant, load_catalog
 
 HUB_CACHE_FILE = "hub_files.json"
+HUB_TIMEOUT_S = 10.0  # an unanswering hub is given up on after this, not after the network stack's minutes
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,9 @@ def refresh_from_hub(model: CatalogModel, token: str | None = None) -> int:
     from huggingface_hub import HfApi
 
     try:
-        info = HfApi().model_info(model.repo, revision=model.revision, files_metadata=True, token=token)
+        info = HfApi().model_info(
+            model.repo, revision=model.revision, files_metadata=True, token=token, timeout=HUB_TIMEOUT_S
+        )
     except Exception as err:  # network errors, offline mode, HTTP errors: all mean "not now"
         raise DeskError(f"Could not read {model.repo} from the hub ({type(err).__name__}: {err}).") from err
     wanted = {f.name for q in model.quants for f in q.files}

@@ -39,8 +39,8 @@ RANGE_SAVE_INTERVAL_S = 1.0  # how often the ranges' record is saved (a killed p
 
 
 class DownloadError(DeskError):
-    """A download failed. ``reason``: not_found, unauthorized, offline, network, checksum, disk_full,
-    cancelled or paused (the last two are not failures: the caller asked for them)."""
+    """A download failed. ``reason``: not_found, unauthorized, offline, network, checksum, disk_full, disk
+    (could not write), bug, cancelled or paused (the last two are not failures: the caller asked for them)."""
 
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
@@ -281,16 +281,20 @@ class Downloader:
         spec = self.spec
         staging = partial_dir(spec)
         self._report(Progress(spec.id, "checking", file_count=len(spec.files)))
-        files = self._resolve_sizes()
-        total = sum(f.size or 0 for f in files)
-        already = sum(self._partial_size(staging, f) for f in files)
-        self._check_disk(total - already)
-        staging.mkdir(parents=True, exist_ok=True)
-        done_before = 0
-        try:
+        done_before = total = 0
+        try:  # every way out reports its state: a listener never waits on "checking" forever
+            files = self._resolve_sizes()
+            total = sum(f.size or 0 for f in files)
+            already = sum(self._partial_size(staging, f) for f in files)
+            self._check_disk(total - already)
+            staging.mkdir(parents=True, exist_ok=True)
             for index, file in enumerate(files):
                 self._fetch(_Place(file, index, len(files), done_before, total), staging)
                 done_before += file.size or 0
+        except OSError as err:  # the staging folder or a part file could not be written
+            failure = DownloadError(f"Could not write {spec.id} to disk: {err}", reason="disk")
+            self._report(Progress(spec.id, "failed", message=str(failure)))
+            raise failure from err
         except DownloadError as err:
             if err.reason == "cancelled":
                 shutil.rmtree(staging, ignore_errors=True)
@@ -324,7 +328,8 @@ class Downloader:
 
         url = hf_hub_url(file.repo, file.filename, revision=file.revision)
         try:
-            return get_hf_file_metadata(url, token=self.token)
+            # an unanswering hub fails within the stall timeout (at most 10 s), not a network stack's minutes
+            return get_hf_file_metadata(url, token=self.token, timeout=min(10.0, self.retry.stall_timeout_s))
         except Exception as err:
             raise _translate(err, file) from err
 
@@ -853,6 +858,10 @@ class DownloadManager:
         except DownloadError as err:
             placed, error = [], err
             state = {"paused": "paused", "cancelled": "cancelled"}.get(err.reason, "failed")
+        except Exception as err:  # a bug must not leave the job "running" and its row "checking" for good
+            placed, state = [], "failed"
+            error = DownloadError(f"The download of {job.spec.id} stopped: {type(err).__name__}: {err}", reason="bug")
+            forward(Progress(job.spec.id, "failed", message=str(error)))
         with self._idle:
             if job.run == run:
                 job.state, job.error, job.paths = state, error, placed
