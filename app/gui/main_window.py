@@ -47,6 +47,8 @@ from app.gui.chat_view import ChatView, RenderedMessage
 from app.gui.controller import ChatController
 from app.gui.conversation_model import ConversationListModel
 
+UNDO_DELETE_MS = 15_000  # how long "Undo delete" stays in the status bar after the last delete
+
 
 class _EnterToSend(QObject):
     """Enter sends, Shift+Enter makes a new line."""
@@ -93,7 +95,7 @@ class MainWindow(QMainWindow):
         self._editing: int | None = None
         self._streaming: ReplyTicket | None = None
         self._plain_base = ""
-        self._deleted: int | None = None
+        self._deleted: list[int] = []  # deleted in this run, most recent last: Undo brings back one at a time
         self._restoring = False
         self._build()
         self._connect()
@@ -265,9 +267,10 @@ class MainWindow(QMainWindow):
         self.undo_button.setVisible(False)
         self._undo_timer = QTimer(self)  # owned by the window, so it cannot fire after the window is gone
         self._undo_timer.setSingleShot(True)
-        self._undo_timer.setInterval(10000)
-        self._undo_timer.timeout.connect(lambda: self.undo_button.setVisible(False))
-        self.statusBar().addWidget(self.undo_button)
+        self._undo_timer.setInterval(UNDO_DELETE_MS)
+        self._undo_timer.timeout.connect(self._forget_deleted)
+        # permanent: a status message (showMessage) hides the status bar's ordinary widgets while it shows
+        self.statusBar().addPermanentWidget(self.undo_button)
         self._build_menus()
 
     def _build_menus(self) -> None:
@@ -275,7 +278,7 @@ class MainWindow(QMainWindow):
             act = QAction(text, self)
             if shortcut is not None:
                 act.setShortcut(QKeySequence(shortcut))
-            act.triggered.connect(slot)
+            act.triggered.connect(lambda _checked=False: slot())  # never hand `checked` to a slot's first argument
             menu.addAction(act)
             return act
 
@@ -289,7 +292,7 @@ class MainWindow(QMainWindow):
         action(file_menu, "Quit", self.close, QKeySequence.StandardKey.Quit)
         server_menu = self.menuBar().addMenu("&Server")
         self.serve_action = action(server_menu, "Serve this model to other apps (127.0.0.1:8080)", self.toggle_server)
-        self.serve_action.setCheckable(True)
+        self.serve_action.setCheckable(True)  # toggle_server() with no argument flips the server, as the check does
         action(server_menu, "Use a remote model…", self.connect_remote)
         action(server_menu, "Use a local model again", lambda: self.use_local_engine())
         edit_menu = self.menuBar().addMenu("&Edit")
@@ -303,7 +306,7 @@ class MainWindow(QMainWindow):
         self.send_button.clicked.connect(self.send)
         self.stop_button.clicked.connect(self.stop)
         self.regenerate_button.clicked.connect(self.regenerate)
-        self.new_button.clicked.connect(self.new_conversation)
+        self.new_button.clicked.connect(lambda: self.new_conversation())
         self.new_story_button.clicked.connect(lambda: self.new_conversation(mode="plain"))
         self.delete_button.clicked.connect(self.delete_conversation)
         self.undo_button.clicked.connect(self.undo_delete)
@@ -501,7 +504,7 @@ class MainWindow(QMainWindow):
             self.list_view.setCurrentIndex(self.list_model.index(0))
             self._select_row(0)
 
-    def new_conversation(self, mode: str = "chat") -> None:
+    def new_conversation(self, *, mode: str = "chat") -> None:
         preset_id = self.preset_combo.currentData() or "assistant"
         text = self.presets.get(preset_id).text if mode == "chat" else ""
         conversation = self.store.create(mode=mode, preset_id=preset_id if mode == "chat" else None, system_prompt=text)
@@ -544,23 +547,34 @@ class MainWindow(QMainWindow):
     def delete_conversation(self) -> None:
         if self.conversation is None:
             return
-        self._deleted = self.conversation.id
+        self._deleted.append(self.conversation.id)
         self.store.delete(self.conversation.id)
+        title = self.conversation.title
         self.conversation = None
         self.list_model.refresh()
-        self.undo_button.setVisible(True)
-        self.statusBar().showMessage("Chat deleted.", 10000)
-        self._undo_timer.start()
+        self._show_undo()
+        self.statusBar().showMessage(f"Deleted “{title}”.", UNDO_DELETE_MS)
         self._open_first_conversation()
 
-    def undo_delete(self) -> None:
-        if self._deleted is None:
-            return
-        self.store.undelete(self._deleted)
-        self.list_model.refresh()
-        row = self.list_model.row_of(self._deleted)
-        self._deleted = None
+    def _forget_deleted(self) -> None:
+        self._deleted.clear()  # still restorable for a week from the store; no longer from this button
         self.undo_button.setVisible(False)
+
+    def _show_undo(self) -> None:
+        count = len(self._deleted)
+        self.undo_button.setText("Undo delete" if count == 1 else f"Undo delete ({count})")
+        self.undo_button.setVisible(count > 0)
+        self._undo_timer.start()
+
+    def undo_delete(self) -> None:
+        if not self._deleted:
+            return
+        restored = self._deleted.pop()
+        self.store.undelete(restored)
+        self.search.clear()
+        self.list_model.refresh("")
+        row = self.list_model.row_of(restored)
+        self._show_undo()
         self.list_view.setCurrentIndex(self.list_model.index(row))
         self._select_row(row)
 

@@ -144,18 +144,46 @@ def test_presets_set_the_system_prompt_and_can_be_managed(qtbot, tiny_window: Ma
     assert reply.prompt.kept[0].content == "Talk like a pirate."  # the conversation's own text is what is sent
 
 
+def click(qtbot, button) -> None:
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+
+
+def test_new_chat_from_the_button_the_menu_and_ctrl_n(qtbot, tiny_window: MainWindow) -> None:
+    window = tiny_window
+    window.show()
+    qtbot.waitExposed(window)
+    window.activateWindow()
+    send(qtbot, window, "first chat")
+    titles = lambda: window.list_model.rowCount()  # noqa: E731
+    before = titles()
+    click(qtbot, window.new_button)
+    assert titles() == before + 1 and window.conversation is not None and window.conversation.mode == "chat"
+    assert "Unknown" not in window.notice.text() and window.chat_view.messages == []
+    window.new_action.trigger()  # File ▸ New chat, as the menu triggers it
+    assert titles() == before + 2
+    qtbot.keyClick(window.input, Qt.Key.Key_N, Qt.KeyboardModifier.ControlModifier)
+    assert titles() == before + 3 and window.input.hasFocus()
+
+
 def test_delete_can_be_undone_and_search_filters(qtbot, tiny_window: MainWindow) -> None:
-    send(qtbot, tiny_window, "about Lisbon")
-    tiny_window.new_conversation()
-    send(qtbot, tiny_window, "about Python")
-    tiny_window.search.setText("lisbon")
-    assert tiny_window.list_model.rowCount() == 1
-    tiny_window.search.clear()
-    assert tiny_window.list_model.rowCount() == 2
-    tiny_window.delete_conversation()
-    assert tiny_window.list_model.rowCount() == 1 and tiny_window.undo_button.isVisibleTo(tiny_window)
-    qtbot.mouseClick(tiny_window.undo_button, Qt.MouseButton.LeftButton)
-    assert tiny_window.list_model.rowCount() == 2
+    window = tiny_window
+    send(qtbot, window, "about Lisbon")
+    click(qtbot, window.new_button)
+    send(qtbot, window, "about Python")
+    qtbot.keyClicks(window.search, "lisbon")
+    assert window.list_model.rowCount() == 1
+    window.search.clear()
+    assert window.list_model.rowCount() == 2
+    window.show()
+    click(qtbot, window.delete_button)
+    click(qtbot, window.delete_button)  # both chats, one after the other
+    assert window.list_model.rowCount() == 1  # a fresh empty chat took their place
+    assert window.statusBar().currentMessage().startswith("Deleted")
+    assert window.undo_button.isVisible() and window.undo_button.text() == "Undo delete (2)"  # not hidden by it
+    click(qtbot, window.undo_button)
+    click(qtbot, window.undo_button)
+    kept = {c.title for c in window.store.conversations()}
+    assert {"about Lisbon", "about Python"} <= kept and not window.undo_button.isVisible()
 
 
 def test_restart_finds_conversations_and_settings(qtbot, tiny_v1: dict[str, Path]) -> None:
