@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QListView,
     QMainWindow,
+    QMenu,
     QMessageBox,
     QPlainTextEdit,
     QProgressBar,
@@ -29,6 +30,7 @@ from PySide6.QtWidgets import (
     QSpinBox,
     QSplitter,
     QStackedWidget,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -95,6 +97,7 @@ class MainWindow(QMainWindow):
         self._editing: int | None = None
         self._streaming: ReplyTicket | None = None
         self._plain_base = ""
+        self._notice_for: int | None = None  # the conversation the banner is about, if it is about one
         self._deleted: list[int] = []  # deleted in this run, most recent last: Undo brings back one at a time
         self._restoring = False
         self._build()
@@ -147,7 +150,7 @@ class MainWindow(QMainWindow):
         self.pages.addWidget(self.story_edit)
         self.input = QPlainTextEdit()
         self.input.setAccessibleName("Message")
-        self.input.setPlaceholderText("Message Mixtral (Enter sends, Shift+Enter for a new line)")
+        self.input.setPlaceholderText("Load a model to chat (Enter sends, Shift+Enter for a new line)")
         self.input.setMaximumHeight(110)
         self._enter_filter = _EnterToSend(self.send)
         self.input.installEventFilter(self._enter_filter)
@@ -263,6 +266,20 @@ class MainWindow(QMainWindow):
         self._engine_timer.setInterval(500)
         self._engine_timer.timeout.connect(self._update_engine_status)
         self._engine_timer.start()
+        self.server_indicator = QToolButton()  # lasting sign the API server runs: click for its URL, copy, stop
+        self.server_indicator.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.server_indicator.setAccessibleName("API server")
+        server_menu = QMenu(self.server_indicator)
+        self.server_url_action = server_menu.addAction("")
+        self.server_url_action.setEnabled(False)
+        self.server_copy_action = server_menu.addAction("Copy URL")
+        self.server_copy_action.triggered.connect(self._copy_server_url)
+        self.server_stop_action = server_menu.addAction("Stop the API server")
+        self.server_stop_action.triggered.connect(lambda _checked=False: self.toggle_server(False))
+        self.server_indicator.setMenu(server_menu)
+        self.server_indicator.setVisible(False)
+        self.statusBar().addPermanentWidget(self.server_indicator)
+        self.server_port = 8080  # where "Serve this model" listens (0: any free port)
         self.undo_button = QPushButton("Undo delete")
         self.undo_button.setVisible(False)
         self._undo_timer = QTimer(self)  # owned by the window, so it cannot fire after the window is gone
@@ -301,6 +318,8 @@ class MainWindow(QMainWindow):
         action(edit_menu, "Stop reply", self.stop, "Esc")
         action(edit_menu, "Regenerate", self.regenerate)
         action(edit_menu, "Settings…", self.open_settings, "Ctrl+,")
+        help_menu = self.menuBar().addMenu("&Help")
+        self.about_action = action(help_menu, f"About {APP_NAME}", self.show_about)
 
     def _connect(self) -> None:
         self.send_button.clicked.connect(self.send)
@@ -375,13 +394,16 @@ class MainWindow(QMainWindow):
         self.model_manager.show()
         self.model_manager.raise_()
 
-    def toggle_server(self, on: bool | None = None, port: int = 8080) -> None:
+    def toggle_server(self, on: bool | None = None, port: int | None = None) -> None:
         """Start or stop the OpenAI-compatible API for the loaded model (this machine only)."""
         on = self.serve_action.isChecked() if on is None else on
+        port = self.server_port if port is None else port
         if not on:
             if self.api_server is not None:
                 self.api_server.stop()
                 self.api_server = None
+            self.serve_action.setChecked(False)
+            self.server_indicator.setVisible(False)
             self.statusBar().showMessage("API server stopped.", 5000)
             return
         if (
@@ -403,7 +425,21 @@ class MainWindow(QMainWindow):
             self.show_error(err)
             return
         self.serve_action.setChecked(True)
-        self.statusBar().showMessage(f"Serving the model at {self.api_server.url}/v1", 10000)
+        self._show_server()
+
+    def _show_server(self) -> None:
+        server = self.api_server
+        if server is None:
+            return
+        self.server_indicator.setText(f"API on :{server.url.rsplit(':', 1)[-1]}")
+        self.server_indicator.setToolTip(f"Serving {server.service.model_id} at {server.url}/v1")
+        self.server_url_action.setText(f"{server.service.model_id} at {server.url}/v1")
+        self.server_indicator.setVisible(True)
+
+    def _copy_server_url(self) -> None:
+        if self.api_server is not None:
+            QGuiApplication.clipboard().setText(self.api_server.url + "/v1")
+            self.statusBar().showMessage("Copied the API server's URL.", 3000)
 
     def connect_remote(self) -> None:
         from PySide6.QtWidgets import QInputDialog
@@ -465,6 +501,15 @@ class MainWindow(QMainWindow):
             backend = f"{built_for} {min(info.n_gpu_layers, info.n_layer + 1)}/{info.n_layer + 1}"
         self.status_backend.setText(backend)
         self.status_context.setText(f"context 0/{info.n_ctx}")
+        self.status_speed.setText("")  # the previous model's speed says nothing about this one
+        self.input.setPlaceholderText(f"Message {Path(info.path).stem} (Enter sends, Shift+Enter for a new line)")
+        if self.api_server is not None:
+            if info.architecture == "remote":  # the server serves the local engine host, which is not in use now
+                self.toggle_server(False)
+                self.show_notice("The API server stopped: the chat now uses a remote model.")
+            else:
+                self.api_server.service.model_id = Path(info.path).stem  # /v1/models, /health and replies follow
+                self._show_server()
         if info.path != self.settings.last_model and info.architecture != "remote":
             from dataclasses import replace
 
@@ -543,6 +588,11 @@ class MainWindow(QMainWindow):
         if index >= 0:
             self.preset_combo.setCurrentIndex(index)
         self._restore_sampling(conversation.settings)
+        self._show_conversation_status(messages)
+        self._update_regenerate()
+        if self._notice_for is not None and self._notice_for != conversation.id:
+            self.notice.setVisible(False)  # it was about another conversation
+            self._notice_for = None
 
     def delete_conversation(self) -> None:
         if self.conversation is None:
@@ -712,15 +762,14 @@ class MainWindow(QMainWindow):
             elif generation.text:
                 self.store.append(self.conversation.id, "assistant", generation.text, stats)
             if generation.prompt is not None and generation.prompt.dropped:
-                self.show_notice(generation.prompt.describe_dropped())
+                self.show_notice(generation.prompt.describe_dropped(), for_conversation=True)
         if self.chat_view.messages and generation.stats:
             self.chat_view.messages[-1].stats = stats
             self.chat_view.messages[-1].text = generation.text
             self.chat_view.set_messages(self.chat_view.messages)
         self._maybe_trace(generation)
         if generation.stats:
-            self.status_speed.setText(f"{generation.stats.generation_tokens_per_s:.1f} tok/s")
-            self.status_context.setText(f"context {generation.stats.context_used}/{generation.stats.context_size}")
+            self._show_reply_status(stats)
         self._update_memory()
         self.list_model.refresh()
 
@@ -767,7 +816,13 @@ class MainWindow(QMainWindow):
         self._streaming = None
         self.stop_button.setEnabled(False)
         self.send_button.setEnabled(True)
-        self.regenerate_button.setEnabled(True)
+        self._update_regenerate()
+
+    def _update_regenerate(self) -> None:
+        """Regenerate needs a chat with a message to answer, and no reply running."""
+        chat = self.conversation is not None and self.conversation.mode == "chat"
+        asked = any(m.role == "user" for m in self.chat_view.messages)
+        self.regenerate_button.setEnabled(chat and asked and self._streaming is None)
 
     def copy_last_reply(self) -> None:
         text = self.chat_view.last_text("assistant")
@@ -921,9 +976,56 @@ class MainWindow(QMainWindow):
         self.search.setFocus()
         self.search.selectAll()
 
-    def show_notice(self, text: str) -> None:
+    def show_about(self) -> None:
+        """Version, the llama.cpp build and backend, where data lives, and licences."""
+        from app import __version__
+        from app.core.planning.hardware import llama_build_info
+
+        backend, offload, backends, llama_version = llama_build_info()
+        folders = "<br>".join(
+            f"{name}: <code>{folder}</code>"
+            for name, folder in (
+                ("Conversations and settings", paths.data_dir()),
+                ("Models", paths.models_dir()),
+                ("Cache", paths.cache_dir()),
+            )
+        )
+        text = (
+            f"<h3>{APP_NAME} {__version__}</h3>"
+            f"<p>llama-cpp-python {llama_version or '?'}, built for {backend.upper()}"
+            f"{' with GPU offload' if offload else ' (CPU only)'}{f'; ggml backends: {backends}' if backends else ''}.</p>"
+            f"<p>{folders}</p>"
+            "<p>Mixtral Desk is Apache-2.0 licensed. llama.cpp and llama-cpp-python: MIT. Qt for Python "
+            "(PySide6): LGPLv3. Mixtral weights: Apache-2.0 (Mistral AI); downloaded files keep their own "
+            "licences.</p>"
+        )
+        box = QMessageBox(QMessageBox.Icon.Information, f"About {APP_NAME}", text, parent=self)
+        box.setTextFormat(Qt.TextFormat.RichText)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.setObjectName("about")
+        box.open()
+
+    def show_notice(self, text: str, *, for_conversation: bool = False) -> None:
+        """A banner above the chat; ``for_conversation``: about this conversation only, gone when another shows."""
         self.notice.setText(text)
         self.notice.setVisible(True)
+        self._notice_for = self.conversation.id if for_conversation and self.conversation is not None else None
+
+    def _show_reply_status(self, stats: dict[str, Any]) -> None:
+        """tok/s and context use of a reply (the current conversation's latest) in the status bar."""
+        self.status_speed.setText(f"{stats.get('generation_tokens_per_s', 0.0):.1f} tok/s")
+        used, size = stats.get("context_used", 0), stats.get("context_size", 0)
+        self.status_context.setText(f"context {used}/{size}" if size else f"context {used} tokens")
+
+    def _show_conversation_status(self, messages: list[Any]) -> None:
+        """The status bar describes the conversation on screen: its latest reply's figures, or an empty context."""
+        latest = next((m.stats for m in reversed(messages) if m.role == "assistant" and m.stats), None)
+        if latest:
+            self._show_reply_status(latest)
+            return
+        info = self.controller.info
+        self.status_speed.setText("")
+        self.status_context.setText(f"context 0/{info.n_ctx}" if info is not None and info.n_ctx else "")
 
     def show_error(self, error: BaseException, extra: str = "") -> None:
         """One place that shows errors: the message as core wrote it, in a non-blocking dialog."""

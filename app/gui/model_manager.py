@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt, QTimer, QUrl, Signal
-from PySide6.QtGui import QDesktopServices, QDragEnterEvent, QDropEvent, QFont
+from PySide6.QtGui import QDesktopServices, QDragEnterEvent, QDropEvent, QFont, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -203,6 +203,7 @@ class ModelManagerWindow(QWidget):
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Models")
+        QShortcut(QKeySequence(Qt.Key.Key_Escape), self, self.close)  # downloads go on: they belong to the app
         self.setAcceptDrops(True)
         self.downloads = downloads
         self._device = device

@@ -343,3 +343,50 @@ def test_connections_per_download_are_set_in_the_settings_dialog(qtbot) -> None:
         qtbot.mouseClick(ok, Qt.MouseButton.LeftButton)
     assert load_settings().settings.download_connections == 8
     assert window.downloads.manager.connections == 8
+
+
+def test_the_status_bar_describes_the_conversation_on_screen(qtbot, tiny_window: MainWindow) -> None:
+    window = tiny_window
+    reply = send(qtbot, window, "a first question")
+    first = window.conversation
+    speed = f"{reply.stats.generation_tokens_per_s:.1f} tok/s"
+    context = f"context {reply.stats.context_used}/{reply.stats.context_size}"
+    assert (window.status_speed.text(), window.status_context.text()) == (speed, context)
+    window.show_notice("about the first chat", for_conversation=True)
+    assert window.notice.isVisibleTo(window)
+    click(qtbot, window.new_button)
+    assert window.status_speed.text() == "" and window.status_context.text().startswith("context 0/")
+    assert not window.notice.isVisibleTo(window)  # the banner was about the other chat
+    row = window.list_model.index(window.list_model.row_of(first.id))
+    qtbot.mouseClick(
+        window.list_view.viewport(), Qt.MouseButton.LeftButton, pos=window.list_view.visualRect(row).center()
+    )
+    assert window.conversation.id == first.id
+    assert (window.status_speed.text(), window.status_context.text()) == (speed, context)
+
+
+def test_help_about_says_version_build_folders_and_licences_and_esc_closes_it(qtbot) -> None:
+    from PySide6.QtWidgets import QMessageBox
+
+    from app import __version__
+
+    window = MainWindow(load_on_start=False)
+    qtbot.addWidget(window)
+    window.show()
+    window.about_action.trigger()  # Help ▸ About, as the menu triggers it
+    box = window.findChild(QMessageBox, "about")
+    assert box is not None and box.isVisible()
+    text = box.text()
+    assert __version__ in text and "llama-cpp-python" in text and str(paths.models_dir()) in text
+    assert "Apache-2.0" in text and "MIT" in text
+    qtbot.keyClick(box, Qt.Key.Key_Escape)
+    assert not box.isVisible()
+
+
+def test_regenerate_needs_a_question_and_the_input_names_the_loaded_model(qtbot, tiny_window: MainWindow) -> None:
+    window = tiny_window
+    assert "mixtral-tiny-v1-Q4_0" in window.input.placeholderText()
+    click(qtbot, window.new_button)
+    assert not window.regenerate_button.isEnabled()  # nothing to regenerate in an empty chat
+    send(qtbot, window, "now there is something")
+    assert window.regenerate_button.isEnabled()

@@ -273,3 +273,13 @@ def test_hub_details_fill_in_after_the_window_opens(qtbot, served, tiny_v1: dict
 def test_the_window_opens_without_a_network(qtbot) -> None:
     window = open_manager(qtbot, CPU_32)  # HF_HUB_OFFLINE is set by the test fixtures
     assert window.model.rowCount() >= 20 and "(computed)" in cell(window, ENTRY, 2)
+
+
+def test_esc_closes_the_model_manager(qtbot) -> None:
+    window = open_manager(qtbot, CPU_32)
+    window.show()
+    qtbot.waitExposed(window)
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow)
+    qtbot.keyClick(window.focusWidget() or window, Qt.Key.Key_Escape)  # wherever the focus is
+    assert not window.isVisible()

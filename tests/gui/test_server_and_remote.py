@@ -24,18 +24,30 @@ def window(qtbot, tiny_v1: dict[str, Path]) -> MainWindow:
     return window
 
 
-def test_the_window_serves_its_model_to_other_apps(qtbot, window: MainWindow) -> None:
-    window.toggle_server(True, port=0)
+def test_the_window_serves_its_model_to_other_apps(qtbot, window: MainWindow, demo_model: Path) -> None:
+    window.server_port = 0  # any free port; a person gets 8080
+    window.serve_action.trigger()  # Server ▸ Serve this model, as the menu triggers it
     assert window.serve_action.isChecked() and window.api_server is not None
+    assert window.server_indicator.isVisibleTo(window)
+    assert window.server_indicator.text().startswith("API on :")  # lasting, not a 10 s status message
     client = openai.OpenAI(base_url=window.api_server.url + "/v1", api_key="none", max_retries=0)
     model_id = client.models.list().data[0].id
+    assert model_id == "mixtral-tiny-v1-Q4_0"
     reply = client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
     assert reply.usage.completion_tokens == 4
     window.input.setPlainText("and the window still chats")
     with qtbot.waitSignal(window.controller.reply_finished, timeout=60_000):
         qtbot.mouseClick(window.send_button, Qt.MouseButton.LeftButton)
-    window.toggle_server(False)
-    assert window.api_server is None
+    with qtbot.waitSignal(window.controller.model_loaded, timeout=60_000):
+        window.load_model(str(demo_model))  # the chat switches model: the server follows
+    assert client.models.list().data[0].id == demo_model.stem
+    switched = client.chat.completions.create(
+        model=demo_model.stem, messages=[{"role": "user", "content": "hi"}], max_tokens=3
+    )
+    assert switched.model == demo_model.stem and demo_model.stem in window.server_indicator.toolTip()
+    window.server_stop_action.trigger()  # the indicator's menu: Stop the API server
+    assert window.api_server is None and not window.serve_action.isChecked()
+    assert not window.server_indicator.isVisibleTo(window)
 
 
 def test_the_window_can_chat_with_a_remote_model(qtbot, tiny_v1: dict[str, Path]) -> None:
