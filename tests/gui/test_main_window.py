@@ -69,12 +69,13 @@ def test_stop_ends_the_reply_and_keeps_what_was_written(qtbot, tiny_window: Main
     tiny_window.max_tokens.setValue(0)  # until the context is full: long enough to stop
     tiny_window.input.setPlainText("Write forever")
     with qtbot.waitSignal(tiny_window.controller.text_streamed, timeout=REPLY_TIMEOUT):
-        tiny_window.send()
+        qtbot.mouseClick(tiny_window.send_button, Qt.MouseButton.LeftButton)
     with qtbot.waitSignal(tiny_window.controller.reply_finished, timeout=REPLY_TIMEOUT) as blocker:
         qtbot.mouseClick(tiny_window.stop_button, Qt.MouseButton.LeftButton)
     generation = blocker.args[0]
     assert generation.stats.stop_reason == "cancelled" and generation.text
     assert stored(tiny_window)[-1] == ("assistant", generation.text)
+    assert "stopped by you" in tiny_window.chat_view.toPlainText()  # the transcript marks the stopped reply
     assert tiny_window.send_button.isEnabled() and not tiny_window.stop_button.isEnabled()
 
 
