@@ -19,7 +19,6 @@ full and partial offload and compares the plan with the CUDA buffers and with NV
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,7 +46,6 @@ CPU_GRID: tuple[PlanSettings, ...] = tuple(
     for ctx in (512, 4096, 16384)
     for kv, fa in (("f16", False), ("f16", True), ("q8_0", True), ("q4_0", True))
 )
-_FILE_SIZE = re.compile(r"file size\s*=\s*([\d.]+)\s*(MiB|GiB)")
 
 
 @dataclass(frozen=True)
@@ -102,11 +100,9 @@ def load_and_report(path: Path, settings: PlanSettings, gpu_layers: int = 0) -> 
     measurement = parse_buffer_lines(lines)
     if measurement is None:
         raise RuntimeError(f"llama.cpp reported no buffer sizes for {path.name}")
-    size = 0
-    for line in lines:
-        if match := _FILE_SIZE.search(line):
-            size = int(float(match.group(1)) * (MIB if match.group(2) == "MiB" else 1024 * MIB))
-    return measurement, size, list(lines)
+    from app.core.runtime.loading import tensor_bytes_logged
+
+    return measurement, tensor_bytes_logged(lines), list(lines)
 
 
 def compare_on_cpu(path: Path, settings: PlanSettings) -> list[Comparison]:

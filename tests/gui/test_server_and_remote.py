@@ -45,6 +45,10 @@ def test_the_window_serves_its_model_to_other_apps(qtbot, window: MainWindow, de
         model=demo_model.stem, messages=[{"role": "user", "content": "hi"}], max_tokens=3
     )
     assert switched.model == demo_model.stem and demo_model.stem in window.server_indicator.toolTip()
+    window.server_copy_action.trigger()  # the indicator's menu: Copy URL
+    from PySide6.QtGui import QGuiApplication
+
+    assert QGuiApplication.clipboard().text() == window.api_server.url + "/v1"
     window.server_stop_action.trigger()  # the indicator's menu: Stop the API server
     assert window.api_server is None and not window.serve_action.isChecked()
     assert not window.server_indicator.isVisibleTo(window)

@@ -363,9 +363,7 @@ class Downloader:
         if finished.exists():
             return  # verified earlier (a split model resumed after some parts were complete)
         part_path = staging / (file.name + ".part")
-        ranged = RangedPart.resume(part_path, file.size) if file.size else None
-        if ranged is None and RangedPart.filled_bytes(part_path) is not None:
-            RangedPart.drop(part_path)  # a record for another size of file, or one that does not add up
+        ranged = RangedPart.resume(part_path, file.size)
         if ranged is None and file.size and not part_path.exists() and self._ranges_for(file.size) > 1:
             ranged = RangedPart.create(part_path, file.size, self.connections, self.min_range_bytes)
         try:
@@ -546,7 +544,7 @@ class Downloader:
         while not byte_range.done and not stop.is_set():
             self.control.check()
             try:
-                self._stream_range(session, url, headers, part, index, stop)
+                self._stream_range(session, url, headers, part, index, stop, place.file)
                 if not byte_range.done and not stop.is_set():
                     raise _Retryable("the connection ended early")
             except _Retryable as why:
@@ -554,7 +552,14 @@ class Downloader:
                 self._retry_or_fail(attempt, why, place, part.filled, label)
 
     def _stream_range(
-        self, session: Any, url: str, headers: dict[str, str], part: RangedPart, index: int, stop: threading.Event
+        self,
+        session: Any,
+        url: str,
+        headers: dict[str, str],
+        part: RangedPart,
+        index: int,
+        stop: threading.Event,
+        file: FileSpec,
     ) -> None:
         import httpx2 as httpx
 
@@ -566,7 +571,7 @@ class Downloader:
                 status = response.status_code
                 if status == 200:
                     raise _NoRanges()
-                _check_status(status, self._file_of(part))
+                _check_status(status, file)
                 if status != 206 or not response.headers.get("Content-Range", "").startswith(
                     f"bytes {byte_range.next}-"
                 ):
@@ -584,10 +589,6 @@ class Downloader:
                         raise _Retryable(f"the transfer stalled below {self.retry.min_bytes_per_s:.0f} B/s")
         except (httpx.TransportError, httpx.StreamError) as err:
             raise _Retryable(f"{type(err).__name__}: {err}") from err
-
-    def _file_of(self, part: RangedPart) -> FileSpec:
-        name = part.path.name.removesuffix(".part")
-        return next(f for f in self.spec.files if f.name == name)
 
     # -- reporting and placing --------------------------------------------------------------------
 

@@ -100,7 +100,6 @@ class RangedPart:
         self.size = size
         self.ranges = ranges
         self._lock = threading.Lock()
-        self.changed = threading.Condition(self._lock)  # notified on every write
         self.hasher = hashlib.sha256()
         self.hashed = 0
         # unbuffered handles (positioned writes under a lock, works everywhere): a write is in the page cache
@@ -114,19 +113,25 @@ class RangedPart:
     # -- creation ---------------------------------------------------------------------------------
 
     @classmethod
-    def resume(cls, path: Path, size: int) -> RangedPart | None:
-        """The ranged part recorded next to ``path``, or None when there is none (or it is for another size)."""
+    def resume(cls, path: Path, size: int | None) -> RangedPart | None:
+        """The ranged part recorded next to ``path``, or None when there is none. A record that does not fit
+        (another size, an unknown size, ranges that do not add up) is deleted with its part, never trusted."""
         sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
         try:
-            record = json.loads(sidecar.read_text())
+            text = sidecar.read_text()
+        except OSError:
+            return None  # no record: a one-connection .part, if any, is left alone
+        try:
+            record = json.loads(text)
             ranges = [ByteRange(int(s), int(e), int(n)) for s, e, n in record["ranges"]]
-            if int(record["size"]) != size or not path.exists():
-                return None
-            if any(not (r.start <= r.next <= r.end) for r in ranges) or _gaps(ranges, size):
-                return None
-        except (OSError, ValueError, KeyError, TypeError):
+            fits = size is not None and int(record["size"]) == size and path.exists()
+            fits = fits and all(r.start <= r.next <= r.end for r in ranges) and not _gaps(ranges, size or 0)
+        except (ValueError, KeyError, TypeError):
+            fits = False
+        if not fits:
+            cls.drop(path)
             return None
-        return cls(path, size, ranges)
+        return cls(path, size or 0, ranges)
 
     @classmethod
     def create(cls, path: Path, size: int, connections: int, min_range_bytes: int) -> RangedPart:
@@ -164,7 +169,6 @@ class RangedPart:
             raise _write_guard(err) from err
         with self._lock:
             byte_range.next += len(data)
-            self.changed.notify_all()
         return len(data)
 
     @property

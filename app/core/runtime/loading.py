@@ -208,15 +208,22 @@ def simulate_memory(path: Path, settings: PlanSettings) -> Measurement:
             raise classify_load_failure(path, lines, exc) from exc
         finally:
             model.close()
-    weights = kv = compute = 0.0
+    kv = compute = 0.0
     for line in lines:
-        if match := _FILE_SIZE_LINE.search(line):
-            weights = float(match.group(1)) * (1024 if match.group(2) == "GiB" else 1)
-        elif match := _KV_SIZE_LINE.search(line):
+        if match := _KV_SIZE_LINE.search(line):
             kv += float(match.group(1))
         elif (match := _COMPUTE_LINE.search(line)) and match.group(1).upper().startswith("CPU"):
             compute += float(match.group(2))
-    return Measurement(cpu_weights=round(weights * MIB), cpu_kv=round(kv * MIB), cpu_compute=round(compute * MIB))
+    return Measurement(cpu_weights=tensor_bytes_logged(lines), cpu_kv=round(kv * MIB), cpu_compute=round(compute * MIB))
+
+
+def tensor_bytes_logged(lines: Sequence[str]) -> int:
+    """The weights' size from llama.cpp's ``file size = X MiB|GiB`` load line (0.01 of the unit); 0 if absent."""
+    size = 0
+    for line in lines:
+        if match := _FILE_SIZE_LINE.search(line):
+            size = round(float(match.group(1)) * (1024 if match.group(2) == "GiB" else 1) * MIB)
+    return size
 
 
 OUTDATED_LAYOUT_MESSAGE = (
@@ -325,13 +332,14 @@ def open_model(settings: LoadSettings, *, should_abort: Callable[[], bool] | Non
     )
     tuned = {} if settings.vocab_only else tuned_settings(path)  # what `bench --tune` found fastest
     plan: MemoryPlan | None = None
+    device = device_for()
     if not offload:
         gpu_layers = 0
     elif settings.n_gpu_layers is None and "n_gpu_layers" in tuned:
         gpu_layers = min(tuned["n_gpu_layers"], full_offload)
         notes.append(f"Using the {gpu_layers} GPU layers that `bench --tune` found fastest.")
     elif settings.n_gpu_layers is None:
-        plan = plan_file(path, device_for(), plan_settings)
+        plan = plan_file(path, device, plan_settings)
         gpu_layers = plan.gpu_layers
         notes.append(f"Memory plan: {plan.summary()}")
     else:
@@ -339,9 +347,9 @@ def open_model(settings: LoadSettings, *, should_abort: Callable[[], bool] | Non
     if not settings.vocab_only and gpu_layers == 0:
         _check_kv_fits_in_ram(path, header, settings)
         if plan is None:
-            plan = plan_file(path, device_for(), plan_settings)
+            plan = plan_file(path, device, plan_settings)
     if plan is not None and plan.verdict == VERDICT_TOO_BIG:
-        raise _too_big(path, plan, device_for().ram_total_bytes)
+        raise _too_big(path, plan, device.ram_total_bytes)
     threads = settings.n_threads or tuned.get("n_threads")
     threads_batch = threads
     if threads is None:
