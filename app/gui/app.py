@@ -25,6 +25,9 @@ def run(argv: Sequence[str] | None = None, model: str | None = None) -> int:
     app = QApplication.instance() or QApplication(list(argv or sys.argv[:1]))
     app.setApplicationName(APP_NAME)
     app.setApplicationVersion(__version__)
+    from app.gui.gc_thread import GuiThreadGarbageCollector
+
+    GuiThreadGarbageCollector(app)  # Qt objects are never collected on a worker thread
     from importlib import resources
 
     from PySide6.QtGui import QIcon
