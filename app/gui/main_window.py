@@ -709,7 +709,7 @@ class MainWindow(QMainWindow):
 
     def _continue_story(self) -> None:
         assert self.conversation is not None
-        text = self.story_edit.toPlainText()
+        text = self._story_text()
         if not text.strip():
             return
         messages = self.store.messages(self.conversation.id)
@@ -719,6 +719,10 @@ class MainWindow(QMainWindow):
             self.store.append(self.conversation.id, "user", text)
         self._plain_base = text
         self._start_reply([Message("user", text)], plain=True)
+
+    def _story_text(self) -> str:
+        # toPlainText() turns no-break spaces into spaces, which would change the prompt's tokens.
+        return self.story_edit.document().toRawText().replace("\u2029", "\n")
 
     def stop(self) -> None:
         self.controller.stop()

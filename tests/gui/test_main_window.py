@@ -116,13 +116,15 @@ def test_enter_sends_and_shift_enter_makes_a_new_line(qtbot, tiny_window: MainWi
 def test_story_mode_continues_the_text(qtbot, tiny_window: MainWindow) -> None:
     tiny_window.new_conversation(mode="plain")
     assert tiny_window.pages.currentWidget() is tiny_window.story_edit and not tiny_window.input.isVisible()
-    tiny_window.story_edit.setPlainText("Once upon a time")
+    beginning = "Once upon\xa0a time"  # a no-break space must reach the prompt as typed
+    qtbot.keyClicks(tiny_window.story_edit, beginning)
     with qtbot.waitSignal(tiny_window.controller.reply_finished, timeout=REPLY_TIMEOUT) as blocker:
         qtbot.mouseClick(tiny_window.send_button, Qt.MouseButton.LeftButton)
     generation = blocker.args[0]
-    assert generation.prompt.tokens[:2] == (1, *tiny_window.controller.engine.tokenize("Once"))
-    assert tiny_window.story_edit.toPlainText() == "Once upon a time" + generation.text
-    assert stored(tiny_window) == [("user", "Once upon a time" + generation.text)]
+    assert generation.prompt.tokens == (1, *tiny_window.controller.engine.tokenize(beginning))
+    shown = tiny_window.story_edit.document().toRawText().replace("\u2029", "\n")
+    assert shown == beginning + generation.text.replace("\r\n", "\n").replace("\r", "\n")
+    assert stored(tiny_window) == [("user", beginning + generation.text)]
 
 
 def test_presets_set_the_system_prompt_and_can_be_managed(qtbot, tiny_window: MainWindow) -> None:
