@@ -407,14 +407,19 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_another_stream_decodes(demo_
     next(iter(short))
     long = host.generate(_greedy_request("Summarise: " + "the tide comes in and goes out again. " * 60, 8))
     produced_while_prefilling = 0
+    progress = []  # the long prompt's (evaluated, total) as the short reply streams
     while not long.token_ids and not long.finished.is_set():
         if short.next_delta(30) is None:
             break
         produced_while_prefilling += 1
+        progress.append((long.prompt_done, long.prompt_total))
     long.run_to_end()
     short.run_to_end()
     assert long.stats is not None and long.stats.prompt_tokens > 5 * 64
     assert produced_while_prefilling >= 3  # the short reply kept streaming during the long prefill
+    assert (long.prompt_done, long.prompt_total) == (long.stats.prompt_tokens, long.stats.prompt_tokens)
+    done = [d for d, total in progress if total]
+    assert done == sorted(done) and any(0 < d < long.stats.prompt_tokens for d in done)  # progress, in steps
 
 
 def test_an_api_style_client_resending_a_growing_conversation_reuses_its_prefix(demo_engine: EngineHost) -> None:

@@ -74,6 +74,60 @@ def test_edit_replaces_the_turns_after_it_and_truncate_drops_the_last_reply() ->
     assert [m.content for m in store.messages(c.id)] == ["a2"]
 
 
+def test_regenerated_replies_are_kept_as_versions_and_can_be_chosen() -> None:
+    store = ConversationStore()
+    c = store.create()
+    store.append(c.id, "user", "hi")
+    store.append(c.id, "assistant", "first", {"generated_tokens": 1})
+    store.add_version(c.id, 1, "second", {"generated_tokens": 2})
+    reply = store.messages(c.id)[1]
+    assert (reply.content, reply.stats, reply.version, reply.version_count) == ("second", {"generated_tokens": 2}, 1, 2)
+    store.choose_version(c.id, 1, 0)
+    assert [m.content for m in store.messages(c.id)] == ["hi", "first"]  # the history the model is sent
+    with pytest.raises(StoreError, match="no version 3"):
+        store.choose_version(c.id, 1, 2)
+    exported = store.export_json(c.id)
+    copy = store.import_json(json.loads(json.dumps(exported)))
+    reply = store.messages(copy.id)[1]
+    assert (reply.content, reply.version, [v["content"] for v in reply.versions]) == ("first", 0, ["first", "second"])
+    store.edit(c.id, 0, "hello")  # an edited message starts again with one version
+    assert store.messages(c.id)[0].versions == ()
+
+
+def test_a_deleted_message_closes_its_gap() -> None:
+    store = ConversationStore()
+    c = store.create()
+    for i, role in enumerate(("user", "assistant", "user", "assistant")):
+        store.append(c.id, role, f"m{i}")
+    store.delete_message(c.id, 1)
+    assert [(m.position, m.content) for m in store.messages(c.id)] == [(0, "m0"), (1, "m2"), (2, "m3")]
+    store.append(c.id, "user", "m4")
+    assert [m.position for m in store.messages(c.id)] == [0, 1, 2, 3]
+
+
+def test_a_schema_1_database_gains_versions_and_keeps_its_messages() -> None:
+    path = paths.data_dir() / "conversations.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE conversations (id INTEGER PRIMARY KEY, title TEXT NOT NULL DEFAULT '', mode TEXT NOT NULL"
+        " DEFAULT 'chat', preset_id TEXT, system_prompt TEXT NOT NULL DEFAULT '', settings TEXT NOT NULL DEFAULT"
+        " '{}', model TEXT NOT NULL DEFAULT '', created REAL NOT NULL, updated REAL NOT NULL, deleted REAL);"
+        "CREATE TABLE messages (id INTEGER PRIMARY KEY, conversation_id INTEGER NOT NULL, position INTEGER NOT"
+        " NULL, role TEXT NOT NULL, content TEXT NOT NULL, stats TEXT NOT NULL DEFAULT '{}', created REAL NOT"
+        " NULL, UNIQUE (conversation_id, position));"
+        "INSERT INTO conversations (id, title, created, updated) VALUES (1, 'old', 0, 0);"
+        "INSERT INTO messages (conversation_id, position, role, content, created) VALUES (1, 0, 'user', 'hi', 0);"
+        "INSERT INTO messages (conversation_id, position, role, content, created) VALUES (1, 1, 'assistant', 'yo', 0);"
+        "PRAGMA user_version=1;"
+    )
+    old.close()
+    store = ConversationStore()
+    assert not store.notice
+    store.add_version(1, 1, "hey")
+    assert [(m.content, m.version_count) for m in store.messages(1)] == [("hi", 1), ("hey", 2)]
+
+
 def test_export_and_import_round_trip() -> None:
     store = ConversationStore()
     c = store.create(system_prompt="sys", title="Trip")

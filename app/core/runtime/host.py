@@ -315,6 +315,8 @@ class EngineHost:
             reply.sequence.cached.append(reply.last_token)
         for sequence, chunk in prefilled:
             sequence.cached.extend(chunk)
+            if sequence.reply is not None:
+                sequence.reply.ticket.prompt_done += len(chunk)
         for row, reply in sampled:
             reason = reply.accept(reply.sampler.sample(context, row), vocab)
             if reason is not None:
@@ -351,6 +353,7 @@ class EngineHost:
             )
             sampler.accept(tokens)
             waiting.ticket.prompt = prompt
+            waiting.ticket.prompt_total, waiting.ticket.prompt_done = len(tokens), reused
             reply = RunningReply(
                 waiting.ticket,
                 sequence,

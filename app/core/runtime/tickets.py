@@ -38,6 +38,10 @@ class ReplyTicket:
         self.error: BaseException | None = None
         self.text = ""
         self.token_ids: list[int] = []
+        #: prompt tokens to evaluate (0 until the reply starts) and those evaluated or reused from the cache so far;
+        #: written by the producer, read by anyone (progress before the first token)
+        self.prompt_total = 0
+        self.prompt_done = 0
         self.cancelled = False  # set by cancel(); the producer checks it before every token
         self.finished = threading.Event()
         self._lock = threading.Lock()

@@ -21,7 +21,7 @@ from app.core.errors import DeskError
 from app.core.prompts import Message
 from app.core.storage import paths
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: a message keeps its regenerated versions
 DB_FILE = "conversations.db"
 MODES = ("chat", "plain")
 UNDO_WINDOW_S = 7 * 24 * 3600  # deleted conversations are purged after a week
@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS messages (
     content TEXT NOT NULL,
     stats TEXT NOT NULL DEFAULT '{}',
     created REAL NOT NULL,
+    versions TEXT NOT NULL DEFAULT '[]',
+    version INTEGER NOT NULL DEFAULT 0,
     UNIQUE (conversation_id, position)
 );
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, position);
@@ -59,11 +61,20 @@ class StoreError(DeskError):
 
 @dataclass(frozen=True)
 class StoredMessage:
+    """One message; ``content`` and ``stats`` are those of the chosen ``version`` of ``versions``
+    (``versions`` is empty while there is only one)."""
+
     id: int
     position: int
     role: str
     content: str
     stats: dict[str, Any] = field(default_factory=dict)
+    versions: tuple[dict[str, Any], ...] = ()
+    version: int = 0
+
+    @property
+    def version_count(self) -> int:
+        return max(1, len(self.versions))
 
     def as_message(self) -> Message:
         return Message(self.role, self.content)
@@ -117,6 +128,10 @@ class ConversationStore:
             db.close()
             raise sqlite3.DatabaseError("integrity check failed")
         db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+        if "versions" not in columns:  # schema 1
+            db.execute("ALTER TABLE messages ADD COLUMN versions TEXT NOT NULL DEFAULT '[]'")
+            db.execute("ALTER TABLE messages ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         return db
 
@@ -149,6 +164,9 @@ class ConversationStore:
             except sqlite3.Error as err:
                 self._db.execute("ROLLBACK")
                 raise StoreError(f"Could not save the conversation: {err}.") from err
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     # -- conversations ----------------------------------------------------------------------------
 
@@ -233,7 +251,15 @@ class ConversationStore:
             rows = self._db.execute(
                 "SELECT * FROM messages WHERE conversation_id = ? ORDER BY position", (conversation_id,)
             ).fetchall()
-        return [StoredMessage(r["id"], r["position"], r["role"], r["content"], json.loads(r["stats"])) for r in rows]
+        return [_message(r) for r in rows]
+
+    def _message_at(self, db: sqlite3.Connection, conversation_id: int, position: int) -> StoredMessage:
+        row = db.execute(
+            "SELECT * FROM messages WHERE conversation_id = ? AND position = ?", (conversation_id, position)
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"Conversation {conversation_id} has no message {position}.")
+        return _message(row)
 
     def append(
         self, conversation_id: int, role: str, content: str, stats: dict[str, Any] | None = None
@@ -260,10 +286,56 @@ class ConversationStore:
         """Change a message and drop every message after it (they answered the old text)."""
         with self._transaction() as db:
             db.execute(
-                "UPDATE messages SET content = ?, stats = '{}' WHERE conversation_id = ? AND position = ?",
+                "UPDATE messages SET content = ?, stats = '{}', versions = '[]', version = 0"
+                " WHERE conversation_id = ? AND position = ?",
                 (content, conversation_id, position),
             )
             db.execute("DELETE FROM messages WHERE conversation_id = ? AND position > ?", (conversation_id, position))
+            db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (time.time(), conversation_id))
+
+    def add_version(self, conversation_id: int, position: int, content: str, stats: dict[str, Any] | None = None) -> None:
+        """A new version of a message (a regenerated reply); it becomes the chosen one, the others are kept."""
+        with self._transaction() as db:
+            message = self._message_at(db, conversation_id, position)
+            versions = list(message.versions) or [{"content": message.content, "stats": message.stats}]
+            versions.append({"content": content, "stats": stats or {}})
+            self._set_versions(db, message, versions, len(versions) - 1)
+
+    def choose_version(self, conversation_id: int, position: int, version: int) -> None:
+        """Show and use another kept version of a message."""
+        with self._transaction() as db:
+            message = self._message_at(db, conversation_id, position)
+            if not 0 <= version < message.version_count:
+                raise StoreError(f"Message {position} has no version {version + 1}.")
+            if message.versions:
+                self._set_versions(db, message, list(message.versions), version)
+
+    @staticmethod
+    def _set_versions(db: sqlite3.Connection, message: StoredMessage, versions: list[dict[str, Any]], chosen: int) -> None:
+        db.execute(
+            "UPDATE messages SET content = ?, stats = ?, versions = ?, version = ? WHERE id = ?",
+            (
+                versions[chosen]["content"],
+                json.dumps(versions[chosen].get("stats") or {}),
+                json.dumps(versions),
+                chosen,
+                message.id,
+            ),
+        )
+
+    def delete_message(self, conversation_id: int, position: int) -> None:
+        """Remove one message; the ones after it move up."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM messages WHERE conversation_id = ? AND position = ?", (conversation_id, position))
+            # two steps, so no moment has two messages at one position (the pair is unique)
+            db.execute(
+                "UPDATE messages SET position = -position WHERE conversation_id = ? AND position > ?",
+                (conversation_id, position),
+            )
+            db.execute(
+                "UPDATE messages SET position = -position - 1 WHERE conversation_id = ? AND position < 0",
+                (conversation_id,),
+            )
             db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (time.time(), conversation_id))
 
     def truncate(self, conversation_id: int, keep: int) -> None:
@@ -285,7 +357,9 @@ class ConversationStore:
             "settings": conversation.settings,
             "model": conversation.model,
             "messages": [
-                {"role": m.role, "content": m.content, "stats": m.stats} for m in self.messages(conversation_id)
+                {"role": m.role, "content": m.content, "stats": m.stats}
+                | ({"versions": list(m.versions), "version": m.version} if m.versions else {})
+                for m in self.messages(conversation_id)
             ],
         }
 
@@ -319,8 +393,34 @@ class ConversationStore:
             title=str(data.get("title", "")),
         )
         for message in messages:
-            self.append(conversation.id, message["role"], message["content"], message.get("stats") or {})
+            stored = self.append(conversation.id, message["role"], message["content"], message.get("stats") or {})
+            versions = message.get("versions")
+            if _valid_versions(versions, message.get("version")):
+                with self._transaction() as db:
+                    self._set_versions(db, stored, versions, int(message["version"]))
         return self.get(conversation.id)
+
+
+def _valid_versions(versions: Any, chosen: Any) -> bool:
+    return (
+        isinstance(versions, list)
+        and len(versions) > 1
+        and all(isinstance(v, dict) and isinstance(v.get("content"), str) and isinstance(v.get("stats", {}), dict) for v in versions)
+        and isinstance(chosen, int)
+        and 0 <= chosen < len(versions)
+    )
+
+
+def _message(row: sqlite3.Row) -> StoredMessage:
+    return StoredMessage(
+        row["id"],
+        row["position"],
+        row["role"],
+        row["content"],
+        json.loads(row["stats"]),
+        tuple(json.loads(row["versions"] or "[]")),
+        int(row["version"] or 0),
+    )
 
 
 def _conversation(row: sqlite3.Row) -> Conversation:
