@@ -293,7 +293,9 @@ class ConversationStore:
             db.execute("DELETE FROM messages WHERE conversation_id = ? AND position > ?", (conversation_id, position))
             db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (time.time(), conversation_id))
 
-    def add_version(self, conversation_id: int, position: int, content: str, stats: dict[str, Any] | None = None) -> None:
+    def add_version(
+        self, conversation_id: int, position: int, content: str, stats: dict[str, Any] | None = None
+    ) -> None:
         """A new version of a message (a regenerated reply); it becomes the chosen one, the others are kept."""
         with self._transaction() as db:
             message = self._message_at(db, conversation_id, position)
@@ -311,7 +313,9 @@ class ConversationStore:
                 self._set_versions(db, message, list(message.versions), version)
 
     @staticmethod
-    def _set_versions(db: sqlite3.Connection, message: StoredMessage, versions: list[dict[str, Any]], chosen: int) -> None:
+    def _set_versions(
+        db: sqlite3.Connection, message: StoredMessage, versions: list[dict[str, Any]], chosen: int
+    ) -> None:
         db.execute(
             "UPDATE messages SET content = ?, stats = ?, versions = ?, version = ? WHERE id = ?",
             (
@@ -405,7 +409,10 @@ def _valid_versions(versions: Any, chosen: Any) -> bool:
     return (
         isinstance(versions, list)
         and len(versions) > 1
-        and all(isinstance(v, dict) and isinstance(v.get("content"), str) and isinstance(v.get("stats", {}), dict) for v in versions)
+        and all(
+            isinstance(v, dict) and isinstance(v.get("content"), str) and isinstance(v.get("stats", {}), dict)
+            for v in versions
+        )
         and isinstance(chosen, int)
         and 0 <= chosen < len(versions)
     )
