@@ -28,6 +28,7 @@ class ChatController(QObject):
 
     Signals:
         model_loaded(ModelInfo), model_load_failed(Exception), model_load_cancelled()
+        prompt_progressed(int, int): before the first token, prompt tokens evaluated (or reused) of the total
         text_streamed(str): new reply text since the last flush
         reply_finished(ReplyTicket): the reply is complete, stopped or cut; ``ticket.stats`` is set
         reply_failed(Exception)
@@ -39,6 +40,7 @@ class ChatController(QObject):
     model_load_cancelled = Signal()
     routing_traced = Signal(object)
     routing_failed = Signal(object)
+    prompt_progressed = Signal(int, int)
     text_streamed = Signal(str)
     reply_finished = Signal(object)
     reply_failed = Signal(object)
@@ -53,6 +55,7 @@ class ChatController(QObject):
         self._flush_timer.setInterval(FLUSH_INTERVAL_MS)
         self._flush_timer.timeout.connect(self._flush)
         self._ticket: ReplyTicket | None = None
+        self._progress: tuple[int, int] | None = None  # last reported prompt progress; None once text streams
         self._load_cancelled = False
         self._worker_done.connect(self._on_worker_done)
         self.info: ModelInfo | None = None
@@ -94,6 +97,7 @@ class ChatController(QObject):
         """Start a reply; text arrives through ``text_streamed``, then ``reply_finished`` or ``reply_failed``."""
         ticket = self.engine.generate(request)
         self._ticket = ticket
+        self._progress = (0, 0)
         done = threading.Event()
 
         def on_event() -> None:  # on the engine's thread: move text into the buffer, report the end once
@@ -145,7 +149,15 @@ class ChatController(QObject):
             text = "".join(self._buffer)
             self._buffer.clear()
         if text:
+            self._progress = None
             self.text_streamed.emit(text)
+            return
+        ticket = self._ticket
+        if ticket is not None and self._progress is not None:
+            progress = (ticket.prompt_done, ticket.prompt_total)
+            if progress != self._progress:
+                self._progress = progress
+                self.prompt_progressed.emit(*progress)
 
     def _on_worker_done(self, kind: str, result: Any, error: BaseException | None) -> None:
         if kind == "load":

@@ -6,15 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QEvent, QObject, QSettings, Qt, QTimer
-from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeyEvent, QKeySequence
+from PySide6.QtCore import QEvent, QObject, QPoint, QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeyEvent, QKeySequence, QShowEvent
 from PySide6.QtWidgets import (
-    QCheckBox,
-    QComboBox,
     QDockWidget,
-    QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
     QGridLayout,
     QHBoxLayout,
     QLabel,
@@ -26,8 +22,6 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
-    QSizePolicy,
-    QSpinBox,
     QSplitter,
     QStackedWidget,
     QToolButton,
@@ -38,18 +32,28 @@ from PySide6.QtWidgets import (
 from app import APP_NAME
 from app.core.context import POLICIES
 from app.core.errors import ModelLoadError
-from app.core.prompts import FORMAT_PLAIN, Message
+from app.core.prompts import FORMAT_MISTRAL_V1, FORMAT_MISTRAL_V3, FORMAT_PLAIN, FORMAT_TEMPLATE, Message
 from app.core.runtime.tickets import ReplyTicket
 from app.core.runtime.types import GenerationRequest, LoadSettings, ModelInfo, SamplingSettings
 from app.core.storage import paths
 from app.core.storage.conversations import Conversation, ConversationStore
 from app.core.storage.presets import PresetStore
 from app.core.storage.settings import Settings, load_settings, save_settings
-from app.gui.chat_view import ChatView, RenderedMessage
+from app.gui.background import BackgroundRunner
+from app.gui.chat_settings_panel import ChatSettingsPanel
 from app.gui.controller import ChatController
 from app.gui.conversation_model import ConversationListModel
+from app.gui.model_picker import ACTION_MANAGE, ACTION_OPEN_FILE, ACTION_REMOTE, ModelPicker
+from app.gui.transcript import STATE_WAITING, TranscriptModel, TranscriptRow, TranscriptView
 
 UNDO_DELETE_MS = 15_000  # how long "Undo delete" stays in the status bar after the last delete
+NARROW_WIDTH = 1100  # a window narrower than this starts with the chat settings panel collapsed
+FORMAT_NAMES = {
+    FORMAT_MISTRAL_V1: "Mistral instruct format (v1)",
+    FORMAT_MISTRAL_V3: "Mistral instruct format (v3, tools)",
+    FORMAT_TEMPLATE: "the model file's own chat template",
+    FORMAT_PLAIN: "plain text (no chat format)",
+}
 
 
 class _EnterToSend(QObject):
@@ -72,7 +76,13 @@ class _EnterToSend(QObject):
 
 
 class MainWindow(QMainWindow):
-    """The app's main window. Owns the store, presets and the controller; widgets react to signals."""
+    """The app's main window. Owns the store, presets and the controller; widgets react to signals.
+
+    Signals:
+        models_listed(): the model picker was refilled from the disk
+    """
+
+    models_listed = Signal()
 
     def __init__(self, *, model_path: str | None = None, load_on_start: bool = True) -> None:
         super().__init__()
@@ -95,11 +105,14 @@ class MainWindow(QMainWindow):
         self.api_server: Any = None
         self.conversation: Conversation | None = None
         self._editing: int | None = None
+        self._regenerating: int | None = None  # the reply (by position) a new version is being written for
         self._streaming: ReplyTicket | None = None
         self._plain_base = ""
         self._notice_for: int | None = None  # the conversation the banner is about, if it is about one
         self._deleted: list[int] = []  # deleted in this run, most recent last: Undo brings back one at a time
         self._restoring = False
+        self._collapsed_for_width = False
+        self._background = BackgroundRunner("window")
         self._build()
         self._connect()
         notices = [n for n in (loaded.notice, self.store.notice) if n]
@@ -110,6 +123,7 @@ class MainWindow(QMainWindow):
 
         self.chat_view.set_dark(is_dark(self.settings.theme))
         self._open_first_conversation()
+        self._refresh_models()
         if load_on_start:
             self.load_model(model_path)
 
@@ -118,6 +132,7 @@ class MainWindow(QMainWindow):
     def _build(self) -> None:
         self.search = QLineEdit(placeholderText="Search chats (Ctrl+K)")
         self.search.setAccessibleName("Search conversations")
+        self.search.setClearButtonEnabled(True)
         self.list_model = ConversationListModel(self.store)
         self.list_view = QListView()
         self.list_view.setModel(self.list_model)
@@ -125,23 +140,56 @@ class MainWindow(QMainWindow):
         self.list_view.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.list_view.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.list_view.setUniformItemSizes(True)
+        self.list_view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.new_button = QPushButton("New chat")
+        self.new_button.setToolTip("Start a new chat (Ctrl+N)")
         self.new_story_button = QPushButton("New story")
+        self.new_story_button.setToolTip("Start a text for the model to continue (no chat format)")
         self.delete_button = QPushButton("Delete")
-        left = QWidget()
-        left_layout = QVBoxLayout(left)
+        self.delete_button.setToolTip("Delete the selected chat (you can undo it)")
+        self.conversations_panel = QWidget()
+        self.conversations_panel.setObjectName("conversations")
+        self.conversations_panel.setMinimumWidth(170)
+        left_layout = QVBoxLayout(self.conversations_panel)
+        left_layout.setContentsMargins(6, 6, 0, 6)
         left_layout.addWidget(self.search)
         left_layout.addWidget(self.list_view)
-        buttons = QHBoxLayout()
-        for button in (self.new_button, self.new_story_button, self.delete_button):
-            buttons.addWidget(button)
+        buttons = QGridLayout()
+        buttons.addWidget(self.new_button, 0, 0)
+        buttons.addWidget(self.new_story_button, 0, 1)
+        buttons.addWidget(self.delete_button, 1, 0, 1, 2)
         left_layout.addLayout(buttons)
+
+        self.toggle_conversations_action = QAction("Conversations", self)
+        self.toggle_conversations_action.setCheckable(True)
+        self.toggle_conversations_action.setChecked(True)
+        self.toggle_conversations_action.setShortcut(QKeySequence("Ctrl+B"))
+        self.toggle_conversations_action.setToolTip("Show or hide the conversations (Ctrl+B)")
+        self.toggle_settings_action = QAction("Chat settings", self)
+        self.toggle_settings_action.setCheckable(True)
+        self.toggle_settings_action.setChecked(True)
+        self.toggle_settings_action.setShortcut(QKeySequence("Ctrl+Shift+B"))
+        self.toggle_settings_action.setToolTip("Show or hide the preset, system prompt and sampling (Ctrl+Shift+B)")
+        self.conversations_toggle = QToolButton()
+        self.conversations_toggle.setDefaultAction(self.toggle_conversations_action)
+        self.conversations_toggle.setText("☰")
+        self.settings_toggle = QToolButton()
+        self.settings_toggle.setDefaultAction(self.toggle_settings_action)
+        self.settings_toggle.setText("Chat settings")
+        self.model_picker = ModelPicker()
+        top = QHBoxLayout()
+        top.setContentsMargins(0, 0, 0, 0)
+        top.addWidget(self.conversations_toggle)
+        top.addWidget(self.model_picker, 1)
+        top.addWidget(self.settings_toggle)
 
         self.notice = QLabel()
         self.notice.setWordWrap(True)
         self.notice.setVisible(False)
         self.notice.setStyleSheet("background:#fff4ce;color:#333;padding:6px;border-radius:4px;")
-        self.chat_view = ChatView()
+        self.transcript = TranscriptModel(self)
+        self.chat_view = TranscriptView()
+        self.chat_view.set_model(self.transcript)
         self.story_edit = QPlainTextEdit()
         self.story_edit.setAccessibleName("Story text")
         self.story_edit.setPlaceholderText("Write the beginning; the model continues it.")
@@ -151,13 +199,17 @@ class MainWindow(QMainWindow):
         self.input = QPlainTextEdit()
         self.input.setAccessibleName("Message")
         self.input.setPlaceholderText("Load a model to chat (Enter sends, Shift+Enter for a new line)")
-        self.input.setMaximumHeight(110)
+        self.input.textChanged.connect(self._fit_input)
+        self._fit_input()
         self._enter_filter = _EnterToSend(self.send)
         self.input.installEventFilter(self._enter_filter)
         self.send_button = QPushButton("Send")
+        self.send_button.setDefault(True)
         self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop the reply (Esc); what was written is kept")
         self.stop_button.setEnabled(False)
         self.regenerate_button = QPushButton("Regenerate")
+        self.regenerate_button.setToolTip("Write the last reply again; the earlier version is kept")
         self.load_progress = QProgressBar()
         self.load_progress.setRange(0, 0)
         self.load_progress.setFormat("Loading the model…")
@@ -165,7 +217,10 @@ class MainWindow(QMainWindow):
         self.cancel_load_button = QPushButton("Cancel loading")
         self.cancel_load_button.setVisible(False)
         centre = QWidget()
+        centre.setMinimumWidth(360)
         centre_layout = QVBoxLayout(centre)
+        centre_layout.setContentsMargins(6, 6, 6, 6)
+        centre_layout.addLayout(top)
         centre_layout.addWidget(self.notice)
         loading = QHBoxLayout()
         loading.addWidget(self.load_progress, 1)
@@ -179,63 +234,22 @@ class MainWindow(QMainWindow):
             actions.addWidget(button)
         centre_layout.addLayout(actions)
 
-        self.model_label = QLabel("No model")
-        self.model_label.setWordWrap(True)
-        self.model_label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
-        self.model_label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
-        self.choose_model_button = QPushButton("Open model…")
-        self.models_button = QPushButton("Models…")
-        self.models_button.setToolTip("Choose, download and manage Mixtral quantizations (Ctrl+M)")
-        self.preset_combo = QComboBox()
-        self.preset_combo.setAccessibleName("System prompt preset")
-        self.system_edit = QPlainTextEdit()
-        self.system_edit.setAccessibleName("System prompt")
-        self.system_edit.setMaximumHeight(120)
-        self.preset_new = QPushButton("Save as new")
-        self.preset_save = QPushButton("Update preset")
-        self.preset_duplicate = QPushButton("Duplicate")
-        self.preset_delete = QPushButton("Delete preset")
-        self.preset_reset = QPushButton("Reset built-ins")
-        self.temperature = QDoubleSpinBox(minimum=0.0, maximum=2.0, singleStep=0.05, value=0.7)
-        self.temperature.setAccessibleName("Temperature")
-        self.top_p = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, value=0.95)
-        self.max_tokens = QSpinBox(minimum=0, maximum=32768, value=1024)
-        self.max_tokens.setSpecialValueText("until the context is full")
-        self.context_policy = QComboBox()
-        self.context_policy.addItems(list(POLICIES))
-        self.inspect_routing = QCheckBox("Inspect expert routing (slower)")
-        self.inspect_routing.setToolTip("After each reply, show which of the experts each token went to")
-        right = QWidget()
-        right_layout = QVBoxLayout(right)
-        form = QFormLayout()
-        right_layout.addLayout(form)
-        right_layout.addStretch(1)
-        form.addRow("Model", self.model_label)
-        model_buttons = QHBoxLayout()
-        model_buttons.addWidget(self.models_button)
-        model_buttons.addWidget(self.choose_model_button)
-        form.addRow("", model_buttons)
-        form.addRow("Preset", self.preset_combo)
-        form.addRow("System prompt", self.system_edit)
-        preset_buttons = QGridLayout()
-        for i, button in enumerate(
-            (self.preset_new, self.preset_save, self.preset_duplicate, self.preset_delete, self.preset_reset)
-        ):
-            preset_buttons.addWidget(button, i // 2, i % 2)
-        form.addRow("", preset_buttons)
-        form.addRow("Temperature", self.temperature)
-        form.addRow("Top-p", self.top_p)
-        form.addRow("Max reply tokens", self.max_tokens)
-        form.addRow("When the context is full", self.context_policy)
-        form.addRow("", self.inspect_routing)
+        self.settings_panel = ChatSettingsPanel()
+        panel = self.settings_panel
+        self.preset_combo, self.system_edit = panel.preset_combo, panel.system_edit
+        self.temperature, self.top_p, self.max_tokens = panel.temperature, panel.top_p, panel.max_tokens
+        self.context_policy, self.inspect_routing = panel.context_policy, panel.inspect_routing
         self._fill_presets()
 
         splitter = QSplitter()
-        splitter.addWidget(left)
+        splitter.setChildrenCollapsible(False)
+        splitter.addWidget(self.conversations_panel)
         splitter.addWidget(centre)
-        splitter.addWidget(right)
+        splitter.addWidget(self.settings_panel)
+        splitter.setStretchFactor(0, 0)
         splitter.setStretchFactor(1, 1)
-        splitter.setSizes([230, 690, 280])
+        splitter.setStretchFactor(2, 0)
+        splitter.setSizes([220, 700, 280])
         self.splitter = splitter
         self.setCentralWidget(splitter)
         from app.gui.routing_view import RoutingView
@@ -318,6 +332,9 @@ class MainWindow(QMainWindow):
         action(edit_menu, "Stop reply", self.stop, "Esc")
         action(edit_menu, "Regenerate", self.regenerate)
         action(edit_menu, "Settings…", self.open_settings, "Ctrl+,")
+        view_menu = self.menuBar().addMenu("&View")
+        view_menu.addAction(self.toggle_conversations_action)
+        view_menu.addAction(self.toggle_settings_action)
         help_menu = self.menuBar().addMenu("&Help")
         self.about_action = action(help_menu, f"About {APP_NAME}", self.show_about)
 
@@ -329,23 +346,33 @@ class MainWindow(QMainWindow):
         self.new_story_button.clicked.connect(lambda: self.new_conversation(mode="plain"))
         self.delete_button.clicked.connect(self.delete_conversation)
         self.undo_button.clicked.connect(self.undo_delete)
-        self.choose_model_button.clicked.connect(self.choose_model)
-        self.models_button.clicked.connect(self.open_model_manager)
+        self.model_picker.model_chosen.connect(self.load_model)
+        self.model_picker.action_chosen.connect(self._picker_action)
+        self.toggle_conversations_action.toggled.connect(self.conversations_panel.setVisible)
+        self.toggle_settings_action.toggled.connect(self.settings_panel.setVisible)
+        self.list_view.customContextMenuRequested.connect(self._conversation_menu)
+        self._background.done.connect(self._on_background_done)
         self.search.textChanged.connect(lambda text: self.list_model.refresh(text))
         self.list_view.selectionModel().currentChanged.connect(
             lambda current, _previous: self._select_row(current.row())
         )
         self.chat_view.edit_requested.connect(self.begin_edit)
+        self.chat_view.regenerate_requested.connect(lambda _row: self.regenerate())
+        self.chat_view.delete_requested.connect(self.delete_message)
+        self.chat_view.version_requested.connect(self.choose_version)
+        self.controller.prompt_progressed.connect(self._on_prompt_progress)
         self.preset_combo.activated.connect(self._preset_chosen)
-        self.preset_new.clicked.connect(self._preset_create)
-        self.preset_save.clicked.connect(self._preset_update)
-        self.preset_duplicate.clicked.connect(self._preset_duplicate)
-        self.preset_delete.clicked.connect(self._preset_delete)
-        self.preset_reset.clicked.connect(self._preset_reset)
+        panel = self.settings_panel
+        panel.preset_new_action.triggered.connect(lambda _checked=False: self._ask_preset_name("new"))
+        panel.preset_save_action.triggered.connect(lambda _checked=False: self._preset_update())
+        panel.preset_rename_action.triggered.connect(lambda _checked=False: self._ask_preset_name("rename"))
+        panel.preset_duplicate_action.triggered.connect(lambda _checked=False: self._preset_duplicate())
+        panel.preset_delete_action.triggered.connect(lambda _checked=False: self._preset_delete())
+        panel.preset_reset_action.triggered.connect(lambda _checked=False: self._preset_reset())
         self.system_edit.textChanged.connect(self._save_conversation_settings)
         for spin in (self.temperature, self.top_p, self.max_tokens):
             spin.valueChanged.connect(self._save_sampling)
-        self.context_policy.currentTextChanged.connect(self._save_sampling)
+        self.context_policy.currentIndexChanged.connect(self._save_sampling)
         self.inspect_routing.toggled.connect(self._save_sampling)
         self.controller.routing_traced.connect(self._on_routing)
         self.controller.routing_failed.connect(lambda err: self.statusBar().showMessage(f"Routing: {err}", 8000))
@@ -379,7 +406,7 @@ class MainWindow(QMainWindow):
         )
         self.load_progress.setVisible(True)
         self.cancel_load_button.setVisible(True)
-        self.model_label.setText(f"Loading {model_path.name}…")
+        self.load_progress.setFormat(f"Loading {model_path.stem}…")
         self.send_button.setEnabled(False)
         self.controller.load_model(settings)
 
@@ -393,6 +420,52 @@ class MainWindow(QMainWindow):
             self.model_manager.context.setValue(self.settings.context_length)
         self.model_manager.show()
         self.model_manager.raise_()
+
+    def _fit_input(self) -> None:
+        """The message box grows with what is typed, from two lines up to eight."""
+        lines = max(2, min(8, int(self.input.document().size().height())))
+        spacing = self.input.fontMetrics().lineSpacing()
+        margins = self.input.contentsMargins()
+        extra = margins.top() + margins.bottom() + 2 * int(self.input.document().documentMargin())
+        height = lines * spacing + extra
+        if self.input.height() != height:
+            self.input.setFixedHeight(height)
+
+    def _picker_action(self, action: str) -> None:
+        if action == ACTION_MANAGE:
+            self.open_model_manager()
+        elif action == ACTION_OPEN_FILE:
+            self.choose_model()
+        elif action == ACTION_REMOTE:
+            self.connect_remote()
+
+    def _refresh_models(self) -> None:
+        """Fill the model picker with the models on disk (read on a worker thread)."""
+        from app.core.models.demo import demo_model_path
+        from app.core.models.local import installed_models
+
+        self._background.run("models", lambda: (installed_models(), demo_model_path()))
+
+    def _on_background_done(self, tag: str, result: Any, error: BaseException | None) -> None:
+        if tag == "models" and error is None:
+            self.model_picker.set_models(*result)
+            self.models_listed.emit()
+
+    def _show_model_in_use(self) -> None:
+        """The picker and its tooltip show the model the chat uses now (or none)."""
+        info = self.controller.info if self.controller.engine.loaded else None
+        if info is None:
+            self.model_picker.set_current("")
+            self.model_picker.setToolTip("No model is loaded: pick one")
+            return
+        if info.architecture == "remote":
+            self.model_picker.set_current(f"{info.name} (remote)")
+        else:
+            self.model_picker.set_current(info.path)
+        self.model_picker.setToolTip(
+            f"{info.name}\n{info.path}\n{FORMAT_NAMES.get(info.chat_format, info.chat_format)} · "
+            f"{info.n_ctx:,} tokens of context"
+        )
 
     def toggle_server(self, on: bool | None = None, port: int | None = None) -> None:
         """Start or stop the OpenAI-compatible API for the loaded model (this machine only)."""
@@ -462,7 +535,7 @@ class MainWindow(QMainWindow):
         if self.controller.busy:
             return
         self.load_progress.setVisible(True)
-        self.model_label.setText(f"Connecting to {url}…")
+        self.load_progress.setFormat(f"Connecting to {url}…")
         self.controller.use_engine(RemoteEngine(RemoteSettings(url, model, api_key)))
 
     def use_local_engine(self) -> None:
@@ -480,15 +553,15 @@ class MainWindow(QMainWindow):
     def _on_load_cancelled(self) -> None:
         self.load_progress.setVisible(False)
         self.cancel_load_button.setVisible(False)
-        self.model_label.setText("No model loaded")
+        self._show_model_in_use()
         self.statusBar().showMessage("Loading cancelled.", 5000)
 
     def _on_model_loaded(self, info: ModelInfo) -> None:
         self.load_progress.setVisible(False)
         self.cancel_load_button.setVisible(False)
         self.send_button.setEnabled(True)
-        self.model_label.setText(f"{Path(info.path).stem}\n{info.chat_format} · {info.n_ctx} tokens context")
-        self.model_label.setToolTip(f"{info.name}\n{info.path}")
+        self._show_model_in_use()
+        self._refresh_models()
         self.status_model.setText(Path(info.path).stem)
         from app.core.planning.hardware import llama_build_info
 
@@ -520,7 +593,7 @@ class MainWindow(QMainWindow):
     def _on_model_failed(self, error: Exception) -> None:
         self.load_progress.setVisible(False)
         self.cancel_load_button.setVisible(False)
-        self.model_label.setText("No model loaded")
+        self._show_model_in_use()
         advice = ""
         if isinstance(error, ModelLoadError) and error.reason == "out_of_memory":
             advice = f"\n\n{self._memory_advice(Path(error.path))}"
@@ -580,7 +653,7 @@ class MainWindow(QMainWindow):
         if plain:
             self.story_edit.setPlainText(messages[0].content if messages else "")
         else:
-            self.chat_view.set_messages([RenderedMessage(m.role, m.content, m.stats) for m in messages])
+            self._show_messages(messages)
         self.system_edit.blockSignals(True)
         self.system_edit.setPlainText(conversation.system_prompt)
         self.system_edit.blockSignals(False)
@@ -633,7 +706,7 @@ class MainWindow(QMainWindow):
             "temperature": self.temperature.value(),
             "top_p": self.top_p.value(),
             "max_new_tokens": self.max_tokens.value(),
-            "context_policy": self.context_policy.currentText(),
+            "context_policy": self.settings_panel.policy(),
             "inspect_routing": self.inspect_routing.isChecked(),
         }
 
@@ -649,7 +722,7 @@ class MainWindow(QMainWindow):
             self.max_tokens.setValue(int(saved.get("max_new_tokens", self.max_tokens.value())))
             policy = saved.get("context_policy")
             if policy in POLICIES:
-                self.context_policy.setCurrentText(policy)
+                self.settings_panel.set_policy(policy)
             self.inspect_routing.setChecked(bool(saved.get("inspect_routing", False)))
         finally:
             self._restoring = False
@@ -665,7 +738,7 @@ class MainWindow(QMainWindow):
             temperature=self.temperature.value(), top_p=self.top_p.value(), max_new_tokens=self.max_tokens.value()
         )
         return GenerationRequest(
-            tuple(messages), sampling, self.context_policy.currentText(), FORMAT_PLAIN if plain else None
+            tuple(messages), sampling, self.settings_panel.policy(), FORMAT_PLAIN if plain else None
         )
 
     def _history(self) -> list[Message]:
@@ -696,16 +769,38 @@ class MainWindow(QMainWindow):
         self._start_reply(self._history())
         self.list_model.refresh()
 
+    def _show_messages(self, messages: list[Any]) -> None:
+        self.transcript.set_rows(
+            [TranscriptRow(m.role, m.content, m.stats, m.version, m.version_count) for m in messages]
+        )
+
     def _start_reply(self, history: list[Message], *, plain: bool = False) -> None:
         if not plain:
-            self.chat_view.set_messages(
-                [RenderedMessage(m.role, m.content, m.stats) for m in self.store.messages(self.conversation.id)]  # type: ignore[union-attr]
-            )
-            self.chat_view.add_message(RenderedMessage("assistant", ""))
+            messages = self.store.messages(self.conversation.id)  # type: ignore[union-attr]
+            self._show_messages(messages)
+            if self._regenerating is not None:
+                old = messages[self._regenerating]
+                self.transcript.update(
+                    self._regenerating,
+                    text="",
+                    stats={},
+                    version=old.version_count,
+                    version_count=old.version_count + 1,
+                    state=STATE_WAITING,
+                    token_routes=None,
+                )
+            else:
+                self.transcript.append(TranscriptRow("assistant", "", state=STATE_WAITING))
         self._streaming = self.controller.send(self._request(history, plain=plain))
+        self.chat_view.set_busy(True)
         self.stop_button.setEnabled(True)
         self.send_button.setEnabled(False)
         self.regenerate_button.setEnabled(False)
+
+    def _on_prompt_progress(self, done: int, total: int) -> None:
+        rows = self.transcript.rowCount()
+        if rows and self.transcript.row(rows - 1).state == STATE_WAITING:
+            self.transcript.update(rows - 1, prompt_done=done, prompt_total=total)
 
     def _continue_story(self) -> None:
         assert self.conversation is not None
@@ -728,15 +823,41 @@ class MainWindow(QMainWindow):
         self.controller.stop()
 
     def regenerate(self) -> None:
-        """Replace the last reply with a new one."""
+        """Write the last reply again; the earlier version is kept (the reply's ‹ › step through them)."""
         if self.controller.busy or self.conversation is None or self.conversation.mode == "plain":
             return
         messages = self.store.messages(self.conversation.id)
-        if not messages:
+        if not any(m.role == "user" for m in messages):
             return
+        history = self._history()
         if messages[-1].role == "assistant":
-            self.store.truncate(self.conversation.id, len(messages) - 1)
-        self._start_reply(self._history())
+            self._regenerating = len(messages) - 1
+            history = history[:-1]
+        self._start_reply(history)
+
+    def delete_message(self, position: int) -> None:
+        """Delete one message of the chat on screen (a message's Delete button)."""
+        if self.controller.busy or self.conversation is None:
+            return
+        self.store.delete_message(self.conversation.id, position)
+        self._editing = None
+        messages = self.store.messages(self.conversation.id)
+        self._show_messages(messages)
+        self._show_conversation_status(messages)
+        self._update_regenerate()
+        self.statusBar().showMessage("Message deleted.", 4000)
+
+    def choose_version(self, position: int, version: int) -> None:
+        """Show (and use from now on) another kept version of a reply."""
+        if self.controller.busy or self.conversation is None:
+            return
+        self.store.choose_version(self.conversation.id, position, version)
+        messages = self.store.messages(self.conversation.id)
+        message = messages[position]
+        self.transcript.update(
+            position, text=message.content, stats=message.stats, version=message.version, token_routes=None
+        )
+        self._show_conversation_status(messages)
 
     def begin_edit(self, position: int) -> None:
         """Put a user message back into the input; sending replaces it and everything after it."""
@@ -754,7 +875,7 @@ class MainWindow(QMainWindow):
             self.story_edit.moveCursor(self.story_edit.textCursor().MoveOperation.End)
             self.story_edit.insertPlainText(text)
         else:
-            self.chat_view.append_to_last(text)
+            self.transcript.append_text(text)
 
     def _on_reply_finished(self, generation: ReplyTicket) -> None:
         self._update_engine_status()
@@ -763,14 +884,17 @@ class MainWindow(QMainWindow):
         if self.conversation is not None:
             if self.conversation.mode == "plain":
                 self.store.edit(self.conversation.id, 0, self._plain_base + generation.text)
+            elif generation.text and self._regenerating is not None:
+                self.store.add_version(self.conversation.id, self._regenerating, generation.text, stats)
             elif generation.text:
                 self.store.append(self.conversation.id, "assistant", generation.text, stats)
             if generation.prompt is not None and generation.prompt.dropped:
                 self.show_notice(generation.prompt.describe_dropped(), for_conversation=True)
-        if self.chat_view.messages and generation.stats:
-            self.chat_view.messages[-1].stats = stats
-            self.chat_view.messages[-1].text = generation.text
-            self.chat_view.set_messages(self.chat_view.messages)
+            if self.conversation.mode == "chat":
+                self._show_messages(self.store.messages(self.conversation.id))
+                if not generation.text:
+                    self.statusBar().showMessage("The reply was stopped before it wrote anything.", 5000)
+        self._regenerating = None
         self._maybe_trace(generation)
         if generation.stats:
             self._show_reply_status(stats)
@@ -789,9 +913,13 @@ class MainWindow(QMainWindow):
 
     def _on_routing(self, trace: Any) -> None:
         self.routing_view.show_trace(trace, getattr(self, "_reply_seconds", 0.0))
-        self.routing_dock.setVisible(True)
+        if not self.routing_dock.isVisible():
+            self.routing_dock.setVisible(True)
+            # a third of the window at most: the chat stays the main thing
+            self.resizeDocks([self.routing_dock], [max(200, self.height() // 3)], Qt.Orientation.Vertical)
         reply = [t for t in trace.tokens if not t.in_prompt]
-        if reply and self.chat_view.messages and self.chat_view.messages[-1].role == "assistant":
+        last = self.transcript.rowCount() - 1
+        if reply and last >= 0 and self.transcript.row(last).role == "assistant":
             tips = []
             for route in reply:
                 lines = [
@@ -802,22 +930,18 @@ class MainWindow(QMainWindow):
                     for layer in range(trace.n_layer)
                 ]
                 tips.append((route.text, "\n".join(lines)))
-            self.chat_view.messages[-1].token_routes = tips
-            self.chat_view.set_messages(self.chat_view.messages)
+            self.transcript.update(last, token_routes=tuple(tips))
 
     def _on_reply_failed(self, error: Exception) -> None:
         self._reply_done()
-        if (
-            self.chat_view.messages
-            and self.chat_view.messages[-1].role == "assistant"
-            and not self.chat_view.messages[-1].text
-        ):
-            self.chat_view.messages.pop()
-            self.chat_view.set_messages(self.chat_view.messages)
+        self._regenerating = None
+        if self.conversation is not None and self.conversation.mode == "chat":
+            self._show_messages(self.store.messages(self.conversation.id))  # what was kept; nothing half-made
         self.show_error(error)
 
     def _reply_done(self) -> None:
         self._streaming = None
+        self.chat_view.set_busy(False)
         self.stop_button.setEnabled(False)
         self.send_button.setEnabled(True)
         self._update_regenerate()
@@ -825,11 +949,11 @@ class MainWindow(QMainWindow):
     def _update_regenerate(self) -> None:
         """Regenerate needs a chat with a message to answer, and no reply running."""
         chat = self.conversation is not None and self.conversation.mode == "chat"
-        asked = any(m.role == "user" for m in self.chat_view.messages)
+        asked = any(row.role == "user" for row in self.transcript.rows())
         self.regenerate_button.setEnabled(chat and asked and self._streaming is None)
 
     def copy_last_reply(self) -> None:
-        text = self.chat_view.last_text("assistant")
+        text = next((row.text for row in reversed(self.transcript.rows()) if row.role == "assistant"), "")
         if text:
             QGuiApplication.clipboard().setText(text)
             self.statusBar().showMessage("Last reply copied.", 3000)
@@ -852,10 +976,36 @@ class MainWindow(QMainWindow):
         if self.conversation is not None:
             self.conversation = self.store.update(self.conversation.id, preset_id=preset_id, system_prompt=preset.text)
 
-    def _preset_create(self) -> None:
-        name = f"My preset {len(self.presets.all()) + 1}"
-        preset = self.presets.create(name, self.system_edit.toPlainText())
-        self._fill_presets(preset.id)
+    def _ask_preset_name(self, purpose: str) -> None:
+        """Ask for a preset's name (``new``: save the system prompt as a preset; ``rename``: the chosen one)."""
+        from PySide6.QtWidgets import QInputDialog
+
+        preset_id = self.preset_combo.currentData()
+        if purpose == "rename" and (not preset_id or self.presets.get(preset_id).builtin):
+            self.statusBar().showMessage("Built-in presets keep their names; duplicate one to rename it.", 6000)
+            return
+        dialog = QInputDialog(self)
+        dialog.setObjectName("presetName")
+        dialog.setWindowTitle("Save preset" if purpose == "new" else "Rename preset")
+        dialog.setLabelText("Preset name:")
+        dialog.setTextValue("" if purpose == "new" else self.presets.get(preset_id).name)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.textValueSelected.connect(lambda name: self._name_preset(purpose, preset_id, name))
+        dialog.open()
+
+    def _name_preset(self, purpose: str, preset_id: str | None, name: str) -> None:
+        name = name.strip()
+        if not name:
+            self.statusBar().showMessage("A preset needs a name; nothing was saved.", 6000)
+            return
+        if purpose == "new":
+            preset = self.presets.create(name, self.system_edit.toPlainText())
+            self._fill_presets(preset.id)
+            if self.conversation is not None:
+                self.conversation = self.store.update(self.conversation.id, preset_id=preset.id)
+        elif preset_id:
+            self.presets.update(preset_id, name=name)
+            self._fill_presets(preset_id)
 
     def _preset_update(self) -> None:
         preset_id = self.preset_combo.currentData()
@@ -975,6 +1125,52 @@ class MainWindow(QMainWindow):
         if self.status_engine.text() != text:
             self.status_engine.setText(text)
             self.status_engine.setToolTip(health.error or "Replies being decoded together, and requests waiting")
+
+    def _conversation_menu(self, position: QPoint) -> None:
+        """Right-click on a conversation: rename, export, delete."""
+        index = self.list_view.indexAt(position)
+        if not index.isValid():
+            return
+        self.list_view.setCurrentIndex(index)
+        menu = QMenu(self.list_view)
+        menu.setObjectName("conversationMenu")
+        menu.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        menu.addAction("Rename…", self.rename_conversation)
+        menu.addAction("Export as Markdown…", lambda: self._export_dialog("md"))
+        menu.addAction("Export as JSON…", lambda: self._export_dialog("json"))
+        menu.addSeparator()
+        menu.addAction("Delete", self.delete_conversation)
+        menu.popup(self.list_view.viewport().mapToGlobal(position))
+
+    def rename_conversation(self) -> None:
+        """Ask for a new title for the conversation on screen."""
+        from PySide6.QtWidgets import QInputDialog
+
+        if self.conversation is None:
+            return
+        conversation_id = self.conversation.id
+        dialog = QInputDialog(self)
+        dialog.setObjectName("renameConversation")
+        dialog.setWindowTitle("Rename chat")
+        dialog.setLabelText("Title:")
+        dialog.setTextValue(self.conversation.title)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.textValueSelected.connect(lambda title: self._retitle(conversation_id, title))
+        dialog.open()
+
+    def _retitle(self, conversation_id: int, title: str) -> None:
+        if not title.strip():
+            return
+        updated = self.store.update(conversation_id, title=title.strip())
+        if self.conversation is not None and self.conversation.id == conversation_id:
+            self.conversation = updated
+        self.list_model.refresh()
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        if not self._collapsed_for_width and self.width() < NARROW_WIDTH:
+            self.toggle_settings_action.setChecked(False)  # the chat gets the width; Ctrl+Shift+B brings it back
+        self._collapsed_for_width = True
 
     def _focus_search(self) -> None:
         self.search.setFocus()

@@ -7,13 +7,12 @@ catalog entries and whose badges update when the context length or KV type chang
 from __future__ import annotations
 
 import shutil
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QDragEnterEvent, QDropEvent, QFont, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -38,6 +37,7 @@ from app.core.planning.planner import VERDICT_TOO_BIG, Device, MemoryPlan, PlanS
 from app.core.planning.text import human_bytes, short_verdict, size_label, speed
 from app.core.runtime.types import LoadSettings
 from app.core.storage import paths
+from app.gui.background import BackgroundRunner
 from app.gui.downloads import DownloadService
 
 COLUMNS = ("Model", "Quant", "Size", "Quality", "Fits this machine", "Speed", "Status")
@@ -163,23 +163,6 @@ class CatalogTableModel(QAbstractTableModel):
         return None
 
 
-class _Worker(QObject):
-    """Runs a function on a plain thread and delivers ``(tag, result, error)`` on the GUI thread."""
-
-    done = Signal(str, object, object)
-
-    def run(self, tag: str, work: Callable[[], Any]) -> None:
-        def target() -> None:
-            try:
-                result = work()
-            except Exception as err:
-                self.done.emit(tag, None, err)
-            else:
-                self.done.emit(tag, result, None)
-
-        threading.Thread(target=target, name=f"model-manager-{tag}", daemon=True).start()
-
-
 class ModelManagerWindow(QWidget):
     """Hardware, every catalog quantization with its verdict for this machine, and download actions.
 
@@ -208,7 +191,7 @@ class ModelManagerWindow(QWidget):
         self.downloads = downloads
         self._device = device
         self._confirm = confirm or self._ask
-        self._worker = _Worker()
+        self._worker = BackgroundRunner("model-manager")
         self._worker.done.connect(self._on_work_done)
         self.model = CatalogTableModel()
         self.hardware_label = QLabel(hardware_text or "Checking this machine…")

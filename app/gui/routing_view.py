@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
-from PySide6.QtGui import QImage, QPixmap
-from PySide6.QtWidgets import QLabel, QTableView, QVBoxLayout, QWidget
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, QRectF, QSize, Qt
+from PySide6.QtGui import QColor, QPainter, QPaintEvent, QPalette
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QTableView, QVBoxLayout, QWidget
 
 from app.core.runtime.routing import RoutingTrace
 
@@ -55,37 +55,87 @@ class RoutingTableModel(QAbstractTableModel):
         return None
 
 
+class ExpertHeatmap(QWidget):
+    """Layers x experts, each cell shaded by its share of the routed tokens; painted in the palette's colours,
+    so it reads in the light and the dark theme alike."""
+
+    CELL = QSize(40, 26)
+    LABEL_WIDTH = 56
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setAccessibleName("Share of routed tokens per expert")
+        self.shares: list[list[float]] = []
+        self.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
+
+    def set_shares(self, shares: list[list[float]]) -> None:
+        self.shares = shares
+        self.updateGeometry()
+        self.update()
+
+    def sizeHint(self) -> QSize:
+        experts = max((len(row) for row in self.shares), default=0)
+        return QSize(self.LABEL_WIDTH + experts * self.CELL.width(), (len(self.shares) + 1) * self.CELL.height())
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        palette = self.palette()
+        text, base = palette.color(QPalette.ColorRole.Text), palette.color(QPalette.ColorRole.Base)
+        hot = QColor(234, 108, 0)
+        top = max((max(row, default=0.0) for row in self.shares), default=0.0) or 1.0
+        painter = QPainter(self)
+        painter.setPen(text)
+        width, height = self.CELL.width(), self.CELL.height()
+        for expert in range(max((len(row) for row in self.shares), default=0)):
+            cell = QRectF(self.LABEL_WIDTH + expert * width, 0, width, height)
+            painter.drawText(cell, Qt.AlignmentFlag.AlignCenter, f"E{expert}")
+        for layer, row in enumerate(self.shares):
+            y = (layer + 1) * height
+            painter.setPen(text)
+            painter.drawText(
+                QRectF(0, y, self.LABEL_WIDTH - 4, height), Qt.AlignmentFlag.AlignVCenter, f"layer {layer}"
+            )
+            for expert, share in enumerate(row):
+                t = share / top
+                fill = QColor(
+                    round(base.red() + (hot.red() - base.red()) * t),
+                    round(base.green() + (hot.green() - base.green()) * t),
+                    round(base.blue() + (hot.blue() - base.blue()) * t),
+                )
+                cell = QRectF(self.LABEL_WIDTH + expert * width + 1, y + 1, width - 2, height - 2)
+                painter.fillRect(cell, fill)
+                painter.setPen(QColor("black") if fill.lightness() > 140 else QColor("white"))
+                painter.drawText(cell, Qt.AlignmentFlag.AlignCenter, f"{share:.2f}")
+        painter.end()
+
+
 class RoutingView(QWidget):
     """Shows a :class:`RoutingTrace`; ``show_trace(trace, reply_seconds)`` fills it."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setAccessibleName("Expert routing")
-        self.heatmap = QLabel()
+        self.heatmap = ExpertHeatmap()
         self.summary = QLabel("Turn on “Inspect expert routing” and send a message.")
         self.summary.setWordWrap(True)
+        self.summary.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         self.model = RoutingTableModel()
         self.table = QTableView()
         self.table.setModel(self.model)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.summary)
-        layout.addWidget(self.heatmap)
+        self.table.setMinimumWidth(220)
+        figures = QVBoxLayout()
+        figures.addWidget(self.heatmap)
+        figures.addWidget(self.summary, 1)
+        layout = QHBoxLayout(self)
+        layout.addLayout(figures)
         layout.addWidget(self.table, 1)
 
     def show_trace(self, trace: RoutingTrace, reply_seconds: float) -> None:
-        from app.core.charts import heatmap_image
-
         balance = trace.balance()
-        shares = [list(b.shares) for b in balance]
-        picture = heatmap_image("Share of routed tokens per expert", shares).convert("RGB")
-        qimage = QImage(
-            picture.tobytes(), picture.width, picture.height, 3 * picture.width, QImage.Format.Format_RGB888
-        ).copy()
-        self.heatmap.setPixmap(QPixmap.fromImage(qimage))
+        self.heatmap.set_shares([list(b.shares) for b in balance])
         lines = [
             f"{len(trace.tokens)} tokens ({sum(t.in_prompt for t in trace.tokens)} prompt, "
             f"{sum(not t.in_prompt for t in trace.tokens)} reply); {trace.n_expert_used} of {trace.n_expert} experts "
-            "per layer. Hover a cell for the router's probabilities."
+            "per layer. Hover a cell of the table for the router's probabilities."
         ]
         for b in balance:
             unused = ", ".join(map(str, b.unused)) or "none"
@@ -94,8 +144,8 @@ class RoutingView(QWidget):
                 f"quietest {b.min_share:.0%}, unused: {unused}"
             )
         lines.append(
-            f"Tracing took {trace.seconds:.2f} s after a {reply_seconds:.2f} s reply (it runs the tokens "
-            "again on a separate context with an eval callback, which splits llama.cpp's graph)."
+            f"Tracing took {trace.seconds:.2f} s after a {reply_seconds:.2f} s reply (a second pass over the "
+            "tokens, with a callback that reads each layer's router)."
         )
         self.summary.setText("\n".join(lines))
         self.model.set_trace(trace)

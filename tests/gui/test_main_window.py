@@ -14,44 +14,7 @@ from app.core.storage.conversations import ConversationStore
 from app.core.storage.settings import Settings, load_settings, save_settings
 from app.gui.conversation_model import ConversationListModel
 from app.gui.main_window import MainWindow
-
-LOAD_TIMEOUT = 60_000
-REPLY_TIMEOUT = 120_000
-
-
-def open_window(qtbot, model: Path) -> MainWindow:
-    window = MainWindow(load_on_start=False)
-    qtbot.addWidget(window)
-    with qtbot.waitSignal(window.controller.model_loaded, timeout=LOAD_TIMEOUT):
-        window.load_model(str(model))
-    return window
-
-
-def send(qtbot, window: MainWindow, text: str):
-    window.input.setPlainText(text)
-    with qtbot.waitSignal(window.controller.reply_finished, timeout=REPLY_TIMEOUT) as blocker:
-        qtbot.mouseClick(window.send_button, Qt.MouseButton.LeftButton)
-    return blocker.args[0]
-
-
-@pytest.fixture
-def demo_window(qtbot, demo_model: Path) -> MainWindow:
-    window = open_window(qtbot, demo_model)
-    window.temperature.setValue(0.0)
-    window.max_tokens.setValue(48)
-    return window
-
-
-@pytest.fixture
-def tiny_window(qtbot, tiny_v1: dict[str, Path]) -> MainWindow:
-    window = open_window(qtbot, tiny_v1["Q4_0"])
-    window.max_tokens.setValue(24)
-    return window
-
-
-def stored(window: MainWindow) -> list[tuple[str, str]]:
-    assert window.conversation is not None
-    return [(m.role, m.content) for m in window.store.messages(window.conversation.id)]
+from tests.gui.helpers import LOAD_TIMEOUT, REPLY_TIMEOUT, choose, click, open_window, send, stored
 
 
 def test_a_reply_streams_from_the_demo_model_and_is_saved(qtbot, demo_window: MainWindow) -> None:
@@ -60,7 +23,11 @@ def test_a_reply_streams_from_the_demo_model_and_is_saved(qtbot, demo_window: Ma
     generation = send(qtbot, demo_window, "How many days are in a week?")
     assert "7" in generation.text and streamed and "".join(streamed) == generation.text
     assert stored(demo_window) == [("user", "How many days are in a week?"), ("assistant", generation.text)]
-    assert [m.role for m in demo_window.chat_view.messages] == ["user", "assistant"]
+    assert [r.role for r in demo_window.transcript.rows()] == ["user", "assistant"]
+    assert [w.row.text for w in demo_window.chat_view.message_widgets] == [
+        "How many days are in a week?",
+        generation.text,
+    ]
     assert "tok/s" in demo_window.status_speed.text() and "/4096" in demo_window.status_context.text()
     assert demo_window.list_model.data(demo_window.list_model.index(0)) == "How many days are in a week?"
 
@@ -75,7 +42,8 @@ def test_stop_ends_the_reply_and_keeps_what_was_written(qtbot, tiny_window: Main
     generation = blocker.args[0]
     assert generation.stats.stop_reason == "cancelled" and generation.text
     assert stored(tiny_window)[-1] == ("assistant", generation.text)
-    assert "stopped by you" in tiny_window.chat_view.toPlainText()  # the transcript marks the stopped reply
+    last = tiny_window.chat_view.message_widgets[-1]
+    assert "stopped by you" in last.status.text()  # the transcript marks the stopped reply
     assert tiny_window.send_button.isEnabled() and not tiny_window.stop_button.isEnabled()
 
 
@@ -87,17 +55,33 @@ def test_keyboard_shortcuts_are_wired(tiny_window: MainWindow) -> None:
     assert shortcuts["Stop reply"] == "Esc"
 
 
-def test_regenerate_replaces_the_last_reply(qtbot, tiny_window: MainWindow) -> None:
-    send(qtbot, tiny_window, "First question")
-    with qtbot.waitSignal(tiny_window.controller.reply_finished, timeout=REPLY_TIMEOUT) as blocker:
-        qtbot.mouseClick(tiny_window.regenerate_button, Qt.MouseButton.LeftButton)
-    assert stored(tiny_window) == [("user", "First question"), ("assistant", blocker.args[0].text)]
+def test_regenerate_keeps_versions_to_step_through(qtbot, tiny_window: MainWindow) -> None:
+    window = tiny_window
+    window.temperature.setValue(1.5)  # so the versions differ
+    first = send(qtbot, window, "First question")
+    reply = window.chat_view.message_widgets[-1]
+    assert reply.regenerate_button.isVisibleTo(window) and not reply.previous_button.isVisibleTo(window)
+    with qtbot.waitSignal(window.controller.reply_finished, timeout=REPLY_TIMEOUT) as blocker:
+        click(qtbot, reply.regenerate_button)  # the reply's own Regenerate
+    second = blocker.args[0]
+    assert stored(window) == [("user", "First question"), ("assistant", second.text)]
+    reply = window.chat_view.message_widgets[-1]
+    assert reply.version_label.text() == "2/2" and reply.row.text == second.text
+    click(qtbot, reply.previous_button)
+    assert reply.version_label.text() == "1/2" and reply.row.text == first.text
+    assert stored(window)[-1] == ("assistant", first.text)  # the chosen version is what the model sees next
+    assert not reply.previous_button.isEnabled() and reply.next_button.isEnabled()
+    with qtbot.waitSignal(window.controller.reply_finished, timeout=REPLY_TIMEOUT):
+        click(qtbot, window.regenerate_button)  # the window's Regenerate writes a third
+    assert window.chat_view.message_widgets[-1].version_label.text() == "3/3"
+    versions = window.store.messages(window.conversation.id)[-1].versions
+    assert [v["content"] for v in versions[:2]] == [first.text, second.text]
 
 
 def test_editing_a_message_replaces_it_and_the_turns_after_it(qtbot, tiny_window: MainWindow) -> None:
     send(qtbot, tiny_window, "one")
     send(qtbot, tiny_window, "two")
-    tiny_window.chat_view.edit_requested.emit(0)
+    click(qtbot, tiny_window.chat_view.message_widgets[0].edit_button)
     assert tiny_window.input.toPlainText() == "one"
     reply = send(qtbot, tiny_window, "one, edited")
     assert stored(tiny_window) == [("user", "one, edited"), ("assistant", reply.text)]
@@ -127,28 +111,41 @@ def test_story_mode_continues_the_text(qtbot, tiny_window: MainWindow) -> None:
     assert stored(tiny_window) == [("user", beginning + generation.text)]
 
 
-def test_presets_set_the_system_prompt_and_can_be_managed(qtbot, tiny_window: MainWindow) -> None:
-    combo = tiny_window.preset_combo
-    index = combo.findData("concise")
-    combo.setCurrentIndex(index)
-    combo.activated.emit(index)
-    assert tiny_window.system_edit.toPlainText().startswith("Answer in as few words")
-    assert tiny_window.store.get(tiny_window.conversation.id).preset_id == "concise"
+def answer_dialog(qtbot, window: MainWindow, name: str, text: str) -> None:
+    """Type ``text`` into the open input dialog called ``name`` and press Enter."""
+    from PySide6.QtWidgets import QInputDialog, QLineEdit
+
+    dialog = next(d for d in window.findChildren(QInputDialog, name) if d.isVisible())  # closed ones await deletion
+    field = dialog.findChild(QLineEdit)
+    field.selectAll()
+    qtbot.keyClicks(field, text)
+    with qtbot.waitSignal(dialog.finished):
+        qtbot.keyClick(field, Qt.Key.Key_Return)
+
+
+def test_presets_set_the_system_prompt_and_are_saved_with_a_name(qtbot, tiny_window: MainWindow) -> None:
+    window = tiny_window
+    window.show()
+    combo = window.preset_combo
+    choose(qtbot, combo, "Concise")
+    assert window.system_edit.toPlainText().startswith("Answer in as few words")
+    assert window.store.get(window.conversation.id).preset_id == "concise"
     count = combo.count()
-    tiny_window.system_edit.setPlainText("Talk like a pirate.")
-    qtbot.mouseClick(tiny_window.preset_new, Qt.MouseButton.LeftButton)
-    assert combo.count() == count + 1 and tiny_window.presets.get(combo.currentData()).text == "Talk like a pirate."
-    qtbot.mouseClick(tiny_window.preset_duplicate, Qt.MouseButton.LeftButton)
-    assert combo.count() == count + 2
-    qtbot.mouseClick(tiny_window.preset_delete, Qt.MouseButton.LeftButton)
-    qtbot.mouseClick(tiny_window.preset_delete, Qt.MouseButton.LeftButton)
+    window.system_edit.setPlainText("Talk like a pirate.")
+    window.settings_panel.preset_new_action.trigger()  # Presets ▾ ▸ Save as a new preset…
+    answer_dialog(qtbot, window, "presetName", "Pirate")
+    assert combo.count() == count + 1 and combo.currentText() == "Pirate ★"
+    assert window.presets.get(combo.currentData()).text == "Talk like a pirate."
+    window.settings_panel.preset_rename_action.trigger()
+    answer_dialog(qtbot, window, "presetName", "Sea dog")
+    assert combo.currentText() == "Sea dog ★"
+    window.settings_panel.preset_duplicate_action.trigger()
+    assert combo.count() == count + 2 and combo.currentText() == "Sea dog (copy) ★"
+    window.settings_panel.preset_delete_action.trigger()
+    window.settings_panel.preset_delete_action.trigger()
     assert combo.count() == count
-    reply = send(qtbot, tiny_window, "hello")
+    reply = send(qtbot, window, "hello")
     assert reply.prompt.kept[0].content == "Talk like a pirate."  # the conversation's own text is what is sent
-
-
-def click(qtbot, button) -> None:
-    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
 
 
 def test_new_chat_from_the_button_the_menu_and_ctrl_n(qtbot, tiny_window: MainWindow) -> None:
@@ -161,7 +158,7 @@ def test_new_chat_from_the_button_the_menu_and_ctrl_n(qtbot, tiny_window: MainWi
     before = titles()
     click(qtbot, window.new_button)
     assert titles() == before + 1 and window.conversation is not None and window.conversation.mode == "chat"
-    assert "Unknown" not in window.notice.text() and window.chat_view.messages == []
+    assert "Unknown" not in window.notice.text() and window.transcript.rowCount() == 0
     window.new_action.trigger()  # File ▸ New chat, as the menu triggers it
     assert titles() == before + 2
     qtbot.keyClick(window.input, Qt.Key.Key_N, Qt.KeyboardModifier.ControlModifier)
@@ -199,7 +196,7 @@ def test_restart_finds_conversations_and_settings(qtbot, tiny_v1: dict[str, Path
     qtbot.addWidget(second)
     assert load_settings().settings.context_length == 2048 and second.settings.theme == "dark"
     assert stored(second) == [("user", "remember me"), ("assistant", reply.text)]
-    assert second.chat_view.messages[-1].text == reply.text
+    assert second.chat_view.message_widgets[-1].row.text == reply.text
 
 
 def test_damaged_database_and_settings_are_reported_not_fatal(qtbot) -> None:
@@ -266,12 +263,19 @@ def test_settings_dialog_round_trip(qtbot) -> None:
     assert result.gpu_layers is None and result.kv_cache_type == "q8_0" and result.flash_attention
 
 
-def test_screenshot_script_saves_both_themes(tmp_path: Path, qapp) -> None:
+def test_screenshot_script_saves_every_view_at_both_sizes_and_themes(
+    tmp_path: Path, qapp, tiny_v1: dict[str, Path]
+) -> None:
     from app.gui.screenshot import main
 
-    assert main(["--out", str(tmp_path)]) == 0
+    assert main(["--out", str(tmp_path), "--routing-model", str(tiny_v1["Q4_K_M"])]) == 0
     shots = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert shots == ["main-window-dark.png", "main-window-light.png"]
+    assert shots == sorted(
+        f"{view}-{size}-{theme}.png"
+        for view in ("main", "models", "routing")
+        for size in ("800x600", "1600x1000")
+        for theme in ("light", "dark")
+    )
     assert all((tmp_path / name).stat().st_size > 20_000 for name in shots)
 
 

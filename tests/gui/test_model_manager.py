@@ -14,6 +14,7 @@ from app.core.planning.planner import GIB, Device
 from app.gui.downloads import DownloadService
 from app.gui.model_manager import ModelManagerWindow
 from quant.fakehub import Fault
+from tests.gui.helpers import choose
 
 FAST = RetryPolicy(attempts=4, backoff_s=0.01, backoff_max_s=0.05, stall_timeout_s=2.0, min_bytes_per_s=1_000)
 CUDA_24 = Device.assumed_machine(backend="cuda", vram_bytes=24 * GIB, ram_bytes=64 * GIB, gpu_name="RTX 4090")
@@ -246,7 +247,8 @@ def test_main_window_opens_the_manager_and_loads_from_it(qtbot, tiny_v1: dict[st
 
     window = MainWindow(load_on_start=False)
     qtbot.addWidget(window)
-    qtbot.mouseClick(window.models_button, Qt.MouseButton.LeftButton)
+    window.show()
+    choose(qtbot, window.model_picker, "Manage models…")
     assert window.model_manager is not None and window.model_manager.isVisible()
     with qtbot.waitSignal(window.controller.model_loaded, timeout=60_000):
         window.model_manager.load_requested.emit(tiny_v1["Q4_0"])

@@ -30,9 +30,9 @@ def test_inspecting_a_reply_shows_its_routes(qtbot, tiny_v1: dict[str, Path]) ->
     assert "router probability" in model.data(model.index(0, 2), Qt.ItemDataRole.ToolTipRole)
     assert window.store.get(window.conversation.id).settings["inspect_routing"] is True
     # the reply in the chat is shown token by token; hovering a token names its experts
-    last = window.chat_view.messages[-1]
-    assert last.token_routes is not None and len(last.token_routes) == 6
-    tip = window.chat_view.route_tip(f"route:{len(window.chat_view.messages) - 1}:0")
+    last = window.chat_view.message_widgets[-1]
+    assert last.row.token_routes is not None and len(last.row.token_routes) == 6
+    tip = last.route_tip("route:0")
     assert tip.startswith("layer 0: experts ") and "layer 1: experts " in tip
 
 
@@ -64,28 +64,42 @@ def test_routing_table_model_is_well_behaved(qtmodeltester, tiny_v1: dict[str, P
 
 
 def test_hovering_a_routed_token_shows_its_experts(qtbot) -> None:
-    from PySide6.QtCore import QEvent, QPoint
-    from PySide6.QtGui import QHelpEvent
-    from PySide6.QtWidgets import QToolTip
+    from PySide6.QtWidgets import QLabel, QToolTip
 
-    from app.gui.chat_view import ChatView, RenderedMessage
+    from app.gui.transcript import TranscriptModel, TranscriptRow, TranscriptView
 
-    view = ChatView()
+    model = TranscriptModel()
+    view = TranscriptView()
+    view.set_model(model)
     qtbot.addWidget(view)
     view.resize(500, 300)
     view.show()
-    view.set_messages(
-        [
-            RenderedMessage("user", "hi"),
-            RenderedMessage(
-                "assistant",
-                "Hello world",
-                token_routes=[("Hello", "layer 0: experts 1 + 2"), (" world", "layer 0: experts 3 + 4")],
-            ),
-        ]
-    )
-    spot = next(
-        QPoint(x, y) for y in range(0, 300, 3) for x in range(0, 500, 3) if view.anchorAt(QPoint(x, y)) == "route:1:0"
-    )
-    assert view.viewportEvent(QHelpEvent(QEvent.Type.ToolTip, spot, view.viewport().mapToGlobal(spot)))
-    assert QToolTip.text() == "layer 0: experts 1 + 2"
+    routes = (("Hello", "layer 0: experts 1 + 2"), (" world", "layer 0: experts 3 + 4"))
+    model.set_rows([TranscriptRow("user", "hi"), TranscriptRow("assistant", "Hello world", token_routes=routes)])
+    label = view.message_widgets[1].findChild(QLabel, "messageText")
+    assert 'href="route:0"' in label.text() and 'href="route:1"' in label.text()
+    label.linkHovered.emit("route:1")  # what the label reports when the mouse moves onto the second token
+    assert QToolTip.text() == "layer 0: experts 3 + 4"
+
+
+def test_the_heatmap_is_painted_in_the_palette_of_the_theme(qtbot) -> None:
+    from PySide6.QtGui import QColor, QPalette
+
+    from app.gui.routing_view import ExpertHeatmap
+
+    heatmap = ExpertHeatmap()
+    qtbot.addWidget(heatmap)
+    heatmap.set_shares([[0.0, 0.5]])
+    for base in (QColor("#1e1e1e"), QColor("#ffffff")):  # dark and light themes
+        palette = heatmap.palette()
+        palette.setColor(QPalette.ColorRole.Base, base)
+        palette.setColor(QPalette.ColorRole.Text, QColor("white") if base.lightness() < 128 else QColor("black"))
+        heatmap.setPalette(palette)
+        heatmap.resize(heatmap.sizeHint())
+        image = heatmap.grab().toImage()
+        cold = image.pixelColor(ExpertHeatmap.LABEL_WIDTH + 3, ExpertHeatmap.CELL.height() + 3)  # share 0: base
+        hot = image.pixelColor(
+            ExpertHeatmap.LABEL_WIDTH + ExpertHeatmap.CELL.width() + 3, ExpertHeatmap.CELL.height() + 3
+        )
+        assert abs(cold.lightness() - base.lightness()) < 8
+        assert hot.red() > 200 and hot.blue() < 60  # the busiest expert is orange in either theme
