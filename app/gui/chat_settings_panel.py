@@ -55,6 +55,8 @@ class ChatSettingsPanel(QWidget):
         menu.addSeparator()
         self.preset_reset_action = menu.addAction("Restore the built-in presets")
         self.preset_menu_button.setMenu(menu)
+        self.preset_menu_button.setStyleSheet("QToolButton::menu-indicator { image: none; }")
+        self.preset_menu_button.setText("Presets ▾")
         self.system_edit = QPlainTextEdit()
         self.system_edit.setAccessibleName("System prompt")
         self.system_edit.setPlaceholderText("No system prompt")

@@ -895,11 +895,22 @@ class MainWindow(QMainWindow):
                 if not generation.text:
                     self.statusBar().showMessage("The reply was stopped before it wrote anything.", 5000)
         self._regenerating = None
+        self._record_speed(generation)
         self._maybe_trace(generation)
         if generation.stats:
             self._show_reply_status(stats)
         self._update_memory()
         self.list_model.refresh()
+
+    def _record_speed(self, generation: ReplyTicket) -> None:
+        """Remember how fast this model decoded here (the model manager shows it), on a worker thread."""
+        from app.core.storage.speeds import record_speed
+
+        info, stats = self.controller.info, generation.stats
+        if info is None or stats is None or info.architecture == "remote":
+            return
+        path, speed, tokens = info.path, stats.generation_tokens_per_s, stats.generated_tokens
+        self._background.run("speed", lambda: record_speed(path, speed, tokens))
 
     def _maybe_trace(self, generation: ReplyTicket) -> None:
         info = self.controller.info

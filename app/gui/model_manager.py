@@ -6,6 +6,7 @@ catalog entries and whose badges update when the context length or KV type chang
 
 from __future__ import annotations
 
+import html
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ class CatalogTableModel(QAbstractTableModel):
     def __init__(self) -> None:
         super().__init__()
         self.rows: list[Row] = []
+        self.measured: dict[str, float] = {}  # median tok/s measured on this machine, by resolved path
         self.show_unusable = False  # files current llama.cpp refuses (old layout) stay hidden unless on disk
         self.reload()
 
@@ -100,7 +102,8 @@ class CatalogTableModel(QAbstractTableModel):
     def row_of(self, entry_id: str) -> int:
         return next((i for i, row in enumerate(self.rows) if row.entry.id == entry_id), -1)
 
-    def set_plans(self, plans: dict[str, MemoryPlan], recommended: set[str]) -> None:
+    def set_plans(self, plans: dict[str, MemoryPlan], recommended: set[str], measured: dict[str, float]) -> None:
+        self.measured = measured
         for row in self.rows:
             row.plan = plans.get(row.entry.id, row.plan)
             row.recommended = row.entry.id in recommended
@@ -112,6 +115,14 @@ class CatalogTableModel(QAbstractTableModel):
         if row >= 0:
             self.rows[row].status = status
             self.dataChanged.emit(self.index(row, 0), self.index(row, len(COLUMNS) - 1))
+
+    def _measured(self, entry: CatalogEntry) -> float | None:
+        if not entry.installed or not self.measured:
+            return None
+        try:
+            return self.measured.get(str(entry.first_path.resolve()))
+        except OSError:
+            return None
 
     def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 - Qt's signature
         return 0 if parent.isValid() else len(self.rows)
@@ -149,11 +160,20 @@ class CatalogTableModel(QAbstractTableModel):
                     return "planning…"
                 return ("★ recommended · " if row.recommended else "") + short_verdict(plan)
             if column == 5:
+                measured = self._measured(entry)
+                if measured is not None:
+                    return f"{measured:.0f} tok/s measured" if measured >= 10 else f"{measured:.1f} tok/s measured"
                 return speed(plan) if plan is not None and entry.model.loadable else ""
             if column == 6:
                 return row.status
         if role == Qt.ItemDataRole.ToolTipRole and column == 4 and plan is not None:
             return plan.summary() + "\n" + "\n".join(plan.notes)
+        if role == Qt.ItemDataRole.ToolTipRole and column == 5:
+            if self._measured(entry) is not None:
+                return "The median decode speed of this file's latest replies in your chats on this machine."
+            return "Estimated by the memory planner from this machine's memory bandwidth (~: not measured yet)."
+        if role == Qt.ItemDataRole.ToolTipRole and column in (0, 2, 3, 6):
+            return self.data(index, Qt.ItemDataRole.DisplayRole)  # the whole text of a narrowed cell
         if role == Qt.ItemDataRole.FontRole and row.recommended:
             font = QFont()
             font.setBold(True)
@@ -196,6 +216,7 @@ class ModelManagerWindow(QWidget):
         self.model = CatalogTableModel()
         self.hardware_label = QLabel(hardware_text or "Checking this machine…")
         self.hardware_label.setWordWrap(True)
+        self.hardware_label.linkActivated.connect(self._gpu_help)
         self.context = QSpinBox(minimum=512, maximum=131072, singleStep=1024, value=4096)
         self.context.setAccessibleName("Context length")
         self.context.setToolTip(
@@ -215,7 +236,12 @@ class ModelManagerWindow(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(COLUMNS.index("Model"), QHeaderView.ResizeMode.Interactive)
         header.setSectionResizeMode(COLUMNS.index("Quality"), QHeaderView.ResizeMode.Stretch)
+        header.setMinimumSectionSize(60)
+        header.resizeSection(COLUMNS.index("Model"), 200)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.table.verticalHeader().setVisible(False)
         self.table.setWordWrap(False)
         self.table.setAccessibleName("Model quantizations")
         self.buttons = {
@@ -292,23 +318,44 @@ class ModelManagerWindow(QWidget):
         free_disk = shutil.disk_usage(paths.ensure(paths.models_dir())).free
         gpus = (
             "; ".join(
-                f"{g.name}: {human_bytes(g.free_bytes)} free of {human_bytes(g.total_bytes)}"
-                + (" (Metal working-set limit)" if g.backend == "metal" else "")
+                f"{html.escape(g.name)} · {human_bytes(g.free_bytes)} free of {human_bytes(g.total_bytes)}"
+                + (" (Metal working-set limit)" if g.backend == "metal" else " VRAM")
                 for g in report.gpus
             )
-            or "no GPU found"
+            or "none found"
         )
-        build = f"llama.cpp {report.llama_cpp_version} built for {report.llama_backend}"
+        build = f"{report.llama_cpp_version}, built for {report.llama_backend}"
         if not report.llama_supports_gpu_offload:
-            build += (
-                ' (CPU only: for a GPU reinstall with CMAKE_ARGS="-DGGML_CUDA=on" or "-DGGML_METAL=on" '
-                "pip install --force-reinstall --no-cache-dir llama-cpp-python)"
-            )
-        text = (
-            f"GPU: {gpus}. RAM: {human_bytes(report.ram_total_bytes)} ({human_bytes(report.ram_available_bytes)} free). "
-            f"{build}. Free disk in the models folder: {human_bytes(free_disk)}."
+            build += ' (CPU only: <a href="gpu-help">how to use a GPU</a>)'
+        cells = (
+            ("GPU", gpus),
+            ("RAM", f"{human_bytes(report.ram_total_bytes)} ({human_bytes(report.ram_available_bytes)} free)"),
+            ("llama.cpp", build),
+            ("Free disk", f"{human_bytes(free_disk)} in the models folder"),
         )
+        rows = "".join(
+            "<tr>"
+            + "".join(f"<td><b>{name}:</b>&nbsp;</td><td>{value}&nbsp;&nbsp;&nbsp;</td>" for name, value in pair)
+            + "</tr>"
+            for pair in (cells[:2], cells[2:])
+        )
+        text = f"<table cellspacing='0' cellpadding='1'>{rows}</table>"
         return device, text
+
+    def _gpu_help(self, _link: str) -> None:
+        box = QMessageBox(
+            QMessageBox.Icon.Information,
+            "Use a GPU",
+            "This llama.cpp was built for the CPU only. To offload to a GPU, reinstall llama-cpp-python built "
+            "for it, then restart Mixtral Desk:\n\n"
+            'NVIDIA:  CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python\n'
+            'Apple Silicon:  CMAKE_ARGS="-DGGML_METAL=on" pip install --force-reinstall --no-cache-dir '
+            "llama-cpp-python",
+            parent=self,
+        )
+        box.setObjectName("gpuHelp")
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.open()
 
     @staticmethod
     def _refresh_from_hub() -> int:
@@ -343,8 +390,9 @@ class ModelManagerWindow(QWidget):
         settings, device = self.settings(), self._device
         entries = [row.entry for row in self.model.rows]
 
-        def work() -> tuple[dict[str, MemoryPlan], set[str]]:
+        def work() -> tuple[dict[str, MemoryPlan], set[str], dict[str, float]]:
             from app.core.planning.fit import device_for, plan_entry
+            from app.core.storage.speeds import measured_speeds
 
             target = device or device_for()
             plans = {e.id: plan_entry(e, target, settings) for e in entries}
@@ -354,7 +402,7 @@ class ModelManagerWindow(QWidget):
                 best = recommend(pairs)
                 if best is not None:
                     recommended.add(best[0])
-            return plans, recommended
+            return plans, recommended, measured_speeds()
 
         self._worker.run("plans", work)
 
@@ -373,8 +421,7 @@ class ModelManagerWindow(QWidget):
             if error is None and result:
                 self._reload()
         elif tag == "plans" and error is None:
-            plans, recommended = result
-            self.model.set_plans(plans, recommended)
+            self.model.set_plans(*result)
             self.plans_updated.emit()
         elif tag.startswith("verify:"):
             entry_id = tag.partition(":")[2]
@@ -393,7 +440,7 @@ class ModelManagerWindow(QWidget):
             self.verified.emit(entry_id, result)
         elif tag == "import":
             self.message.setText(
-                f"Imported {result}: it is in the chat window's model list."
+                f"Imported {result}: choose it in the model picker at the top of the chat."
                 if error is None
                 else f"Import failed: {error}"
             )
@@ -445,8 +492,10 @@ class ModelManagerWindow(QWidget):
         self.buttons["Pause"].setEnabled(state in ("queued", "running"))
         self.buttons["Resume"].setEnabled(state == "paused")
         self.buttons["Cancel"].setEnabled(state in ("queued", "running", "paused"))
-        for name in ("Verify", "Delete", "Load in chat", "Open folder"):
+        for name in ("Verify", "Load in chat", "Open folder"):
             self.buttons[name].setEnabled(installed)
+        # the demo model lives inside its Python package: it is part of the app, not a download to delete
+        self.buttons["Delete"].setEnabled(installed and bool(row and row.entry.model.repo))
 
     def download_selected(self) -> None:
         row = self.selected()

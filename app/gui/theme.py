@@ -31,6 +31,19 @@ def _dark_palette() -> QPalette:
     return palette
 
 
+def _dark_indicators() -> str:
+    """Fusion draws check boxes with an outline a little darker than the window: invisible on a dark one."""
+    from importlib import resources
+
+    check = str(resources.files("resources").joinpath("check.svg")).replace("\\", "/")
+    return (
+        "QCheckBox::indicator { width: 13px; height: 13px; border: 1px solid #9aa0a6; border-radius: 3px;"
+        " background: #17181a; }"
+        f" QCheckBox::indicator:checked {{ background: #4c8bf5; border-color: #4c8bf5; image: url({check}); }}"
+        " QCheckBox::indicator:disabled { border-color: #5f6368; }"
+    )
+
+
 def is_dark(theme: str) -> bool:
     if theme == "dark":
         return True
@@ -45,7 +58,9 @@ def apply_theme(theme: str, font_size: int) -> None:
     if not isinstance(app, QApplication):
         return
     app.setStyle("Fusion")
-    app.setPalette(_dark_palette() if is_dark(theme) else app.style().standardPalette())
+    dark = is_dark(theme)
+    app.setPalette(_dark_palette() if dark else app.style().standardPalette())
+    app.setStyleSheet(_dark_indicators() if dark else "")
     font = app.font()
     font.setPointSize(font_size)
     app.setFont(font)

@@ -189,3 +189,17 @@ def test_presets_crud_and_reset() -> None:
     assert store.get("tutor").builtin and store.get(copy.id).name == "Pirate (copy)"
     with pytest.raises(DeskError, match="needs a name"):
         store.create("  ", "x")
+
+
+def test_measured_speeds_are_kept_per_model_and_short_replies_ignored(tmp_path) -> None:
+    from app.core.storage.speeds import KEPT, measured_speed, record_speed
+
+    model = tmp_path / "m.gguf"
+    assert measured_speed(model) is None
+    assert not record_speed(model, 500.0, 3)  # a 3-token reply measures the prompt, not decoding
+    for value in (30.0, 40.0, 90.0):
+        assert record_speed(model, value, 64)
+    assert measured_speed(model) == 40.0 and measured_speed(tmp_path / "other.gguf") is None
+    for _ in range(KEPT):
+        record_speed(str(model), 10.0, 64)
+    assert measured_speed(model) == 10.0  # only the latest replies count

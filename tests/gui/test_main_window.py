@@ -397,3 +397,60 @@ def test_regenerate_needs_a_question_and_the_input_names_the_loaded_model(qtbot,
     assert not window.regenerate_button.isEnabled()  # nothing to regenerate in an empty chat
     send(qtbot, window, "now there is something")
     assert window.regenerate_button.isEnabled()
+
+
+def test_a_conversation_is_renamed_from_its_context_menu(qtbot, tiny_window: MainWindow) -> None:
+    from PySide6.QtWidgets import QMenu
+
+    window = tiny_window
+    window.show()
+    qtbot.waitExposed(window)
+    send(qtbot, window, "about Lisbon")
+    from PySide6.QtGui import QContextMenuEvent
+    from PySide6.QtWidgets import QApplication
+
+    viewport = window.list_view.viewport()
+    spot = window.list_view.visualRect(window.list_model.index(0)).center()
+    # what the platform sends for a right-click (QTest's mouse clicks do not make one)
+    QApplication.sendEvent(
+        viewport, QContextMenuEvent(QContextMenuEvent.Reason.Mouse, spot, viewport.mapToGlobal(spot))
+    )
+    menu = next(m for m in window.list_view.findChildren(QMenu, "conversationMenu") if m.isVisible())
+    assert [a.text() for a in menu.actions() if a.text()] == [
+        "Rename…",
+        "Export as Markdown…",
+        "Export as JSON…",
+        "Delete",
+    ]
+    next(a for a in menu.actions() if a.text() == "Rename…").trigger()
+    answer_dialog(qtbot, window, "renameConversation", "Trip planning")
+    assert window.list_model.data(window.list_model.index(0)) == "Trip planning"
+    assert window.store.get(window.conversation.id).title == "Trip planning"
+
+
+def test_side_panels_collapse_with_their_buttons_and_shortcuts(qtbot, tiny_window: MainWindow) -> None:
+    window = tiny_window
+    window.resize(1400, 800)
+    window.show()
+    qtbot.waitExposed(window)
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow)
+    assert window.settings_panel.isVisible() and window.conversations_panel.isVisible()
+    width = window.chat_view.width()
+    click(qtbot, window.settings_toggle)
+    assert not window.settings_panel.isVisible()
+    qtbot.keyClick(window.input, Qt.Key.Key_B, Qt.KeyboardModifier.ControlModifier)
+    assert not window.conversations_panel.isVisible()
+    qtbot.waitUntil(lambda: window.chat_view.width() > width + 300)  # the chat got the room
+    qtbot.keyClick(window.input, Qt.Key.Key_B, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    assert window.settings_panel.isVisible()
+
+
+def test_a_narrow_window_starts_with_the_chat_settings_collapsed(qtbot) -> None:
+    window = MainWindow(load_on_start=False)
+    qtbot.addWidget(window)
+    window.resize(800, 600)
+    window.show()
+    qtbot.waitExposed(window)
+    assert not window.settings_panel.isVisible() and window.conversations_panel.isVisible()
+    qtbot.waitUntil(lambda: window.chat_view.width() >= 500)

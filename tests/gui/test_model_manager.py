@@ -240,6 +240,11 @@ def test_the_real_hardware_panel_fills_in(qtbot) -> None:
     qtbot.addWidget(window)
     qtbot.waitUntil(lambda: "RAM:" in window.hardware_label.text(), timeout=30_000)
     assert "CPU only" in window.hardware_label.text() and "Free disk" in window.hardware_label.text()
+    window.hardware_label.linkActivated.emit("gpu-help")  # the label's "how to use a GPU" link, clicked
+    from PySide6.QtWidgets import QMessageBox
+
+    help_box = window.findChild(QMessageBox, "gpuHelp")
+    assert help_box is not None and "-DGGML_CUDA=on" in help_box.text()
 
 
 def test_main_window_opens_the_manager_and_loads_from_it(qtbot, tiny_v1: dict[str, Path]) -> None:
@@ -285,3 +290,37 @@ def test_esc_closes_the_model_manager(qtbot) -> None:
     qtbot.waitUntil(window.isActiveWindow)
     qtbot.keyClick(window.focusWidget() or window, Qt.Key.Key_Escape)  # wherever the focus is
     assert not window.isVisible()
+
+
+def test_the_demo_shows_its_measured_speed_and_cannot_be_deleted(qtbot, demo_window) -> None:
+    from app.core.models.demo import demo_model_path
+    from app.core.storage.speeds import measured_speed
+    from tests.gui.helpers import send
+
+    reply = send(qtbot, demo_window, "Count from one to twenty in words.")
+    assert reply.stats.generated_tokens >= 16
+    qtbot.waitUntil(lambda: measured_speed(demo_model_path()) is not None)  # written on a worker thread
+    demo_window.show()
+    choose(qtbot, demo_window.model_picker, "Manage models…")
+    manager = demo_window.model_manager
+    qtbot.waitUntil(lambda: manager.model.measured != {}, timeout=30_000)
+    manager.select("demo:Q4_1")
+    row = manager.model.row_of("demo:Q4_1")
+    speed = manager.model.data(manager.model.index(row, 5))
+    assert speed == f"{measured_speed(demo_model_path()):.0f} tok/s measured"
+    assert manager.buttons["Load in chat"].isEnabled() and not manager.buttons["Delete"].isEnabled()
+
+
+def test_an_imported_model_is_loaded_from_the_picker(qtbot, tiny_v1: dict[str, Path]) -> None:
+    from app.core.models.local import import_model
+    from app.gui.main_window import MainWindow
+
+    import_model(tiny_v1["Q4_0"], "link")
+    window = MainWindow(load_on_start=False)
+    qtbot.addWidget(window)
+    with qtbot.waitSignal(window.models_listed):  # the picker is filled from the disk on a worker thread
+        window.show()
+    with qtbot.waitSignal(window.controller.model_loaded, timeout=60_000) as loaded:
+        choose(qtbot, window.model_picker, tiny_v1["Q4_0"].stem)
+    assert loaded.args[0].path == str(tiny_v1["Q4_0"])
+    assert window.model_picker.currentText() == tiny_v1["Q4_0"].stem
