@@ -763,8 +763,10 @@ class MainWindow(QMainWindow):
         if self._editing is not None:
             self.store.edit(self.conversation.id, self._editing, text)
             self._editing = None
+            self._show_messages(self.store.messages(self.conversation.id))  # the replies after it are gone
         else:
             self.store.append(self.conversation.id, "user", text)
+            self.transcript.append(TranscriptRow("user", text))
         self.input.clear()
         self._start_reply(self._history())
         self.list_model.refresh()
@@ -775,11 +777,9 @@ class MainWindow(QMainWindow):
         )
 
     def _start_reply(self, history: list[Message], *, plain: bool = False) -> None:
-        if not plain:
-            messages = self.store.messages(self.conversation.id)  # type: ignore[union-attr]
-            self._show_messages(messages)
+        if not plain:  # the transcript shows the stored messages; only the reply's row changes from here
             if self._regenerating is not None:
-                old = messages[self._regenerating]
+                old = self.transcript.row(self._regenerating)
                 self.transcript.update(
                     self._regenerating,
                     text="",
@@ -891,8 +891,14 @@ class MainWindow(QMainWindow):
             if generation.prompt is not None and generation.prompt.dropped:
                 self.show_notice(generation.prompt.describe_dropped(), for_conversation=True)
             if self.conversation.mode == "chat":
-                self._show_messages(self.store.messages(self.conversation.id))
-                if not generation.text:
+                last = self.transcript.rowCount() - 1
+                if generation.text:
+                    self.transcript.update(last, text=generation.text, stats=stats, state="")
+                else:
+                    if self._regenerating is None:
+                        self.transcript.remove_last()
+                    else:  # the kept versions, as they were
+                        self._show_messages(self.store.messages(self.conversation.id))
                     self.statusBar().showMessage("The reply was stopped before it wrote anything.", 5000)
         self._regenerating = None
         self._record_speed(generation)

@@ -79,7 +79,7 @@ class CatalogTableModel(QAbstractTableModel):
     def __init__(self) -> None:
         super().__init__()
         self.rows: list[Row] = []
-        self.measured: dict[str, float] = {}  # median tok/s measured on this machine, by resolved path
+        self.measured: dict[str, float] = {}  # median tok/s measured on this machine, by entry id
         self.show_unusable = False  # files current llama.cpp refuses (old layout) stay hidden unless on disk
         self.reload()
 
@@ -115,14 +115,6 @@ class CatalogTableModel(QAbstractTableModel):
         if row >= 0:
             self.rows[row].status = status
             self.dataChanged.emit(self.index(row, 0), self.index(row, len(COLUMNS) - 1))
-
-    def _measured(self, entry: CatalogEntry) -> float | None:
-        if not entry.installed or not self.measured:
-            return None
-        try:
-            return self.measured.get(str(entry.first_path.resolve()))
-        except OSError:
-            return None
 
     def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 - Qt's signature
         return 0 if parent.isValid() else len(self.rows)
@@ -160,7 +152,7 @@ class CatalogTableModel(QAbstractTableModel):
                     return "planning…"
                 return ("★ recommended · " if row.recommended else "") + short_verdict(plan)
             if column == 5:
-                measured = self._measured(entry)
+                measured = self.measured.get(entry.id)
                 if measured is not None:
                     return f"{measured:.0f} tok/s measured" if measured >= 10 else f"{measured:.1f} tok/s measured"
                 return speed(plan) if plan is not None and entry.model.loadable else ""
@@ -169,7 +161,7 @@ class CatalogTableModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.ToolTipRole and column == 4 and plan is not None:
             return plan.summary() + "\n" + "\n".join(plan.notes)
         if role == Qt.ItemDataRole.ToolTipRole and column == 5:
-            if self._measured(entry) is not None:
+            if entry.id in self.measured:
                 return "The median decode speed of this file's latest replies in your chats on this machine."
             return "Estimated by the memory planner from this machine's memory bandwidth (~: not measured yet)."
         if role == Qt.ItemDataRole.ToolTipRole and column in (0, 2, 3, 6):
@@ -392,7 +384,7 @@ class ModelManagerWindow(QWidget):
 
         def work() -> tuple[dict[str, MemoryPlan], set[str], dict[str, float]]:
             from app.core.planning.fit import device_for, plan_entry
-            from app.core.storage.speeds import measured_speeds
+            from app.core.storage.speeds import measured_speed
 
             target = device or device_for()
             plans = {e.id: plan_entry(e, target, settings) for e in entries}
@@ -402,7 +394,10 @@ class ModelManagerWindow(QWidget):
                 best = recommend(pairs)
                 if best is not None:
                     recommended.add(best[0])
-            return plans, recommended, measured_speeds()
+            measured = {
+                e.id: speed for e in entries if e.installed and (speed := measured_speed(e.first_path)) is not None
+            }
+            return plans, recommended, measured
 
         self._worker.run("plans", work)
 

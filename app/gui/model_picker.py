@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QComboBox, QSizePolicy, QWidget
 
 ACTION_OPEN_FILE = "open-file"
@@ -72,7 +72,7 @@ class ModelPicker(QComboBox):
             self.addItem("No model loaded", ("none", ""))
         for path in models:
             self.addItem(model_title(path, self._demo), ("model", str(path)))
-            self.setItemData(self.count() - 1, str(path), role=3)  # ToolTipRole: the full path
+            self.setItemData(self.count() - 1, str(path), Qt.ItemDataRole.ToolTipRole)
         self.insertSeparator(self.count())
         for action, text in _ACTIONS:
             self.addItem(text, ("action", action))

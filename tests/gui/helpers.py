@@ -46,6 +46,20 @@ def choose(qtbot, combo: QComboBox, text: str) -> None:
     qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
 
 
+def shown_transcript(qtbot, width: int = 500, height: int = 400):
+    """A transcript view on its own, shown at ``width`` x ``height``; returns ``(model, view)``."""
+    from app.gui.transcript import TranscriptModel, TranscriptView
+
+    model = TranscriptModel()
+    view = TranscriptView()
+    view.set_model(model)
+    qtbot.addWidget(view)
+    view.resize(width, height)
+    view.show()
+    qtbot.waitExposed(view)
+    return model, view
+
+
 def stored(window: MainWindow) -> list[tuple[str, str]]:
     assert window.conversation is not None
     return [(m.role, m.content) for m in window.store.messages(window.conversation.id)]

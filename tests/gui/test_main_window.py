@@ -20,7 +20,10 @@ from tests.gui.helpers import LOAD_TIMEOUT, REPLY_TIMEOUT, choose, click, open_w
 def test_a_reply_streams_from_the_demo_model_and_is_saved(qtbot, demo_window: MainWindow) -> None:
     streamed: list[str] = []
     demo_window.controller.text_streamed.connect(streamed.append)
+    rebuilt: list[bool] = []
+    demo_window.transcript.modelReset.connect(lambda: rebuilt.append(True))
     generation = send(qtbot, demo_window, "How many days are in a week?")
+    assert rebuilt == []  # sending and streaming add and change rows; the transcript is never rebuilt
     assert "7" in generation.text and streamed and "".join(streamed) == generation.text
     assert stored(demo_window) == [("user", "How many days are in a week?"), ("assistant", generation.text)]
     assert [r.role for r in demo_window.transcript.rows()] == ["user", "assistant"]
@@ -98,7 +101,7 @@ def test_enter_sends_and_shift_enter_makes_a_new_line(qtbot, tiny_window: MainWi
 
 
 def test_story_mode_continues_the_text(qtbot, tiny_window: MainWindow) -> None:
-    tiny_window.new_conversation(mode="plain")
+    click(qtbot, tiny_window.new_story_button)
     assert tiny_window.pages.currentWidget() is tiny_window.story_edit and not tiny_window.input.isVisible()
     beginning = "Once upon\xa0a time"  # a no-break space must reach the prompt as typed
     qtbot.keyClicks(tiny_window.story_edit, beginning)

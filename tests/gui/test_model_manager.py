@@ -304,8 +304,11 @@ def test_the_demo_shows_its_measured_speed_and_cannot_be_deleted(qtbot, demo_win
     choose(qtbot, demo_window.model_picker, "Manage models…")
     manager = demo_window.model_manager
     qtbot.waitUntil(lambda: manager.model.measured != {}, timeout=30_000)
-    manager.select("demo:Q4_1")
     row = manager.model.row_of("demo:Q4_1")
+    manager.table.scrollTo(manager.model.index(row, 0))
+    spot = manager.table.visualRect(manager.model.index(row, 0)).center()
+    qtbot.mouseClick(manager.table.viewport(), Qt.MouseButton.LeftButton, pos=spot)  # the demo's row, clicked
+    assert manager.selected().entry.id == "demo:Q4_1"
     speed = manager.model.data(manager.model.index(row, 5))
     assert speed == f"{measured_speed(demo_model_path()):.0f} tok/s measured"
     assert manager.buttons["Load in chat"].isEnabled() and not manager.buttons["Delete"].isEnabled()

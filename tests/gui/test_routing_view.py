@@ -66,14 +66,10 @@ def test_routing_table_model_is_well_behaved(qtmodeltester, tiny_v1: dict[str, P
 def test_hovering_a_routed_token_shows_its_experts(qtbot) -> None:
     from PySide6.QtWidgets import QLabel, QToolTip
 
-    from app.gui.transcript import TranscriptModel, TranscriptRow, TranscriptView
+    from app.gui.transcript import TranscriptRow
+    from tests.gui.helpers import shown_transcript
 
-    model = TranscriptModel()
-    view = TranscriptView()
-    view.set_model(model)
-    qtbot.addWidget(view)
-    view.resize(500, 300)
-    view.show()
+    model, view = shown_transcript(qtbot, 500, 300)
     routes = (("Hello", "layer 0: experts 1 + 2"), (" world", "layer 0: experts 3 + 4"))
     model.set_rows([TranscriptRow("user", "hi"), TranscriptRow("assistant", "Hello world", token_routes=routes)])
     label = view.message_widgets[1].findChild(QLabel, "messageText")

@@ -8,8 +8,8 @@ from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QLabel
 
 from app.gui.main_window import MainWindow
-from app.gui.transcript import CodeBlock, MarkdownSplitter, TranscriptModel, TranscriptRow, TranscriptView
-from tests.gui.helpers import REPLY_TIMEOUT, click, open_window, send, stored
+from app.gui.transcript import CodeBlock, MarkdownSplitter, TranscriptModel, TranscriptRow
+from tests.gui.helpers import REPLY_TIMEOUT, click, open_window, send, shown_transcript, stored
 
 LONG_LINE = "x = [" + ", ".join(str(i) for i in range(200)) + "]"
 
@@ -34,13 +34,7 @@ def test_markdown_is_split_at_top_level_code_blocks() -> None:
 
 
 def test_a_code_block_scrolls_by_itself_and_copies_with_feedback(qtbot) -> None:
-    model = TranscriptModel()
-    view = TranscriptView()
-    view.set_model(model)
-    qtbot.addWidget(view)
-    view.resize(500, 400)
-    view.show()
-    qtbot.waitExposed(view)
+    model, view = shown_transcript(qtbot)
     model.set_rows([TranscriptRow("assistant", f"Here:\n\n```python\n{LONG_LINE}\n```\n")])
     block = view.message_widgets[0].findChild(CodeBlock)
     assert block.language_label.text() == "python"
