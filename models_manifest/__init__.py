@@ -23,6 +23,7 @@ LAYOUTS = (LAYOUT_MERGED, LAYOUT_PER_EXPERT)
 SIZE_HUB = "hub"  # bytes the hub reported for the file(s)
 SIZE_COMPUTED = "computed"  # a shape-true file's length: llama.cpp's quantizer on the real architecture
 SIZE_SOURCES = (SIZE_HUB, SIZE_COMPUTED)
+SIZE_FILE = "file"  # not in the catalog: the length of a file on this machine (a model imported or copied in)
 
 
 class CatalogError(ValueError):

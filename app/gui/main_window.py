@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +37,15 @@ from app.core.prompts import FORMAT_MISTRAL_V1, FORMAT_MISTRAL_V3, FORMAT_PLAIN,
 from app.core.runtime.tickets import ReplyTicket
 from app.core.runtime.types import GenerationRequest, LoadSettings, ModelInfo, SamplingSettings
 from app.core.storage import paths
-from app.core.storage.conversations import Conversation, ConversationStore
-from app.core.storage.presets import PresetStore
+from app.core.storage.conversations import Conversation, ConversationStore, StoredMessage
+from app.core.storage.presets import Preset, PresetStore
 from app.core.storage.settings import Settings, load_settings, save_settings
-from app.gui.background import BackgroundRunner
+from app.gui.background import BackgroundRunner, SerialRunner
 from app.gui.chat_settings_panel import ChatSettingsPanel
 from app.gui.controller import ChatController
 from app.gui.conversation_model import ConversationListModel
 from app.gui.model_picker import ACTION_MANAGE, ACTION_OPEN_FILE, ACTION_REMOTE, ModelPicker
-from app.gui.transcript import STATE_WAITING, TranscriptModel, TranscriptRow, TranscriptView
+from app.gui.transcript import STATE_STREAMING, STATE_WAITING, TranscriptModel, TranscriptRow, TranscriptView
 
 UNDO_DELETE_MS = 15_000  # how long "Undo delete" stays in the status bar after the last delete
 NARROW_WIDTH = 1100  # a window narrower than this starts with the chat settings panel collapsed
@@ -80,9 +81,11 @@ class MainWindow(QMainWindow):
 
     Signals:
         models_listed(): the model picker was refilled from the disk
+        conversation_shown(int): a conversation's messages were read and are on screen
     """
 
     models_listed = Signal()
+    conversation_shown = Signal(int)
 
     def __init__(self, *, model_path: str | None = None, load_on_start: bool = True) -> None:
         super().__init__()
@@ -92,6 +95,8 @@ class MainWindow(QMainWindow):
         paths.set_models_dir(self.settings.models_dir)
         self.store = ConversationStore()
         self.presets = PresetStore()
+        self.disk = SerialRunner("disk")  # the store, presets and settings files: written in order, off this thread
+        self._presets_by_id: dict[str, Preset] = {}
         self.controller = ChatController(self)
         from app.gui.downloads import DownloadService
 
@@ -104,9 +109,15 @@ class MainWindow(QMainWindow):
         self.model_manager: Any = None
         self.api_server: Any = None
         self.conversation: Conversation | None = None
+        self._shown_id: int | None = None  # the conversation whose messages are on screen (None while reading)
         self._editing: int | None = None
         self._regenerating: int | None = None  # the reply (by position) a new version is being written for
+        self._replaced_row: TranscriptRow | None = None  # that reply as it was, shown again if nothing comes
         self._streaming: ReplyTicket | None = None
+        self._reply_for: int | None = None  # the conversation the reply being written belongs to
+        self._reply_plain = False
+        self._reply_text = ""  # what has streamed of it so far
+        self._traced_for: int | None = None
         self._plain_base = ""
         self._notice_for: int | None = None  # the conversation the banner is about, if it is about one
         self._deleted: list[int] = []  # deleted in this run, most recent last: Undo brings back one at a time
@@ -122,7 +133,7 @@ class MainWindow(QMainWindow):
         from app.gui.theme import is_dark
 
         self.chat_view.set_dark(is_dark(self.settings.theme))
-        self._open_first_conversation()
+        self.list_model.refresh(then=self._open_first_conversation)
         self._refresh_models()
         if load_on_start:
             self.load_model(model_path)
@@ -133,7 +144,7 @@ class MainWindow(QMainWindow):
         self.search = QLineEdit(placeholderText="Search chats (Ctrl+K)")
         self.search.setAccessibleName("Search conversations")
         self.search.setClearButtonEnabled(True)
-        self.list_model = ConversationListModel(self.store)
+        self.list_model = ConversationListModel(self.store, self.disk)
         self.list_view = QListView()
         self.list_view.setModel(self.list_model)
         self.list_view.setAccessibleName("Conversations")
@@ -239,7 +250,7 @@ class MainWindow(QMainWindow):
         self.preset_combo, self.system_edit = panel.preset_combo, panel.system_edit
         self.temperature, self.top_p, self.max_tokens = panel.temperature, panel.top_p, panel.max_tokens
         self.context_policy, self.inspect_routing = panel.context_policy, panel.inspect_routing
-        self._fill_presets()
+        self._change_presets(None)
 
         splitter = QSplitter()
         splitter.setChildrenCollapsible(False)
@@ -328,7 +339,7 @@ class MainWindow(QMainWindow):
         action(server_menu, "Use a local model again", lambda: self.use_local_engine())
         edit_menu = self.menuBar().addMenu("&Edit")
         action(edit_menu, "Find chats", self._focus_search, "Ctrl+K")
-        action(edit_menu, "Copy last reply", self.copy_last_reply, "Ctrl+Shift+C")
+        self.copy_reply_action = action(edit_menu, "Copy last reply", self.copy_last_reply, "Ctrl+Shift+C")
         action(edit_menu, "Stop reply", self.stop, "Esc")
         action(edit_menu, "Regenerate", self.regenerate)
         action(edit_menu, "Settings…", self.open_settings, "Ctrl+,")
@@ -352,6 +363,9 @@ class MainWindow(QMainWindow):
         self.toggle_settings_action.toggled.connect(self.settings_panel.setVisible)
         self.list_view.customContextMenuRequested.connect(self._conversation_menu)
         self._background.done.connect(self._on_background_done)
+        self.disk.failed.connect(self.show_error)
+        self.downloads.progressed.connect(self._on_download_progress)
+        self.list_model.refreshed.connect(self._keep_selection)
         self.search.textChanged.connect(lambda text: self.list_model.refresh(text))
         self.list_view.selectionModel().currentChanged.connect(
             lambda current, _previous: self._select_row(current.row())
@@ -446,10 +460,19 @@ class MainWindow(QMainWindow):
 
         self._background.run("models", lambda: (installed_models(), demo_model_path()))
 
+    def _on_download_progress(self, progress: Any) -> None:
+        if progress.state == "done":
+            self._refresh_models()  # a finished download is in the picker at once
+
     def _on_background_done(self, tag: str, result: Any, error: BaseException | None) -> None:
         if tag == "models" and error is None:
             self.model_picker.set_models(*result)
             self.models_listed.emit()
+        elif tag == "advice" and error is None:
+            load_error, advice = result
+            self.show_error(load_error, f"\n\n{advice}" if advice else "")
+        elif tag == "memory" and error is None:
+            self.status_memory.setText(result)
 
     def _show_model_in_use(self) -> None:
         """The picker and its tooltip show the model the chat uses now (or none)."""
@@ -584,22 +607,24 @@ class MainWindow(QMainWindow):
                 self.api_server.service.model_id = Path(info.path).stem  # /v1/models, /health and replies follow
                 self._show_server()
         if info.path != self.settings.last_model and info.architecture != "remote":
-            from dataclasses import replace
-
             self.settings = replace(self.settings, last_model=info.path)
-            save_settings(self.settings)
+            settings = self.settings
+            self.disk.run(lambda: save_settings(settings))
         self._update_memory()
 
     def _on_model_failed(self, error: Exception) -> None:
         self.load_progress.setVisible(False)
         self.cancel_load_button.setVisible(False)
         self._show_model_in_use()
-        advice = ""
         if isinstance(error, ModelLoadError) and error.reason == "out_of_memory":
-            advice = f"\n\n{self._memory_advice(Path(error.path))}"
-        self.show_error(error, advice)
+            # the planner reads the file's header: on a worker thread, then the message with its advice
+            path = Path(error.path)
+            self._background.run("advice", lambda: (error, self._memory_advice(path)))
+            return
+        self.show_error(error)
 
     def _memory_advice(self, path: Path) -> str:
+        """What the planner suggests after an out-of-memory load (reads the file's header: not on the GUI thread)."""
         from app.core.planning.fit import device_for, plan_file
         from app.core.planning.planner import VERDICT_TOO_BIG, PlanSettings
 
@@ -614,46 +639,56 @@ class MainWindow(QMainWindow):
         return "Even small contexts do not fit: choose a smaller quantization in the model manager."
 
     # -- conversations ------------------------------------------------------------------------------
+    # The store is read and written on ``self.disk``'s thread, in order; the window keeps what it shows in memory
+    # (``self.conversation`` and the transcript's rows) and never waits for the disk.
 
     def _open_first_conversation(self) -> None:
         if self.list_model.rowCount() == 0:
             self.new_conversation()
         else:
-            self.list_view.setCurrentIndex(self.list_model.index(0))
-            self._select_row(0)
+            self._select_id(self.list_model.conversation(0).id)  # type: ignore[union-attr]
 
     def new_conversation(self, *, mode: str = "chat") -> None:
         preset_id = self.preset_combo.currentData() or "assistant"
-        text = self.presets.get(preset_id).text if mode == "chat" else ""
-        conversation = self.store.create(mode=mode, preset_id=preset_id if mode == "chat" else None, system_prompt=text)
-        self.search.clear()
-        self.list_model.refresh("")
-        row = self.list_model.row_of(conversation.id)
-        self.list_view.setCurrentIndex(self.list_model.index(row))
-        self._select_row(row)
+        preset = self._presets_by_id.get(preset_id)
+        text = preset.text if mode == "chat" and preset is not None else ""
+        chat_preset = preset_id if mode == "chat" else None
+        self.disk.run(
+            lambda: self.store.create(mode=mode, preset_id=chat_preset, system_prompt=text),
+            lambda conversation: self._list_and_select(conversation.id),
+        )
         self.input.setFocus()
+
+    def _list_and_select(self, conversation_id: int) -> None:
+        """Read the whole list again (the search cleared) and show ``conversation_id``."""
+        self.search.blockSignals(True)
+        self.search.clear()
+        self.search.blockSignals(False)
+        self.list_model.refresh("", then=lambda: self._select_id(conversation_id))
+
+    def _select_id(self, conversation_id: int) -> None:
+        row = self.list_model.row_of(conversation_id)
+        if row >= 0:
+            self.list_view.setCurrentIndex(self.list_model.index(row))  # currentChanged shows it
+
+    def _keep_selection(self) -> None:
+        """After the list was read again, the conversation on screen stays selected in it."""
+        if self.conversation is not None:
+            row = self.list_model.row_of(self.conversation.id)
+            if row >= 0 and self.list_view.currentIndex().row() != row:
+                self.list_view.setCurrentIndex(self.list_model.index(row))
 
     def _select_row(self, row: int) -> None:
         conversation = self.list_model.conversation(row)
-        if conversation is None:
+        if conversation is None or (self.conversation is not None and self.conversation.id == conversation.id):
             return
         self.conversation = conversation
         self._editing = None
-        self._show_conversation()
-
-    def _show_conversation(self) -> None:
-        conversation = self.conversation
-        if conversation is None:
-            return
-        messages = self.store.messages(conversation.id)
+        self._shown_id = None  # its messages are being read
         plain = conversation.mode == "plain"
         self.pages.setCurrentWidget(self.story_edit if plain else self.chat_view)
         self.input.setVisible(not plain)
         self.send_button.setText("Continue" if plain else "Send")
-        if plain:
-            self.story_edit.setPlainText(messages[0].content if messages else "")
-        else:
-            self._show_messages(messages)
         self.system_edit.blockSignals(True)
         self.system_edit.setPlainText(conversation.system_prompt)
         self.system_edit.blockSignals(False)
@@ -661,23 +696,49 @@ class MainWindow(QMainWindow):
         if index >= 0:
             self.preset_combo.setCurrentIndex(index)
         self._restore_sampling(conversation.settings)
-        self._show_conversation_status(messages)
-        self._update_regenerate()
         if self._notice_for is not None and self._notice_for != conversation.id:
             self.notice.setVisible(False)  # it was about another conversation
             self._notice_for = None
+        self._read_messages(conversation.id)
+
+    def _read_messages(self, conversation_id: int, then: Any = None) -> None:
+        """Read a conversation's messages on the disk thread and show them if it is still the one on screen."""
+
+        def show(messages: list[StoredMessage]) -> None:
+            if self.conversation is None or self.conversation.id != conversation_id:
+                return  # another conversation was chosen meanwhile
+            self._show_messages(messages)
+            self._shown_id = conversation_id
+            if self._reply_for == conversation_id:
+                self._show_pending_reply()  # its reply is still being written
+            self._show_conversation_status(messages)
+            self._update_regenerate()
+            if then is not None:
+                then(messages)
+            self.conversation_shown.emit(conversation_id)
+
+        self.disk.run(lambda: self.store.messages(conversation_id), show)
+
+    def _show_messages(self, messages: list[StoredMessage]) -> None:
+        if self.conversation is not None and self.conversation.mode == "plain":
+            self.story_edit.setPlainText(messages[0].content if messages else "")
+            self.transcript.set_rows([])
+            return
+        self.transcript.set_rows(
+            [TranscriptRow(m.role, m.content, m.stats, m.version, m.version_count) for m in messages]
+        )
 
     def delete_conversation(self) -> None:
         if self.conversation is None:
             return
-        self._deleted.append(self.conversation.id)
-        self.store.delete(self.conversation.id)
-        title = self.conversation.title
+        conversation_id, title = self.conversation.id, self.conversation.title
+        self._deleted.append(conversation_id)
         self.conversation = None
-        self.list_model.refresh()
+        self._shown_id = None
         self._show_undo()
         self.statusBar().showMessage(f"Deleted “{title}”.", UNDO_DELETE_MS)
-        self._open_first_conversation()
+        self.disk.run(lambda: self.store.delete(conversation_id))
+        self.list_model.refresh(then=self._open_first_conversation)
 
     def _forget_deleted(self) -> None:
         self._deleted.clear()  # still restorable for a week from the store; no longer from this button
@@ -693,13 +754,8 @@ class MainWindow(QMainWindow):
         if not self._deleted:
             return
         restored = self._deleted.pop()
-        self.store.undelete(restored)
-        self.search.clear()
-        self.list_model.refresh("")
-        row = self.list_model.row_of(restored)
         self._show_undo()
-        self.list_view.setCurrentIndex(self.list_model.index(row))
-        self._select_row(row)
+        self.disk.run(lambda: self.store.undelete(restored), lambda _: self._list_and_select(restored))
 
     def _sampling_json(self) -> dict[str, Any]:
         return {
@@ -710,9 +766,17 @@ class MainWindow(QMainWindow):
             "inspect_routing": self.inspect_routing.isChecked(),
         }
 
+    def _update_conversation(self, **changes: Any) -> None:
+        """Change the conversation on screen: at once in memory, on the disk thread in the store."""
+        if self.conversation is None:
+            return
+        conversation_id = self.conversation.id
+        self.conversation = replace(self.conversation, **changes)
+        self.disk.run(lambda: self.store.update(conversation_id, **changes))
+
     def _save_sampling(self, *_: object) -> None:
-        if self.conversation is not None and not self._restoring:
-            self.conversation = self.store.update(self.conversation.id, settings=self._sampling_json())
+        if not self._restoring:
+            self._update_conversation(settings=self._sampling_json())
 
     def _restore_sampling(self, saved: dict[str, Any]) -> None:
         self._restoring = True
@@ -728,10 +792,11 @@ class MainWindow(QMainWindow):
             self._restoring = False
 
     def _save_conversation_settings(self) -> None:
-        if self.conversation is not None:
-            self.conversation = self.store.update(self.conversation.id, system_prompt=self.system_edit.toPlainText())
+        self._update_conversation(system_prompt=self.system_edit.toPlainText())
 
     # -- chatting -----------------------------------------------------------------------------------
+    # A reply belongs to the conversation it was asked in (``_reply_for``): it streams on screen only while that
+    # conversation is shown, and is stored there even when another one is on screen by the time it finishes.
 
     def _request(self, messages: list[Message], *, plain: bool = False) -> GenerationRequest:
         sampling = SamplingSettings(
@@ -742,15 +807,20 @@ class MainWindow(QMainWindow):
         )
 
     def _history(self) -> list[Message]:
-        assert self.conversation is not None
+        """The system prompt and the messages on screen (the chosen version of each reply)."""
         system = self.system_edit.toPlainText().strip()
         lead = [Message("system", system)] if system else []
-        return lead + [m.as_message() for m in self.store.messages(self.conversation.id)]
+        return lead + [Message(row.role, row.text) for row in self.transcript.rows() if row.state != STATE_WAITING]
+
+    def _ready(self) -> bool:
+        """A conversation is on screen with its messages, and no reply is being written."""
+        return not self.controller.busy and self.conversation is not None and self._shown_id == self.conversation.id
 
     def send(self) -> None:
         """Send the input (or continue the story); ignored while a reply streams or no model is loaded."""
-        if self.controller.busy or self.conversation is None:
+        if not self._ready():
             return
+        assert self.conversation is not None
         if not self.controller.engine.loaded:
             self.show_notice("Load a model first (File → Open model…).")
             return
@@ -760,46 +830,59 @@ class MainWindow(QMainWindow):
         text = self.input.toPlainText().strip()
         if not text:
             return
+        conversation_id = self.conversation.id
         if self._editing is not None:
-            self.store.edit(self.conversation.id, self._editing, text)
-            self._editing = None
-            self._show_messages(self.store.messages(self.conversation.id))  # the replies after it are gone
+            position, self._editing = self._editing, None
+            self.disk.run(lambda: self.store.edit(conversation_id, position, text))
+            self.transcript.set_rows([*self.transcript.rows()[:position], TranscriptRow("user", text)])
         else:
-            self.store.append(self.conversation.id, "user", text)
+            self.disk.run(lambda: self.store.append(conversation_id, "user", text))
             self.transcript.append(TranscriptRow("user", text))
         self.input.clear()
         self._start_reply(self._history())
-        self.list_model.refresh()
-
-    def _show_messages(self, messages: list[Any]) -> None:
-        self.transcript.set_rows(
-            [TranscriptRow(m.role, m.content, m.stats, m.version, m.version_count) for m in messages]
-        )
+        self.list_model.refresh()  # the first message names the chat
 
     def _start_reply(self, history: list[Message], *, plain: bool = False) -> None:
-        if not plain:  # the transcript shows the stored messages; only the reply's row changes from here
-            if self._regenerating is not None:
-                old = self.transcript.row(self._regenerating)
-                self.transcript.update(
-                    self._regenerating,
-                    text="",
-                    stats={},
-                    version=old.version_count,
-                    version_count=old.version_count + 1,
-                    state=STATE_WAITING,
-                    token_routes=None,
-                )
-            else:
-                self.transcript.append(TranscriptRow("assistant", "", state=STATE_WAITING))
+        assert self.conversation is not None
+        self._reply_for = self.conversation.id
+        self._reply_plain = plain
+        self._reply_text = ""
         self._streaming = self.controller.send(self._request(history, plain=plain))
+        if not plain:
+            self._replaced_row = self.transcript.row(self._regenerating) if self._regenerating is not None else None
+            self._show_pending_reply()
         self.chat_view.set_busy(True)
         self.stop_button.setEnabled(True)
         self.send_button.setEnabled(False)
         self.regenerate_button.setEnabled(False)
 
+    def _show_pending_reply(self) -> None:
+        """The reply being written, as far as it has come, in the transcript (a new row, or a new version)."""
+        if self.conversation is not None and self.conversation.mode == "plain":
+            self.story_edit.setPlainText(self._plain_base + self._reply_text)
+            return
+        state = STATE_STREAMING if self._reply_text else STATE_WAITING
+        if self._regenerating is not None:
+            old = self.transcript.row(self._regenerating)
+            count = self._replaced_row.version_count if self._replaced_row is not None else old.version_count
+            self.transcript.update(
+                self._regenerating,
+                text=self._reply_text,
+                stats={},
+                version=count,
+                version_count=count + 1,
+                state=state,
+                token_routes=None,
+            )
+        else:
+            self.transcript.append(TranscriptRow("assistant", self._reply_text, state=state))
+
+    def _reply_shown(self) -> bool:
+        return self._reply_for is not None and self._reply_for == self._shown_id
+
     def _on_prompt_progress(self, done: int, total: int) -> None:
         rows = self.transcript.rowCount()
-        if rows and self.transcript.row(rows - 1).state == STATE_WAITING:
+        if self._reply_shown() and rows and self.transcript.row(rows - 1).state == STATE_WAITING:
             self.transcript.update(rows - 1, prompt_done=done, prompt_total=total)
 
     def _continue_story(self) -> None:
@@ -807,13 +890,18 @@ class MainWindow(QMainWindow):
         text = self._story_text()
         if not text.strip():
             return
-        messages = self.store.messages(self.conversation.id)
-        if messages:
-            self.store.edit(self.conversation.id, 0, text)
-        else:
-            self.store.append(self.conversation.id, "user", text)
+        conversation_id = self.conversation.id
+
+        def store_text() -> None:
+            if self.store.messages(conversation_id):
+                self.store.edit(conversation_id, 0, text)
+            else:
+                self.store.append(conversation_id, "user", text)
+
+        self.disk.run(store_text)
         self._plain_base = text
         self._start_reply([Message("user", text)], plain=True)
+        self.list_model.refresh()
 
     def _story_text(self) -> str:
         # toPlainText() turns no-break spaces into spaces, which would change the prompt's tokens.
@@ -824,53 +912,54 @@ class MainWindow(QMainWindow):
 
     def regenerate(self) -> None:
         """Write the last reply again; the earlier version is kept (the reply's ‹ › step through them)."""
-        if self.controller.busy or self.conversation is None or self.conversation.mode == "plain":
+        if not self._ready() or self.conversation.mode == "plain":  # type: ignore[union-attr]
             return
-        messages = self.store.messages(self.conversation.id)
-        if not any(m.role == "user" for m in messages):
+        rows = self.transcript.rows()
+        if not any(row.role == "user" for row in rows):
             return
         history = self._history()
-        if messages[-1].role == "assistant":
-            self._regenerating = len(messages) - 1
+        if rows[-1].role == "assistant":
+            self._regenerating = len(rows) - 1
             history = history[:-1]
         self._start_reply(history)
 
     def delete_message(self, position: int) -> None:
         """Delete one message of the chat on screen (a message's Delete button)."""
-        if self.controller.busy or self.conversation is None:
+        if not self._ready():
             return
-        self.store.delete_message(self.conversation.id, position)
+        assert self.conversation is not None
+        conversation_id = self.conversation.id
         self._editing = None
-        messages = self.store.messages(self.conversation.id)
-        self._show_messages(messages)
-        self._show_conversation_status(messages)
+        self.transcript.set_rows([row for i, row in enumerate(self.transcript.rows()) if i != position])
         self._update_regenerate()
+        self.disk.run(lambda: self.store.delete_message(conversation_id, position))
+        self._read_messages(conversation_id)  # the versions and figures as stored
         self.statusBar().showMessage("Message deleted.", 4000)
 
     def choose_version(self, position: int, version: int) -> None:
         """Show (and use from now on) another kept version of a reply."""
-        if self.controller.busy or self.conversation is None:
+        if not self._ready():
             return
-        self.store.choose_version(self.conversation.id, position, version)
-        messages = self.store.messages(self.conversation.id)
-        message = messages[position]
-        self.transcript.update(
-            position, text=message.content, stats=message.stats, version=message.version, token_routes=None
-        )
-        self._show_conversation_status(messages)
+        assert self.conversation is not None
+        conversation_id = self.conversation.id
+        self.disk.run(lambda: self.store.choose_version(conversation_id, position, version))
+        self._read_messages(conversation_id)
 
     def begin_edit(self, position: int) -> None:
         """Put a user message back into the input; sending replaces it and everything after it."""
-        if self.controller.busy or self.conversation is None:
+        if not self._ready():
             return
-        messages = self.store.messages(self.conversation.id)
-        if 0 <= position < len(messages) and messages[position].role == "user":
+        rows = self.transcript.rows()
+        if 0 <= position < len(rows) and rows[position].role == "user":
             self._editing = position
-            self.input.setPlainText(messages[position].content)
+            self.input.setPlainText(rows[position].text)
             self.input.setFocus()
             self.statusBar().showMessage("Editing a message: send to replace it and the replies after it.", 8000)
 
     def _on_text(self, text: str) -> None:
+        self._reply_text += text
+        if not self._reply_shown():
+            return
         if self.conversation is not None and self.conversation.mode == "plain":
             self.story_edit.moveCursor(self.story_edit.textCursor().MoveOperation.End)
             self.story_edit.insertPlainText(text)
@@ -878,35 +967,52 @@ class MainWindow(QMainWindow):
             self.transcript.append_text(text)
 
     def _on_reply_finished(self, generation: ReplyTicket) -> None:
+        conversation_id, position, shown = self._reply_for, self._regenerating, self._reply_shown()
+        plain = self._reply_plain
+        self._end_reply()
         self._update_engine_status()
-        self._reply_done()
         stats = generation.stats.to_json() if generation.stats else {}
-        if self.conversation is not None:
-            if self.conversation.mode == "plain":
-                self.store.edit(self.conversation.id, 0, self._plain_base + generation.text)
-            elif generation.text and self._regenerating is not None:
-                self.store.add_version(self.conversation.id, self._regenerating, generation.text, stats)
-            elif generation.text:
-                self.store.append(self.conversation.id, "assistant", generation.text, stats)
+        text, base = generation.text, self._plain_base
+        if conversation_id is not None:
+
+            def store_reply() -> None:
+                if plain:
+                    self.store.edit(conversation_id, 0, base + text)
+                elif text and position is not None:
+                    self.store.add_version(conversation_id, position, text, stats)
+                elif text:
+                    self.store.append(conversation_id, "assistant", text, stats)
+
+            self.disk.run(store_reply)
+            if not shown and self.conversation is not None and self.conversation.id == conversation_id:
+                self._read_messages(conversation_id)  # it was being read when the reply ended: read it again
+        if shown:
             if generation.prompt is not None and generation.prompt.dropped:
                 self.show_notice(generation.prompt.describe_dropped(), for_conversation=True)
-            if self.conversation.mode == "chat":
-                last = self.transcript.rowCount() - 1
-                if generation.text:
-                    self.transcript.update(last, text=generation.text, stats=stats, state="")
+            if not plain:
+                last = position if position is not None else self.transcript.rowCount() - 1
+                if text:
+                    self.transcript.update(last, text=text, stats=stats, state="")
                 else:
-                    if self._regenerating is None:
-                        self.transcript.remove_last()
-                    else:  # the kept versions, as they were
-                        self._show_messages(self.store.messages(self.conversation.id))
+                    self._drop_pending_reply(position)
                     self.statusBar().showMessage("The reply was stopped before it wrote anything.", 5000)
-        self._regenerating = None
-        self._record_speed(generation)
-        self._maybe_trace(generation)
-        if generation.stats:
-            self._show_reply_status(stats)
+            if generation.stats:
+                self._show_reply_status(stats)
+            self._record_speed(generation)
+            self._maybe_trace(generation)
+        else:
+            self._record_speed(generation)
+            self.statusBar().showMessage("A reply finished in another chat.", 5000)
+        self._update_regenerate()
         self._update_memory()
         self.list_model.refresh()
+
+    def _drop_pending_reply(self, position: int | None) -> None:
+        """Take the reply being written off the screen: the new row goes, a regenerated reply shows as it was."""
+        if position is None:
+            self.transcript.remove_last()
+        elif self._replaced_row is not None:
+            self.transcript.set_row(position, self._replaced_row)
 
     def _record_speed(self, generation: ReplyTicket) -> None:
         """Remember how fast this model decoded here (the model manager shows it), on a worker thread."""
@@ -925,6 +1031,7 @@ class MainWindow(QMainWindow):
         if generation.prompt is None or not getattr(generation, "token_ids", None):
             return
         prompt = list(generation.prompt.tokens)
+        self._traced_for = self._shown_id
         self._reply_seconds = generation.stats.total_time_s if generation.stats else 0.0
         self.controller.trace_routing(prompt + list(generation.token_ids), len(prompt))
 
@@ -936,7 +1043,7 @@ class MainWindow(QMainWindow):
             self.resizeDocks([self.routing_dock], [max(200, self.height() // 3)], Qt.Orientation.Vertical)
         reply = [t for t in trace.tokens if not t.in_prompt]
         last = self.transcript.rowCount() - 1
-        if reply and last >= 0 and self.transcript.row(last).role == "assistant":
+        if reply and last >= 0 and self._traced_for == self._shown_id and self.transcript.row(last).role == "assistant":
             tips = []
             for route in reply:
                 lines = [
@@ -950,18 +1057,21 @@ class MainWindow(QMainWindow):
             self.transcript.update(last, token_routes=tuple(tips))
 
     def _on_reply_failed(self, error: Exception) -> None:
-        self._reply_done()
-        self._regenerating = None
-        if self.conversation is not None and self.conversation.mode == "chat":
-            self._show_messages(self.store.messages(self.conversation.id))  # what was kept; nothing half-made
+        conversation_id, position, shown = self._reply_for, self._regenerating, self._reply_shown()
+        self._end_reply()
+        if shown and conversation_id is not None:
+            if not self._reply_plain:
+                self._drop_pending_reply(position)  # what was kept; nothing half-made
+            self._update_regenerate()
         self.show_error(error)
 
-    def _reply_done(self) -> None:
+    def _end_reply(self) -> None:
         self._streaming = None
+        self._reply_for = None
+        self._regenerating = None
         self.chat_view.set_busy(False)
         self.stop_button.setEnabled(False)
         self.send_button.setEnabled(True)
-        self._update_regenerate()
 
     def _update_regenerate(self) -> None:
         """Regenerate needs a chat with a message to answer, and no reply running."""
@@ -976,36 +1086,59 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("Last reply copied.", 3000)
 
     # -- presets ------------------------------------------------------------------------------------
+    # The presets file is read and written on the disk thread; the combo box shows the last list read.
 
-    def _fill_presets(self, select: str | None = None) -> None:
-        current = select or self.preset_combo.currentData()
+    def _change_presets(self, change: Any, select: Any = None) -> None:
+        """Run ``change(presets)`` on the disk thread, then list the presets again and select ``select(result)``
+        (default: the preset that was selected)."""
+
+        def work() -> tuple[Any, list[Preset]]:
+            result = change(self.presets) if change is not None else None
+            return result, self.presets.all()
+
+        def show(outcome: tuple[Any, list[Preset]]) -> None:
+            result, presets = outcome
+            self._fill_presets(presets, select(result) if select is not None else None)
+
+        self.disk.run(work, show)
+
+    def _fill_presets(self, presets: list[Preset], select: str | None = None) -> None:
+        current = (
+            select or self.preset_combo.currentData() or (self.conversation.preset_id if self.conversation else None)
+        )
+        self._presets_by_id = {preset.id: preset for preset in presets}
+        self.preset_combo.blockSignals(True)
         self.preset_combo.clear()
-        for preset in self.presets.all():
+        for preset in presets:
             label = preset.name + (" (edited)" if preset.modified else "") + ("" if preset.builtin else " ★")
             self.preset_combo.addItem(label, preset.id)
         index = self.preset_combo.findData(current)
         self.preset_combo.setCurrentIndex(max(index, 0))
+        self.preset_combo.blockSignals(False)
 
     def _preset_chosen(self, index: int) -> None:
-        preset_id = self.preset_combo.itemData(index)
-        preset = self.presets.get(preset_id)
+        preset = self._presets_by_id.get(self.preset_combo.itemData(index))
+        if preset is None:
+            return
+        self.system_edit.blockSignals(True)
         self.system_edit.setPlainText(preset.text)
-        if self.conversation is not None:
-            self.conversation = self.store.update(self.conversation.id, preset_id=preset_id, system_prompt=preset.text)
+        self.system_edit.blockSignals(False)
+        self._update_conversation(preset_id=preset.id, system_prompt=preset.text)
 
     def _ask_preset_name(self, purpose: str) -> None:
         """Ask for a preset's name (``new``: save the system prompt as a preset; ``rename``: the chosen one)."""
         from PySide6.QtWidgets import QInputDialog
 
-        preset_id = self.preset_combo.currentData()
-        if purpose == "rename" and (not preset_id or self.presets.get(preset_id).builtin):
+        preset = self._presets_by_id.get(self.preset_combo.currentData())
+        if purpose == "rename" and (preset is None or preset.builtin):
             self.statusBar().showMessage("Built-in presets keep their names; duplicate one to rename it.", 6000)
             return
+        preset_id = preset.id if preset is not None else None
         dialog = QInputDialog(self)
         dialog.setObjectName("presetName")
         dialog.setWindowTitle("Save preset" if purpose == "new" else "Rename preset")
         dialog.setLabelText("Preset name:")
-        dialog.setTextValue("" if purpose == "new" else self.presets.get(preset_id).name)
+        dialog.setTextValue("" if purpose == "new" or preset is None else preset.name)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.textValueSelected.connect(lambda name: self._name_preset(purpose, preset_id, name))
         dialog.open()
@@ -1016,60 +1149,57 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("A preset needs a name; nothing was saved.", 6000)
             return
         if purpose == "new":
-            preset = self.presets.create(name, self.system_edit.toPlainText())
-            self._fill_presets(preset.id)
-            if self.conversation is not None:
-                self.conversation = self.store.update(self.conversation.id, preset_id=preset.id)
+            text = self.system_edit.toPlainText()
+
+            def chosen(preset: Preset) -> str:
+                self._update_conversation(preset_id=preset.id)
+                return preset.id
+
+            self._change_presets(lambda presets: presets.create(name, text), chosen)
         elif preset_id:
-            self.presets.update(preset_id, name=name)
-            self._fill_presets(preset_id)
+            self._change_presets(lambda presets: presets.update(preset_id, name=name))
 
     def _preset_update(self) -> None:
-        preset_id = self.preset_combo.currentData()
+        preset_id, text = self.preset_combo.currentData(), self.system_edit.toPlainText()
         if preset_id:
-            self.presets.update(preset_id, text=self.system_edit.toPlainText())
-            self._fill_presets(preset_id)
+            self._change_presets(lambda presets: presets.update(preset_id, text=text))
 
     def _preset_duplicate(self) -> None:
         preset_id = self.preset_combo.currentData()
         if preset_id:
-            self._fill_presets(self.presets.duplicate(preset_id).id)
+            self._change_presets(lambda presets: presets.duplicate(preset_id), lambda preset: preset.id)
 
     def _preset_delete(self) -> None:
         preset_id = self.preset_combo.currentData()
         if preset_id:
-            self.presets.delete(preset_id)
-            self._fill_presets()
+            self._change_presets(lambda presets: presets.delete(preset_id), lambda _: "")
 
     def _preset_reset(self) -> None:
-        self.presets.reset_builtins()
-        self._fill_presets()
+        self._change_presets(lambda presets: presets.reset_builtins())
 
     # -- import / export ----------------------------------------------------------------------------
 
     def export_to(self, path: Path, kind: str) -> None:
+        """Write the conversation on screen to ``path`` (on the disk thread; a message says when it is done)."""
         if self.conversation is None:
             return
-        if kind == "md":
-            path.write_text(self.store.export_markdown(self.conversation.id), encoding="utf-8")
-        else:
-            path.write_text(
-                json.dumps(self.store.export_json(self.conversation.id), indent=1, ensure_ascii=False), encoding="utf-8"
-            )
+        conversation_id = self.conversation.id
+
+        def work() -> None:
+            if kind == "md":
+                path.write_text(self.store.export_markdown(conversation_id), encoding="utf-8")
+            else:
+                data = self.store.export_json(conversation_id)
+                path.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+
+        self.disk.run(work, lambda _: self.statusBar().showMessage(f"Exported to {path.name}.", 5000))
 
     def import_from(self, path: Path) -> None:
-        try:
-            conversation = self.store.import_json(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError) as err:
-            self.show_error(err)
-            return
-        except Exception as err:
-            self.show_error(err)
-            return
-        self.list_model.refresh("")
-        row = self.list_model.row_of(conversation.id)
-        self.list_view.setCurrentIndex(self.list_model.index(row))
-        self._select_row(row)
+        """Import a conversation exported as JSON and show it."""
+        self.disk.run(
+            lambda: self.store.import_json(json.loads(path.read_text(encoding="utf-8"))),
+            lambda conversation: self._list_and_select(conversation.id),
+        )
 
     def _export_dialog(self, kind: str) -> None:
         suffix = "Markdown (*.md)" if kind == "md" else "JSON (*.json)"
@@ -1108,7 +1238,7 @@ class MainWindow(QMainWindow):
             self.settings.threads,
         )
         self.settings = settings
-        save_settings(settings)
+        self.disk.run(lambda: save_settings(settings))
         self.downloads.manager.connections = settings.download_connections
         paths.set_models_dir(settings.models_dir)
         apply_theme(settings.theme, settings.font_size)
@@ -1117,19 +1247,24 @@ class MainWindow(QMainWindow):
             self.load_model(self.settings.last_model or None)
 
     def _update_memory(self) -> None:
-        import psutil
-
-        rss = psutil.Process().memory_info().rss
-        text = f"RAM {rss / 1024**3:.1f} GiB"
+        """RAM (and VRAM when layers are on a GPU) in the status bar, measured on a worker thread."""
         info = self.controller.info
-        if info is not None and info.n_gpu_layers > 0:
-            from app.core.planning.hardware import probe_nvml
+        with_gpu = info is not None and info.n_gpu_layers > 0
 
-            gpus, _ = probe_nvml()
-            if gpus:
-                used = gpus[0].total_bytes - gpus[0].free_bytes
-                text += f" · VRAM {used / 1024**3:.1f}/{gpus[0].total_bytes / 1024**3:.0f} GiB"
-        self.status_memory.setText(text)
+        def measure() -> str:
+            import psutil
+
+            text = f"RAM {psutil.Process().memory_info().rss / 1024**3:.1f} GiB"
+            if with_gpu:
+                from app.core.planning.hardware import probe_nvml
+
+                gpus, _ = probe_nvml()
+                if gpus:
+                    used = gpus[0].total_bytes - gpus[0].free_bytes
+                    text += f" · VRAM {used / 1024**3:.1f}/{gpus[0].total_bytes / 1024**3:.0f} GiB"
+            return text
+
+        self._background.run("memory", measure)
 
     def _update_engine_status(self) -> None:
         health = self.controller.engine.health()
@@ -1176,11 +1311,12 @@ class MainWindow(QMainWindow):
         dialog.open()
 
     def _retitle(self, conversation_id: int, title: str) -> None:
-        if not title.strip():
+        title = title.strip()
+        if not title:
             return
-        updated = self.store.update(conversation_id, title=title.strip())
         if self.conversation is not None and self.conversation.id == conversation_id:
-            self.conversation = updated
+            self.conversation = replace(self.conversation, title=title)
+        self.disk.run(lambda: self.store.update(conversation_id, title=title))
         self.list_model.refresh()
 
     def showEvent(self, event: QShowEvent) -> None:
@@ -1275,5 +1411,6 @@ class MainWindow(QMainWindow):
         self.controller.shutdown()
         if self.model_manager is not None:
             self.model_manager.close()
-        self.store.close()
+        self.disk.run(self.store.close)
+        self.disk.close()  # what is queued is written before the app quits
         super().closeEvent(event)

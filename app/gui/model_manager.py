@@ -51,6 +51,25 @@ class Row:
     plan: MemoryPlan | None = None
     status: str = ""
     recommended: bool = False
+    installed: bool = False  # as found when the rows were read (on a worker thread)
+    cells: tuple[str, ...] | None = None  # the texts shown, made when first asked for after a change
+
+
+def read_rows(show_unusable: bool) -> list[Row]:
+    """The table's rows from the catalog and the disk: the catalog's files, then models on this machine that
+    it does not list (imported ones). Reads files: call it on a worker thread."""
+    from app.core.models.local import local_entries
+    from app.core.runtime.tuning import tuned_settings
+
+    rows = []
+    for entry in catalog.entries() + local_entries():
+        installed = entry.installed
+        if not (entry.model.loadable or installed or show_unusable):
+            continue
+        tuned = installed and bool(tuned_settings(entry.first_path))
+        status = ("ready" + (" · tuned" if tuned else "")) if installed else "not downloaded"
+        rows.append(Row(entry, status=status, installed=installed))
+    return rows
 
 
 def status_text(progress: Progress) -> str:
@@ -80,33 +99,31 @@ class CatalogTableModel(QAbstractTableModel):
         super().__init__()
         self.rows: list[Row] = []
         self.measured: dict[str, float] = {}  # median tok/s measured on this machine, by entry id
+        self.unreadable: dict[str, str] = {}  # files on disk the planner could not read, with why
         self.show_unusable = False  # files current llama.cpp refuses (old layout) stay hidden unless on disk
-        self.reload()
 
-    def reload(self) -> None:
+    def set_rows(self, rows: list[Row]) -> None:
+        """Show rows read by ``read_rows``."""
         self.beginResetModel()
-        from app.core.runtime.tuning import tuned_settings
-
-        self.rows = [
-            Row(
-                e,
-                status=("ready" + (" · tuned" if tuned_settings(e.first_path) else ""))
-                if e.installed
-                else "not downloaded",
-            )
-            for e in catalog.entries()
-            if e.model.loadable or e.installed or self.show_unusable
-        ]
+        self.rows = rows
         self.endResetModel()
 
     def row_of(self, entry_id: str) -> int:
         return next((i for i, row in enumerate(self.rows) if row.entry.id == entry_id), -1)
 
-    def set_plans(self, plans: dict[str, MemoryPlan], recommended: set[str], measured: dict[str, float]) -> None:
+    def set_plans(
+        self,
+        plans: dict[str, MemoryPlan | None],
+        recommended: set[str],
+        measured: dict[str, float],
+        unreadable: dict[str, str],
+    ) -> None:
         self.measured = measured
+        self.unreadable = unreadable
         for row in self.rows:
             row.plan = plans.get(row.entry.id, row.plan)
             row.recommended = row.entry.id in recommended
+            row.cells = None
         if self.rows:
             self.dataChanged.emit(self.index(0, 0), self.index(len(self.rows) - 1, len(COLUMNS) - 1))
 
@@ -114,6 +131,7 @@ class CatalogTableModel(QAbstractTableModel):
         row = self.row_of(entry_id)
         if row >= 0:
             self.rows[row].status = status
+            self.rows[row].cells = None
             self.dataChanged.emit(self.index(row, 0), self.index(row, len(COLUMNS) - 1))
 
     def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 - Qt's signature
@@ -131,33 +149,45 @@ class CatalogTableModel(QAbstractTableModel):
             return COLUMNS[section]
         return None
 
+    def _text(self, row: Row, column: int) -> str:
+        entry, plan = row.entry, row.plan
+        if column == 0:
+            return entry.model.name
+        if column == 1:
+            return entry.quant.quant
+        if column == 2:
+            return size_label(entry.quant)
+        if column == 3:
+            return entry.quant.note
+        if column == 4:
+            if not entry.model.loadable:
+                return "old file layout"
+            if entry.id in self.unreadable:
+                return "unreadable file"
+            if plan is None:
+                return "planning…"
+            return ("★ recommended · " if row.recommended else "") + short_verdict(plan)
+        if column == 5:
+            measured = self.measured.get(entry.id)
+            if measured is not None:
+                return f"{measured:.0f} tok/s measured" if measured >= 10 else f"{measured:.1f} tok/s measured"
+            return speed(plan) if plan is not None and entry.model.loadable else ""
+        if column == 6:
+            return row.status
+        return ""
+
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid() or not 0 <= index.row() < len(self.rows):
             return None
         row = self.rows[index.row()]
         entry, plan, column = row.entry, row.plan, index.column()
         if role == Qt.ItemDataRole.DisplayRole:
-            if column == 0:
-                return entry.model.name
-            if column == 1:
-                return entry.quant.quant
-            if column == 2:
-                return size_label(entry.quant)
-            if column == 3:
-                return entry.quant.note
-            if column == 4:
-                if not entry.model.loadable:
-                    return "old file layout"
-                if plan is None:
-                    return "planning…"
-                return ("★ recommended · " if row.recommended else "") + short_verdict(plan)
-            if column == 5:
-                measured = self.measured.get(entry.id)
-                if measured is not None:
-                    return f"{measured:.0f} tok/s measured" if measured >= 10 else f"{measured:.1f} tok/s measured"
-                return speed(plan) if plan is not None and entry.model.loadable else ""
-            if column == 6:
-                return row.status
+            # painting and column sizing ask for every cell often: a row's texts are made once per change of it
+            if row.cells is None:
+                row.cells = tuple(self._text(row, c) for c in range(len(COLUMNS)))
+            return row.cells[column]
+        if role == Qt.ItemDataRole.ToolTipRole and column == 4 and entry.id in self.unreadable:
+            return self.unreadable[entry.id] + "\nDelete it and download it again."
         if role == Qt.ItemDataRole.ToolTipRole and column == 4 and plan is not None:
             return plan.summary() + "\n" + "\n".join(plan.notes)
         if role == Qt.ItemDataRole.ToolTipRole and column == 5:
@@ -227,8 +257,9 @@ class ModelManagerWindow(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(COLUMNS.index("Model"), QHeaderView.ResizeMode.Interactive)
+        # Widths are measured when the rows or their plans change, not on every progress update (measuring a
+        # column asks every row for its text: too slow to do several times a second while a download runs).
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setSectionResizeMode(COLUMNS.index("Quality"), QHeaderView.ResizeMode.Stretch)
         header.setMinimumSectionSize(60)
         header.resizeSection(COLUMNS.index("Model"), 200)
@@ -291,11 +322,11 @@ class ModelManagerWindow(QWidget):
         for name, handler in handlers.items():
             self.buttons[name].clicked.connect(handler)
         self.resize(1100, 620)
-        self._sync_statuses()
+        self._rows_read = False
         self._probing = hardware_text is None and device is None
         if hardware_text is None:
             self._worker.run("hardware", self._probe)
-        self.replan()
+        self._reload()
         self._worker.run("refresh", self._refresh_from_hub)
         self._update_buttons()
 
@@ -372,32 +403,40 @@ class ModelManagerWindow(QWidget):
 
     def _on_show_unusable(self, shown: bool) -> None:
         self.model.show_unusable = shown
-        self.model.reload()
-        self.replan()
+        self._reload()
 
     def replan(self) -> None:
         """Recompute every row's verdict for the current settings, off the GUI thread."""
-        if self._probing:
-            return  # the hardware probe replans when it knows the machine
+        if self._probing or not self._rows_read:
+            return  # the hardware probe and the rows' reading replan when they are done
         settings, device = self.settings(), self._device
         entries = [row.entry for row in self.model.rows]
 
-        def work() -> tuple[dict[str, MemoryPlan], set[str], dict[str, float]]:
+        unreadable: dict[str, str] = {}
+
+        def work() -> tuple[dict[str, MemoryPlan | None], set[str], dict[str, float], dict[str, str]]:
+            from app.core.errors import DeskError
             from app.core.planning.fit import device_for, plan_entry
             from app.core.storage.speeds import measured_speed
 
             target = device or device_for()
-            plans = {e.id: plan_entry(e, target, settings) for e in entries}
+            plans = {}
+            for e in entries:
+                try:
+                    plans[e.id] = plan_entry(e, target, settings)
+                except DeskError as err:  # a damaged file on disk: its row says so, the others are planned
+                    plans[e.id] = None
+                    unreadable[e.id] = str(err)
             recommended: set[str] = set()
             for model_id in {e.model.id for e in entries if e.model.loadable and e.model.repo}:
-                pairs = [(e.id, plans[e.id]) for e in entries if e.model.id == model_id]
+                pairs = [(e.id, plan) for e in entries if e.model.id == model_id and (plan := plans[e.id]) is not None]
                 best = recommend(pairs)
                 if best is not None:
                     recommended.add(best[0])
             measured = {
                 e.id: speed for e in entries if e.installed and (speed := measured_speed(e.first_path)) is not None
             }
-            return plans, recommended, measured
+            return plans, recommended, measured, unreadable
 
         self._worker.run("plans", work)
 
@@ -415,8 +454,17 @@ class ModelManagerWindow(QWidget):
         elif tag == "refresh":
             if error is None and result:
                 self._reload()
+        elif tag == "rows":
+            if error is None:
+                self._show_rows(result)
+            else:
+                self.message.setText(f"Could not read the models on this machine: {error}")
+        elif tag == "delete":
+            self.message.setText(f"Deleted {result}." if error is None else f"Delete failed: {error}")
+            self._reload()
         elif tag == "plans" and error is None:
             self.model.set_plans(*result)
+            self._fit_columns()
             self.plans_updated.emit()
         elif tag.startswith("verify:"):
             entry_id = tag.partition(":")[2]
@@ -439,18 +487,34 @@ class ModelManagerWindow(QWidget):
                 if error is None
                 else f"Import failed: {error}"
             )
+            if error is None:
+                self._reload()  # it gets a row of its own
         elif error is not None:
             self.message.setText(str(error))
 
     # -- downloads ----------------------------------------------------------------------------------
 
     def _reload(self) -> None:
-        """Re-read the catalog and disk, keeping the selected row selected."""
-        row = self.selected()
-        self.model.reload()
+        """Re-read the catalog and the disk on the worker thread; the table follows, the selection kept."""
+        show_unusable = self.model.show_unusable
+        self._worker.run("rows", lambda: read_rows(show_unusable))
+
+    def _fit_columns(self) -> None:
+        """Size the columns to their contents (Model keeps its width; Status fits a download's progress)."""
+        for column in range(len(COLUMNS)):
+            if COLUMNS[column] not in ("Model", "Quality"):
+                self.table.resizeColumnToContents(column)
+        status = COLUMNS.index("Status")
+        progress = self.table.fontMetrics().horizontalAdvance("downloading 100% · 999.9 MiB/s, 59 min left") + 16
+        self.table.setColumnWidth(status, max(self.table.columnWidth(status), progress))
+
+    def _show_rows(self, rows: list[Row]) -> None:
+        selected = self.selected()
+        self.model.set_rows(rows)
+        self._rows_read = True
         self._sync_statuses()
-        if row is not None:
-            self.select(row.entry.id)
+        if selected is not None:
+            self.select(selected.entry.id)
         self.replan()
         self._update_buttons()
 
@@ -460,6 +524,7 @@ class ModelManagerWindow(QWidget):
             progress = self.downloads.last_progress(row.entry.id)
             if state in ("queued", "running", "paused") or (state == "failed" and progress):
                 row.status = status_text(progress) if progress else state or row.status
+                row.cells = None
 
     def _on_progress(self, progress: Progress) -> None:
         if progress.state == "done":
@@ -479,7 +544,7 @@ class ModelManagerWindow(QWidget):
     def _update_buttons(self) -> None:
         row = self.selected()
         state = self.downloads.state(row.entry.id) if row else None
-        installed = bool(row and row.entry.installed)
+        installed = bool(row and row.installed)
         downloadable = bool(row and row.entry.model.repo and row.entry.model.loadable)
         self.buttons["Download"].setEnabled(
             downloadable and not installed and state not in ("queued", "running", "paused")
@@ -528,7 +593,7 @@ class ModelManagerWindow(QWidget):
 
     def verify_selected(self) -> None:
         row = self.selected()
-        if row is None or not row.entry.installed:
+        if row is None or not row.installed:
             return
         from app.core.models.local import model_parts, verify_file
 
@@ -538,23 +603,22 @@ class ModelManagerWindow(QWidget):
 
     def delete_selected(self) -> None:
         row = self.selected()
-        if row is None or not row.entry.installed:
+        if row is None or not row.installed:
             return
-        from app.core.models.local import model_parts, remove_model
+        from app.core.models.local import remove_model
 
-        size = sum(p.stat().st_size for p in model_parts(row.entry.first_path))
-        if self._confirm(f"Delete {row.entry.id}? This frees {human_bytes(size)}."):
-            remove_model(row.entry.first_path)
-            self._reload()
+        first = row.entry.first_path
+        if self._confirm(f"Delete {row.entry.id}? This frees {human_bytes(row.entry.quant.size)}."):
+            self._worker.run("delete", lambda: (remove_model(first), row.entry.id)[1])
 
     def load_selected(self) -> None:
         row = self.selected()
-        if row is not None and row.entry.installed:
+        if row is not None and row.installed:
             self.load_requested.emit(row.entry.first_path)
 
     def open_folder(self) -> None:
         row = self.selected()
-        if row is not None and row.entry.installed:
+        if row is not None and row.installed:
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(row.entry.first_path.parent)))
 
     # -- import -------------------------------------------------------------------------------------

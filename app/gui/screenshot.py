@@ -53,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         QTimer.singleShot(seconds * 1000, loop.quit)
         loop.exec()
 
+    def settle(window: MainWindow) -> None:  # what the window handed to its disk thread is on screen
+        while window.disk.pending:
+            wait(window.disk.idle, 10)
+
     def save(widget: Any, name: str, width: int, height: int, theme: str) -> None:
         widget.resize(width, height)
         for _ in range(3):  # layouts settle over a few passes (word-wrapped labels, the splitter)
@@ -63,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(path)
 
     def chat(window: MainWindow, text: str) -> None:
+        settle(window)
         window.input.setPlainText(text)
         window.send_button.click()
         wait(window.controller.reply_finished, 120)
@@ -97,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             window.load_model(args.routing_model)
             wait(window.controller.model_loaded, 60)
             window.new_button.click()
+            settle(window)
             window.max_tokens.setValue(12)
             window.inspect_routing.setChecked(True)
             window.input.setPlainText("Which experts answer this?")

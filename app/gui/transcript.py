@@ -109,8 +109,15 @@ class TranscriptModel(QAbstractListModel):
         return self._rows[index]
 
     def set_rows(self, rows: list[TranscriptRow]) -> None:
+        """Show these rows; with as many rows as before, only the ones that differ are reported changed."""
+        rows = list(rows)
+        if rows and len(rows) == len(self._rows):
+            for index, (old, new) in enumerate(zip(self._rows, rows, strict=True)):
+                if old != new:
+                    self.set_row(index, new)
+            return
         self.beginResetModel()
-        self._rows = list(rows)
+        self._rows = rows
         self.endResetModel()
 
     def append(self, row: TranscriptRow) -> None:
@@ -126,7 +133,11 @@ class TranscriptModel(QAbstractListModel):
 
     def update(self, index: int, **changes: Any) -> None:
         """Change fields of one row (only that row is reported changed)."""
-        self._rows[index] = replace(self._rows[index], **changes)
+        self.set_row(index, replace(self._rows[index], **changes))
+
+    def set_row(self, index: int, row: TranscriptRow) -> None:
+        """Replace one row (only that row is reported changed)."""
+        self._rows[index] = row
         model_index = self.index(index)
         self.dataChanged.emit(model_index, model_index)
 

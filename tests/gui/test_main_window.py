@@ -14,7 +14,22 @@ from app.core.storage.conversations import ConversationStore
 from app.core.storage.settings import Settings, load_settings, save_settings
 from app.gui.conversation_model import ConversationListModel
 from app.gui.main_window import MainWindow
-from tests.gui.helpers import LOAD_TIMEOUT, REPLY_TIMEOUT, choose, click, open_window, send, stored
+from tests.gui.helpers import (
+    LOAD_TIMEOUT,
+    REPLY_TIMEOUT,
+    answer_dialog,
+    choose,
+    click,
+    click_conversation,
+    new_window,
+    open_window,
+    press,
+    send,
+    settle,
+    stored,
+    trigger,
+    type_text,
+)
 
 
 def test_a_reply_streams_from_the_demo_model_and_is_saved(qtbot, demo_window: MainWindow) -> None:
@@ -25,7 +40,7 @@ def test_a_reply_streams_from_the_demo_model_and_is_saved(qtbot, demo_window: Ma
     generation = send(qtbot, demo_window, "How many days are in a week?")
     assert rebuilt == []  # sending and streaming add and change rows; the transcript is never rebuilt
     assert "7" in generation.text and streamed and "".join(streamed) == generation.text
-    assert stored(demo_window) == [("user", "How many days are in a week?"), ("assistant", generation.text)]
+    assert stored(qtbot, demo_window) == [("user", "How many days are in a week?"), ("assistant", generation.text)]
     assert [r.role for r in demo_window.transcript.rows()] == ["user", "assistant"]
     assert [w.row.text for w in demo_window.chat_view.message_widgets] == [
         "How many days are in a week?",
@@ -44,7 +59,7 @@ def test_stop_ends_the_reply_and_keeps_what_was_written(qtbot, tiny_window: Main
         qtbot.mouseClick(tiny_window.stop_button, Qt.MouseButton.LeftButton)
     generation = blocker.args[0]
     assert generation.stats.stop_reason == "cancelled" and generation.text
-    assert stored(tiny_window)[-1] == ("assistant", generation.text)
+    assert stored(qtbot, tiny_window)[-1] == ("assistant", generation.text)
     last = tiny_window.chat_view.message_widgets[-1]
     assert "stopped by you" in last.status.text()  # the transcript marks the stopped reply
     assert tiny_window.send_button.isEnabled() and not tiny_window.stop_button.isEnabled()
@@ -67,12 +82,12 @@ def test_regenerate_keeps_versions_to_step_through(qtbot, tiny_window: MainWindo
     with qtbot.waitSignal(window.controller.reply_finished, timeout=REPLY_TIMEOUT) as blocker:
         click(qtbot, reply.regenerate_button)  # the reply's own Regenerate
     second = blocker.args[0]
-    assert stored(window) == [("user", "First question"), ("assistant", second.text)]
+    assert stored(qtbot, window) == [("user", "First question"), ("assistant", second.text)]
     reply = window.chat_view.message_widgets[-1]
     assert reply.version_label.text() == "2/2" and reply.row.text == second.text
     click(qtbot, reply.previous_button)
     assert reply.version_label.text() == "1/2" and reply.row.text == first.text
-    assert stored(window)[-1] == ("assistant", first.text)  # the chosen version is what the model sees next
+    assert stored(qtbot, window)[-1] == ("assistant", first.text)  # the chosen version is what the model sees next
     assert not reply.previous_button.isEnabled() and reply.next_button.isEnabled()
     with qtbot.waitSignal(window.controller.reply_finished, timeout=REPLY_TIMEOUT):
         click(qtbot, window.regenerate_button)  # the window's Regenerate writes a third
@@ -87,7 +102,7 @@ def test_editing_a_message_replaces_it_and_the_turns_after_it(qtbot, tiny_window
     click(qtbot, tiny_window.chat_view.message_widgets[0].edit_button)
     assert tiny_window.input.toPlainText() == "one"
     reply = send(qtbot, tiny_window, "one, edited")
-    assert stored(tiny_window) == [("user", "one, edited"), ("assistant", reply.text)]
+    assert stored(qtbot, tiny_window) == [("user", "one, edited"), ("assistant", reply.text)]
 
 
 def test_enter_sends_and_shift_enter_makes_a_new_line(qtbot, tiny_window: MainWindow) -> None:
@@ -97,7 +112,7 @@ def test_enter_sends_and_shift_enter_makes_a_new_line(qtbot, tiny_window: MainWi
     assert tiny_window.input.toPlainText() == "line one\nline two"
     with qtbot.waitSignal(tiny_window.controller.reply_finished, timeout=REPLY_TIMEOUT):
         qtbot.keyClick(tiny_window.input, Qt.Key.Key_Return)
-    assert stored(tiny_window)[0] == ("user", "line one\nline two")
+    assert stored(qtbot, tiny_window)[0] == ("user", "line one\nline two")
 
 
 def test_story_mode_continues_the_text(qtbot, tiny_window: MainWindow) -> None:
@@ -111,19 +126,7 @@ def test_story_mode_continues_the_text(qtbot, tiny_window: MainWindow) -> None:
     assert generation.prompt.tokens == (1, *tiny_window.controller.engine.tokenize(beginning))
     shown = tiny_window.story_edit.document().toRawText().replace("\u2029", "\n")
     assert shown == beginning + generation.text.replace("\r\n", "\n").replace("\r", "\n")
-    assert stored(tiny_window) == [("user", beginning + generation.text)]
-
-
-def answer_dialog(qtbot, window: MainWindow, name: str, text: str) -> None:
-    """Type ``text`` into the open input dialog called ``name`` and press Enter."""
-    from PySide6.QtWidgets import QInputDialog, QLineEdit
-
-    dialog = next(d for d in window.findChildren(QInputDialog, name) if d.isVisible())  # closed ones await deletion
-    field = dialog.findChild(QLineEdit)
-    field.selectAll()
-    qtbot.keyClicks(field, text)
-    with qtbot.waitSignal(dialog.finished):
-        qtbot.keyClick(field, Qt.Key.Key_Return)
+    assert stored(qtbot, tiny_window) == [("user", beginning + generation.text)]
 
 
 def test_presets_set_the_system_prompt_and_are_saved_with_a_name(qtbot, tiny_window: MainWindow) -> None:
@@ -134,7 +137,8 @@ def test_presets_set_the_system_prompt_and_are_saved_with_a_name(qtbot, tiny_win
     assert window.system_edit.toPlainText().startswith("Answer in as few words")
     assert window.store.get(window.conversation.id).preset_id == "concise"
     count = combo.count()
-    window.system_edit.setPlainText("Talk like a pirate.")
+    window.system_edit.selectAll()
+    type_text(qtbot, window.system_edit, "Talk like a pirate.")
     window.settings_panel.preset_new_action.trigger()  # Presets ▾ ▸ Save as a new preset…
     answer_dialog(qtbot, window, "presetName", "Pirate")
     assert combo.count() == count + 1 and combo.currentText() == "Pirate ★"
@@ -142,10 +146,10 @@ def test_presets_set_the_system_prompt_and_are_saved_with_a_name(qtbot, tiny_win
     window.settings_panel.preset_rename_action.trigger()
     answer_dialog(qtbot, window, "presetName", "Sea dog")
     assert combo.currentText() == "Sea dog ★"
-    window.settings_panel.preset_duplicate_action.trigger()
+    trigger(qtbot, window, window.settings_panel.preset_duplicate_action)
     assert combo.count() == count + 2 and combo.currentText() == "Sea dog (copy) ★"
-    window.settings_panel.preset_delete_action.trigger()
-    window.settings_panel.preset_delete_action.trigger()
+    trigger(qtbot, window, window.settings_panel.preset_delete_action)
+    trigger(qtbot, window, window.settings_panel.preset_delete_action)
     assert combo.count() == count
     reply = send(qtbot, window, "hello")
     assert reply.prompt.kept[0].content == "Talk like a pirate."  # the conversation's own text is what is sent
@@ -162,9 +166,9 @@ def test_new_chat_from_the_button_the_menu_and_ctrl_n(qtbot, tiny_window: MainWi
     click(qtbot, window.new_button)
     assert titles() == before + 1 and window.conversation is not None and window.conversation.mode == "chat"
     assert "Unknown" not in window.notice.text() and window.transcript.rowCount() == 0
-    window.new_action.trigger()  # File ▸ New chat, as the menu triggers it
+    trigger(qtbot, window, window.new_action)  # File ▸ New chat, as the menu triggers it
     assert titles() == before + 2
-    qtbot.keyClick(window.input, Qt.Key.Key_N, Qt.KeyboardModifier.ControlModifier)
+    press(qtbot, window.input, Qt.Key.Key_N, Qt.KeyboardModifier.ControlModifier)
     assert titles() == before + 3 and window.input.hasFocus()
 
 
@@ -173,9 +177,10 @@ def test_delete_can_be_undone_and_search_filters(qtbot, tiny_window: MainWindow)
     send(qtbot, window, "about Lisbon")
     click(qtbot, window.new_button)
     send(qtbot, window, "about Python")
-    qtbot.keyClicks(window.search, "lisbon")
+    type_text(qtbot, window.search, "lisbon")
     assert window.list_model.rowCount() == 1
-    window.search.clear()
+    window.search.clear()  # the search box's clear button
+    settle(qtbot, window)
     assert window.list_model.rowCount() == 2
     window.show()
     click(qtbot, window.delete_button)
@@ -195,10 +200,9 @@ def test_restart_finds_conversations_and_settings(qtbot, tiny_v1: dict[str, Path
     reply = send(qtbot, first, "remember me")
     first.apply_settings(Settings(context_length=2048, theme="dark", last_model=str(tiny_v1["Q4_0"])))
     first.close()
-    second = MainWindow(load_on_start=False)
-    qtbot.addWidget(second)
+    second = new_window(qtbot)
     assert load_settings().settings.context_length == 2048 and second.settings.theme == "dark"
-    assert stored(second) == [("user", "remember me"), ("assistant", reply.text)]
+    assert stored(qtbot, second) == [("user", "remember me"), ("assistant", reply.text)]
     assert second.chat_view.message_widgets[-1].row.text == reply.text
 
 
@@ -207,8 +211,7 @@ def test_damaged_database_and_settings_are_reported_not_fatal(qtbot) -> None:
     (paths.data_dir() / "conversations.db").write_bytes(b"garbage" * 200)
     paths.ensure(paths.config_dir())
     (paths.config_dir() / "settings.json").write_text("{not json")
-    window = MainWindow(load_on_start=False)
-    qtbot.addWidget(window)
+    window = new_window(qtbot)
     assert window.notice.isVisibleTo(window)
     assert "settings file could not be read" in window.notice.text()
     assert "conversation database could not be opened" in window.notice.text()
@@ -218,14 +221,13 @@ def test_damaged_database_and_settings_are_reported_not_fatal(qtbot) -> None:
 def test_a_model_that_fails_to_load_is_explained_and_the_app_stays_usable(qtbot, tmp_path: Path) -> None:
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"this is not a model")
-    window = MainWindow(load_on_start=False)
-    qtbot.addWidget(window)
+    window = new_window(qtbot)
     with qtbot.waitSignal(window.controller.model_load_failed, timeout=LOAD_TIMEOUT):
         window.load_model(str(bad))
     assert "not a GGUF" in window.last_error
-    window.new_conversation()
-    window.input.setPlainText("hello")
-    window.send()
+    click(qtbot, window.new_button)
+    qtbot.keyClicks(window.input, "hello")
+    qtbot.keyClick(window.input, Qt.Key.Key_Return)
     assert "Load a model first" in window.notice.text()
 
 
@@ -233,23 +235,35 @@ def test_export_import_and_copy_last_reply(qtbot, tiny_window: MainWindow, tmp_p
     reply = send(qtbot, tiny_window, "export me")
     tiny_window.export_to(tmp_path / "chat.md", "md")
     tiny_window.export_to(tmp_path / "chat.json", "json")
+    settle(qtbot, tiny_window)
     assert "export me" in (tmp_path / "chat.md").read_text()
     tiny_window.import_from(tmp_path / "chat.json")
-    assert tiny_window.list_model.rowCount() == 2 and stored(tiny_window)[0] == ("user", "export me")
-    tiny_window.copy_last_reply()
+    settle(qtbot, tiny_window)
+    assert tiny_window.list_model.rowCount() == 2 and stored(qtbot, tiny_window)[0] == ("user", "export me")
+    trigger(qtbot, tiny_window, tiny_window.copy_reply_action)
     assert QGuiApplication.clipboard().text() == reply.text
     (tmp_path / "bad.json").write_text(json.dumps({"nope": 1}))
     tiny_window.import_from(tmp_path / "bad.json")
+    settle(qtbot, tiny_window)
     assert "not a Mixtral Desk conversation" in tiny_window.last_error
 
 
-def test_conversation_list_model_is_a_well_behaved_qt_model(qtmodeltester) -> None:
+def test_conversation_list_model_is_a_well_behaved_qt_model(qtbot, qtmodeltester) -> None:
+    from app.gui.background import SerialRunner
+
     store = ConversationStore()
     for title in ("a", "b", "c"):
         store.create(title=title)
-    model = ConversationListModel(store)
+    disk = SerialRunner("test-disk")
+    model = ConversationListModel(store, disk)
+    with qtbot.waitSignal(model.refreshed):
+        model.refresh()
+    assert model.rowCount() == 3
     qtmodeltester.check(model)
-    assert model.setData(model.index(0), "renamed") and store.conversations()[0].title == "renamed"
+    with qtbot.waitSignal(disk.idle):
+        assert model.setData(model.index(0), "renamed")
+    assert store.conversations()[0].title == "renamed"
+    disk.close()
 
 
 def test_settings_dialog_round_trip(qtbot) -> None:
@@ -283,8 +297,7 @@ def test_screenshot_script_saves_every_view_at_both_sizes_and_themes(
 
 
 def test_a_load_can_be_cancelled_and_the_window_stays_usable(qtbot, tiny_v1: dict[str, Path]) -> None:
-    window = MainWindow(load_on_start=False)
-    qtbot.addWidget(window)
+    window = new_window(qtbot)
     with qtbot.waitSignal(window.controller.model_load_cancelled, timeout=LOAD_TIMEOUT):
         window.load_model(str(tiny_v1["Q4_0"]))
         assert window.cancel_load_button.isVisibleTo(window)
@@ -299,8 +312,7 @@ def test_models_folder_setting_moves_where_models_are_found(qtbot, tmp_path: Pat
     folder = tmp_path / "my-models"
     folder.mkdir()
     (folder / "mine.gguf").write_bytes(tiny_v1["Q2_K"].read_bytes())
-    window = MainWindow(load_on_start=False)
-    qtbot.addWidget(window)
+    window = new_window(qtbot)
     window.apply_settings(Settings(models_dir=str(folder)))
     from app.core.models.local import installed_models
 
@@ -311,21 +323,20 @@ def test_models_folder_setting_moves_where_models_are_found(qtbot, tmp_path: Pat
 
 
 def test_each_conversation_keeps_its_sampling_settings(qtbot) -> None:
-    window = MainWindow(load_on_start=False)
-    qtbot.addWidget(window)
+    window = new_window(qtbot)
+    window.show()
     first = window.conversation
     window.temperature.setValue(1.3)
     window.max_tokens.setValue(77)
-    window.new_conversation()
+    click(qtbot, window.new_button)
     window.temperature.setValue(0.1)
-    window.list_view.setCurrentIndex(window.list_model.index(window.list_model.row_of(first.id)))
+    click_conversation(qtbot, window, first.id)
     assert window.conversation.id == first.id
     assert window.temperature.value() == pytest.approx(1.3) and window.max_tokens.value() == 77
 
 
 def test_window_geometry_is_restored(qtbot) -> None:
-    window = MainWindow(load_on_start=False)
-    qtbot.addWidget(window)
+    window = new_window(qtbot)
     window.resize(700, 520)  # within the offscreen screen (800x600)
     window.close()
     again = MainWindow(load_on_start=False)
@@ -338,8 +349,7 @@ def test_connections_per_download_are_set_in_the_settings_dialog(qtbot) -> None:
 
     from app.gui.settings_dialog import SettingsDialog
 
-    window = MainWindow(load_on_start=False)
-    qtbot.addWidget(window)
+    window = new_window(qtbot)
     assert window.downloads.manager.connections == 4
     menus = [a.menu() for a in window.menuBar().actions() if a.menu() is not None]
     settings_action = next(a for menu in menus for a in menu.actions() if a.text() == "Settings…")
@@ -351,6 +361,7 @@ def test_connections_per_download_are_set_in_the_settings_dialog(qtbot) -> None:
     ok = dialog.findChild(QDialogButtonBox).button(QDialogButtonBox.StandardButton.Ok)
     with qtbot.waitSignal(dialog.accepted):
         qtbot.mouseClick(ok, Qt.MouseButton.LeftButton)
+    settle(qtbot, window)  # saved on the disk thread
     assert load_settings().settings.download_connections == 8
     assert window.downloads.manager.connections == 8
 
@@ -367,10 +378,7 @@ def test_the_status_bar_describes_the_conversation_on_screen(qtbot, tiny_window:
     click(qtbot, window.new_button)
     assert window.status_speed.text() == "" and window.status_context.text().startswith("context 0/")
     assert not window.notice.isVisibleTo(window)  # the banner was about the other chat
-    row = window.list_model.index(window.list_model.row_of(first.id))
-    qtbot.mouseClick(
-        window.list_view.viewport(), Qt.MouseButton.LeftButton, pos=window.list_view.visualRect(row).center()
-    )
+    click_conversation(qtbot, window, first.id)
     assert window.conversation.id == first.id
     assert (window.status_speed.text(), window.status_context.text()) == (speed, context)
 
@@ -380,8 +388,7 @@ def test_help_about_says_version_build_folders_and_licences_and_esc_closes_it(qt
 
     from app import __version__
 
-    window = MainWindow(load_on_start=False)
-    qtbot.addWidget(window)
+    window = new_window(qtbot)
     window.show()
     window.about_action.trigger()  # Help ▸ About, as the menu triggers it
     box = window.findChild(QMessageBox, "about")
@@ -450,10 +457,88 @@ def test_side_panels_collapse_with_their_buttons_and_shortcuts(qtbot, tiny_windo
 
 
 def test_a_narrow_window_starts_with_the_chat_settings_collapsed(qtbot) -> None:
-    window = MainWindow(load_on_start=False)
-    qtbot.addWidget(window)
+    window = new_window(qtbot)
     window.resize(800, 600)
     window.show()
     qtbot.waitExposed(window)
     assert not window.settings_panel.isVisible() and window.conversations_panel.isVisible()
     qtbot.waitUntil(lambda: window.chat_view.width() >= 500)
+
+
+def test_a_reply_stays_in_the_conversation_it_was_asked_in(qtbot, tiny_window: MainWindow) -> None:
+    window = tiny_window
+    window.show()
+    qtbot.waitExposed(window)
+    first_reply = send(qtbot, window, "first chat")
+    first = window.conversation
+    click(qtbot, window.new_button)
+    second = window.conversation
+    window.max_tokens.setValue(64)
+    qtbot.keyClicks(window.input, "a question for the second chat")
+    with qtbot.waitSignal(window.controller.reply_finished, timeout=REPLY_TIMEOUT) as finished:
+        with qtbot.waitSignal(window.controller.text_streamed, timeout=REPLY_TIMEOUT):
+            qtbot.mouseClick(window.send_button, Qt.MouseButton.LeftButton)
+        click_conversation(qtbot, window, first.id)  # while the reply streams
+    settle(qtbot, window)
+    assert [(row.role, row.text) for row in window.transcript.rows()] == [
+        ("user", "first chat"),
+        ("assistant", first_reply.text),
+    ]
+    assert stored(qtbot, window) == [("user", "first chat"), ("assistant", first_reply.text)]
+    click_conversation(qtbot, window, second.id)
+    second_reply = finished.args[0]
+    assert stored(qtbot, window) == [("user", "a question for the second chat"), ("assistant", second_reply.text)]
+    # away and straight back while it streams: the reply ends up whole, once, where it was asked
+    qtbot.keyClicks(window.input, "and another")
+    with qtbot.waitSignal(window.controller.reply_finished, timeout=REPLY_TIMEOUT) as finished:
+        with qtbot.waitSignal(window.controller.text_streamed, timeout=REPLY_TIMEOUT):
+            qtbot.mouseClick(window.send_button, Qt.MouseButton.LeftButton)
+        for conversation in (first, second):
+            rect = window.list_view.visualRect(window.list_model.index(window.list_model.row_of(conversation.id)))
+            qtbot.mouseClick(window.list_view.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    settle(qtbot, window)
+    expected = [
+        ("user", "a question for the second chat"),
+        ("assistant", second_reply.text),
+        ("user", "and another"),
+        ("assistant", finished.args[0].text),
+    ]
+    assert [(row.role, row.text) for row in window.transcript.rows()] == expected
+    assert stored(qtbot, window) == expected
+
+
+def test_the_gui_thread_never_touches_the_conversation_store_or_presets(qtbot, tiny_window: MainWindow) -> None:
+    import threading
+
+    window = tiny_window
+    window.show()
+    qtbot.waitExposed(window)
+    gui_thread = threading.current_thread()
+    on_gui_thread: list[str] = []
+
+    def watched(name: str, method):
+        def call(*args, **kwargs):
+            if threading.current_thread() is gui_thread:
+                on_gui_thread.append(name)
+            return method(*args, **kwargs)
+
+        return call
+
+    for owner in (window.store, window.presets):
+        for name in dir(owner):
+            if not name.startswith("_") and callable(getattr(owner, name)):
+                setattr(owner, name, watched(f"{type(owner).__name__}.{name}", getattr(owner, name)))
+    send(qtbot, window, "first")
+    first = window.conversation
+    with qtbot.waitSignal(window.controller.reply_finished, timeout=REPLY_TIMEOUT):
+        click(qtbot, window.regenerate_button)
+    settle(qtbot, window)
+    reply = window.chat_view.message_widgets[-1]
+    click(qtbot, reply.previous_button)
+    choose(qtbot, window.preset_combo, "Concise")
+    click(qtbot, window.new_button)
+    type_text(qtbot, window.search, "first")
+    click_conversation(qtbot, window, first.id)
+    click(qtbot, window.chat_view.message_widgets[-1].delete_button)
+    trigger(qtbot, window, window.settings_panel.preset_duplicate_action)
+    assert on_gui_thread == []

@@ -119,7 +119,9 @@ def test_download_pause_resume_and_finish_from_the_table(qtbot, served) -> None:
     with qtbot.waitSignal(window.verified, timeout=30_000):
         qtbot.mouseClick(window.buttons["Verify"], Qt.MouseButton.LeftButton)
     assert cell(window, ENTRY, 6) == "ready (checksum verified)"
-    qtbot.mouseClick(window.buttons["Delete"], Qt.MouseButton.LeftButton)
+    gone = lambda: cell(window, ENTRY, 6) == "not downloaded"  # noqa: E731 - the disk is read again on a worker
+    with qtbot.waitSignal(window.plans_updated, timeout=30_000, check_params_cb=gone):
+        qtbot.mouseClick(window.buttons["Delete"], Qt.MouseButton.LeftButton)
     assert cell(window, ENTRY, 6) == "not downloaded" and not catalog.entry("mixtral-8x7b-instruct", "Q2_K").installed
 
 
@@ -184,6 +186,8 @@ def test_downloads_outlive_the_window(qtbot, served) -> None:
     service = DownloadService(retry=FAST)
     window = ModelManagerWindow(service, device=CPU_32, hardware_text="test", confirm=lambda q: True)
     qtbot.addWidget(window)
+    with qtbot.waitSignal(window.plans_updated, timeout=30_000):  # the rows are read on a worker thread
+        pass
     window.select(ENTRY)
     window.download_selected()
     window.close()
@@ -191,18 +195,33 @@ def test_downloads_outlive_the_window(qtbot, served) -> None:
     qtbot.waitUntil(lambda: service.state(ENTRY) == "done", timeout=60_000)
     reopened = ModelManagerWindow(service, device=CPU_32, hardware_text="test", confirm=lambda q: True)
     qtbot.addWidget(reopened)
+    with qtbot.waitSignal(reopened.plans_updated, timeout=30_000):
+        pass
     assert cell(reopened, ENTRY, 6) == "ready"
 
 
 def test_import_adds_a_local_file(qtbot, tiny_v1: dict[str, Path], tmp_path: Path) -> None:
     from app.core.models.local import installed_models
 
-    source = tmp_path / "local.gguf"
+    source = tmp_path / "my-mixtral-Q2_K.gguf"
     source.write_bytes(tiny_v1["Q2_K"].read_bytes())
     window = open_manager(qtbot, CPU_32)
-    window.import_file(source)
-    qtbot.waitUntil(lambda: window.message.text().startswith("Imported"), timeout=30_000)
-    assert any(p.name == "local.gguf" for p in installed_models())
+    with qtbot.waitSignal(window.plans_updated, timeout=30_000):  # imported, then listed and planned
+        window.import_file(source)
+    assert window.message.text().startswith("Imported")
+    assert any(p.name == "my-mixtral-Q2_K.gguf" for p in installed_models())
+    entry_id = "local-my-mixtral-Q2_K:Q2_K"  # a row of its own, described from the file's header
+    assert cell(window, entry_id, 1) == "Q2_K" and cell(window, entry_id, 6) == "ready"
+    assert cell(window, entry_id, 3) == "On this machine, not from the catalog"
+    assert cell(window, entry_id, 4) not in ("", "planning…")
+    row = window.model.row_of(entry_id)
+    window.table.scrollTo(window.model.index(row, 0))
+    spot = window.table.visualRect(window.model.index(row, 0)).center()
+    qtbot.mouseClick(window.table.viewport(), Qt.MouseButton.LeftButton, pos=spot)
+    assert window.buttons["Load in chat"].isEnabled() and not window.buttons["Download"].isEnabled()
+    with qtbot.waitSignal(window.load_requested) as requested:
+        qtbot.mouseClick(window.buttons["Load in chat"], Qt.MouseButton.LeftButton)
+    assert requested.args[0].name == "my-mixtral-Q2_K.gguf"
 
 
 def _drop(window: ModelManagerWindow, path: Path) -> None:

@@ -54,8 +54,8 @@ def test_message_buttons_copy_and_delete(qtbot, tiny_window: MainWindow) -> None
     click(qtbot, widgets[1].copy_button)
     assert QGuiApplication.clipboard().text() == first.text and widgets[1].copy_button.text() == "Copied ✓"
     click(qtbot, widgets[0].delete_button)  # the first question goes; the rest moves up
-    assert [text for _, text in stored(window)] == [first.text, "two", stored(window)[2][1]]
-    assert [w.row.text for w in window.chat_view.message_widgets] == [text for _, text in stored(window)]
+    assert [text for _, text in stored(qtbot, window)] == [first.text, "two", stored(qtbot, window)[2][1]]
+    assert [w.row.text for w in window.chat_view.message_widgets] == [text for _, text in stored(qtbot, window)]
     assert window.statusBar().currentMessage() == "Message deleted."
 
 

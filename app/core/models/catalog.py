@@ -16,7 +16,14 @@ from app.core.errors import DeskError
 from app.core.models.demo import demo_model_path
 from app.core.storage import paths
 from app.core.storage.jsonfile import read_json_dict, write_json_atomic
-from models_manifest import SIZE_HUB, CatalogError, CatalogFile, CatalogModel, CatalogQuant, load_catalog
+from models_manifest import (
+    SIZE_HUB,
+    CatalogError,
+    CatalogFile,
+    CatalogModel,
+    CatalogQuant,
+    load_catalog,
+)
 
 HUB_CACHE_FILE = "hub_files.json"
 HUB_TIMEOUT_S = 10.0  # an unanswering hub is given up on after this, not after the network stack's minutes
@@ -41,7 +48,7 @@ class CatalogEntry:
     @property
     def first_path(self) -> Path:
         """The path to load (the first part of a split model)."""
-        return local_path(self.model, self.quant.files[0])
+        return self.local_paths[0] if self.local_paths else local_path(self.model, self.quant.files[0])
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -7,17 +7,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.core.errors import DeskError, NoModelError
 from app.core.models.demo import DEMO_ID, demo_model_path
 from app.core.models.gguf import GGUFError, read_model
 from app.core.storage import paths
 from app.core.storage.jsonfile import read_json_dict, write_json_atomic
+from models_manifest import SIZE_FILE, Architecture, CatalogFile, CatalogModel, CatalogQuant
+
+if TYPE_CHECKING:
+    from app.core.models.catalog import CatalogEntry
 
 REGISTRY_FILE = "models.json"
 STAGING_DIRS = (".partial", ".quarantine")
@@ -352,3 +358,65 @@ def remove_model(path: Path) -> list[Path]:
             deleted.append(part)
         unregister(part)
     return deleted
+
+
+LOCAL_PREFIX = "local-"  # the model id of a file on this machine that the catalog does not list
+_QUANT_IN_NAME = re.compile(r"(?i)(?<![A-Z0-9])(I?Q\d(?:_[A-Z0-9]+)*|BF16|F16|F32)(?![A-Z0-9])")
+
+
+def local_entries() -> list[CatalogEntry]:
+    """GGUF files on this machine that the catalog does not list (imported, or put into the models folder by
+    hand), each as an entry of its own (model id ``local-<file stem>``), described from its header. Files
+    whose header cannot be read are left out."""
+    from app.core.models.catalog import CatalogEntry, entries
+
+    known = {p.resolve() for e in entries() for p in e.local_paths}
+    result = []
+    for path in installed_models():
+        if path.resolve() in known:
+            continue
+        try:
+            model = read_model(path)
+        except (GGUFError, OSError):
+            continue
+        parts = tuple(Path(p) for p in model.paths) if len(model.paths) > 1 else (path,)
+        files = tuple(CatalogFile(p.name, p.stat().st_size, None) for p in parts)
+        metadata = model.parts[0].metadata
+        arch = str(metadata.get("general.architecture", ""))
+
+        def number(key: str, _arch: str = arch, _metadata: dict[str, object] = metadata) -> int:
+            value = _metadata.get(f"{_arch}.{key}", 0)
+            return int(value) if isinstance(value, int) else 0
+
+        shape = Architecture(
+            n_layer=number("block_count"),
+            n_embd=number("embedding_length"),
+            n_head=number("attention.head_count"),
+            n_head_kv=number("attention.head_count_kv"),
+            n_ff=number("feed_forward_length"),
+            n_expert=number("expert_count"),
+            n_expert_used=number("expert_used_count"),
+            n_vocab=model.parts[0].array_lengths.get("tokenizer.ggml.tokens", 0),
+        )
+        level = _QUANT_IN_NAME.search(path.stem)
+        stem = path.stem.split("-00001-of-")[0]
+        quant = CatalogQuant(
+            quant=level.group(1).upper() if level else "GGUF",
+            files=files,
+            size=sum(f.size or 0 for f in files),
+            size_source=SIZE_FILE,
+            note="On this machine, not from the catalog",
+        )
+        local = CatalogModel(
+            id=LOCAL_PREFIX + stem,
+            name=str(metadata.get("general.name") or stem),
+            repo=None,
+            revision=None,
+            instruct=True,
+            tokenizer=None,
+            context_length=number("context_length"),
+            architecture=shape,
+            quants=(quant,),
+        )
+        result.append(CatalogEntry(local, quant, parts))
+    return result
