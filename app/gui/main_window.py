@@ -998,11 +998,10 @@ class MainWindow(QMainWindow):
                     self.statusBar().showMessage("The reply was stopped before it wrote anything.", 5000)
             if generation.stats:
                 self._show_reply_status(stats)
-            self._record_speed(generation)
             self._maybe_trace(generation)
         else:
-            self._record_speed(generation)
             self.statusBar().showMessage("A reply finished in another chat.", 5000)
+        self._record_speed(generation)
         self._update_regenerate()
         self._update_memory()
         self.list_model.refresh()

@@ -62,7 +62,8 @@ def read_rows(show_unusable: bool) -> list[Row]:
     from app.core.runtime.tuning import tuned_settings
 
     rows = []
-    for entry in catalog.entries() + local_entries():
+    catalog_entries = catalog.entries()
+    for entry in catalog_entries + local_entries(catalog_entries):
         installed = entry.installed
         if not (entry.model.loadable or installed or show_unusable):
             continue
@@ -412,15 +413,14 @@ class ModelManagerWindow(QWidget):
         settings, device = self.settings(), self._device
         entries = [row.entry for row in self.model.rows]
 
-        unreadable: dict[str, str] = {}
-
         def work() -> tuple[dict[str, MemoryPlan | None], set[str], dict[str, float], dict[str, str]]:
             from app.core.errors import DeskError
             from app.core.planning.fit import device_for, plan_entry
             from app.core.storage.speeds import measured_speed
 
             target = device or device_for()
-            plans = {}
+            plans: dict[str, MemoryPlan | None] = {}
+            unreadable: dict[str, str] = {}
             for e in entries:
                 try:
                     plans[e.id] = plan_entry(e, target, settings)

@@ -364,13 +364,13 @@ LOCAL_PREFIX = "local-"  # the model id of a file on this machine that the catal
 _QUANT_IN_NAME = re.compile(r"(?i)(?<![A-Z0-9])(I?Q\d(?:_[A-Z0-9]+)*|BF16|F16|F32)(?![A-Z0-9])")
 
 
-def local_entries() -> list[CatalogEntry]:
-    """GGUF files on this machine that the catalog does not list (imported, or put into the models folder by
-    hand), each as an entry of its own (model id ``local-<file stem>``), described from its header. Files
-    whose header cannot be read are left out."""
-    from app.core.models.catalog import CatalogEntry, entries
+def local_entries(catalog_entries: Iterable[CatalogEntry]) -> list[CatalogEntry]:
+    """GGUF files on this machine that ``catalog_entries`` (the catalog's) do not name (imported, or put into the
+    models folder by hand), each as an entry of its own (model id ``local-<file stem>``), described from its
+    header. Files whose header cannot be read are left out."""
+    from app.core.models.catalog import CatalogEntry
 
-    known = {p.resolve() for e in entries() for p in e.local_paths}
+    known = {p.resolve() for e in catalog_entries for p in e.local_paths}
     result = []
     for path in installed_models():
         if path.resolve() in known:
