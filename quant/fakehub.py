@@ -186,8 +186,16 @@ class FakeHub:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name="fake-hub", daemon=True)
+        self.server.timeout = 0.2  # how often the serving loop looks at the stop flag
+        self.thread = threading.Thread(target=self._serve, name="fake-hub", daemon=True)
         self.thread.start()
+
+    def _serve(self) -> None:
+        # a loop of our own rather than serve_forever: shutdown() waits without a limit, and a suite run once hung
+        # there for good in a fixture's teardown
+        assert self.server is not None
+        while not self._stopping.is_set():
+            self.server.handle_request()
 
     def pause(self, seconds: float) -> None:
         """Server-side pacing for slow-line faults (the server's own timing, not test synchronisation)."""
@@ -195,11 +203,10 @@ class FakeHub:
 
     def stop(self) -> None:
         self._stopping.set()
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
         if self.thread is not None:
             self.thread.join(10)
+        if self.server is not None:
+            self.server.server_close()
 
 
 _hashes: dict[tuple[str, int, int], str] = {}

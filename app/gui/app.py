@@ -27,7 +27,7 @@ def run(argv: Sequence[str] | None = None, model: str | None = None) -> int:
     app.setApplicationVersion(__version__)
     from app.gui.gc_thread import GuiThreadGarbageCollector
 
-    GuiThreadGarbageCollector(app)  # Qt objects are never collected on a worker thread
+    collector = GuiThreadGarbageCollector(app)  # Qt objects are never collected on a worker thread
     from importlib import resources
 
     from PySide6.QtGui import QIcon
@@ -36,6 +36,7 @@ def run(argv: Sequence[str] | None = None, model: str | None = None) -> int:
     settings = load_settings().settings
     apply_theme(settings.theme, settings.font_size)
     window = MainWindow(model_path=model)
+    collector.busy = window.is_busy  # full collections wait for a quiet moment
     _route_stray_exceptions(window)
     window.show()
     if os.environ.get("MIXTRAL_DESK_EXIT_AFTER_SHOW"):  # cold-start measurement: report and leave

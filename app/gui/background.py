@@ -87,6 +87,20 @@ class SerialRunner(QObject):
 
         self._jobs.put(job)
 
+    def wait_until_idle(self, timeout_s: float = 10.0) -> None:
+        """For scripts driving a window (screenshots, benchmarks), never the GUI itself: run the event loop until
+        everything queued is done and shown."""
+        from PySide6.QtCore import QEventLoop, QTimer
+
+        loop, deadline = QEventLoop(), QTimer()
+        deadline.setSingleShot(True)
+        deadline.timeout.connect(loop.quit)
+        self.idle.connect(loop.quit)
+        deadline.start(int(timeout_s * 1000))
+        while self._pending and deadline.isActive():
+            loop.exec()
+        self.idle.disconnect(loop.quit)
+
     def close(self, timeout_s: float = 10.0) -> None:
         """Run what is queued, then stop the thread (waits at most ``timeout_s``; called when the app closes)."""
         self._jobs.put(None)

@@ -33,8 +33,7 @@ class ChatSettingsPanel(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.setObjectName("chatSettings")
-        self.setMinimumWidth(220)
+        self.setObjectName("chatSettings")  # no fixed minimum width: its widgets', whatever the font size
         title = QLabel("<b>Chat settings</b>")
         self.preset_combo = QComboBox()
         self.preset_combo.setAccessibleName("System prompt preset")

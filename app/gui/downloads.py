@@ -65,6 +65,10 @@ class DownloadService(QObject):
         except KeyError:
             return None
 
+    def running(self) -> bool:
+        """Whether a download is transferring or checking now."""
+        return any(state == "running" for _id, state, _progress in self.manager.jobs())
+
     def last_progress(self, download_id: str) -> Progress | None:
         for job_id, _state, progress in self.manager.jobs():
             if job_id == download_id:

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QEvent, QObject, QPoint, QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeyEvent, QKeySequence, QShowEvent
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeyEvent, QKeySequence, QResizeEvent, QShowEvent
 from PySide6.QtWidgets import (
     QDockWidget,
-    QFileDialog,
     QGridLayout,
     QHBoxLayout,
     QLabel,
@@ -23,6 +22,8 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
+    QSpacerItem,
     QSplitter,
     QStackedWidget,
     QToolButton,
@@ -44,6 +45,7 @@ from app.gui.background import BackgroundRunner, SerialRunner
 from app.gui.chat_settings_panel import ChatSettingsPanel
 from app.gui.controller import ChatController
 from app.gui.conversation_model import ConversationListModel
+from app.gui.elided_label import ElidedLabel
 from app.gui.model_picker import ACTION_MANAGE, ACTION_OPEN_FILE, ACTION_REMOTE, ModelPicker
 from app.gui.transcript import STATE_STREAMING, STATE_WAITING, TranscriptModel, TranscriptRow, TranscriptView
 
@@ -160,7 +162,7 @@ class MainWindow(QMainWindow):
         self.delete_button.setToolTip("Delete the selected chat (you can undo it)")
         self.conversations_panel = QWidget()
         self.conversations_panel.setObjectName("conversations")
-        self.conversations_panel.setMinimumWidth(170)
+        # no fixed minimum width: its buttons' (whatever the font size) is the panel's, so none is cut off
         left_layout = QVBoxLayout(self.conversations_panel)
         left_layout.setContentsMargins(6, 6, 0, 6)
         left_layout.addWidget(self.search)
@@ -182,11 +184,11 @@ class MainWindow(QMainWindow):
         self.toggle_settings_action.setShortcut(QKeySequence("Ctrl+Shift+B"))
         self.toggle_settings_action.setToolTip("Show or hide the preset, system prompt and sampling (Ctrl+Shift+B)")
         self.conversations_toggle = QToolButton()
+        # the buttons show the actions' icon texts: a text set on the button is replaced when the action toggles
+        self.toggle_conversations_action.setIconText("☰")
         self.conversations_toggle.setDefaultAction(self.toggle_conversations_action)
-        self.conversations_toggle.setText("☰")
         self.settings_toggle = QToolButton()
         self.settings_toggle.setDefaultAction(self.toggle_settings_action)
-        self.settings_toggle.setText("Chat settings")
         self.model_picker = ModelPicker()
         top = QHBoxLayout()
         top.setContentsMargins(0, 0, 0, 0)
@@ -228,8 +230,9 @@ class MainWindow(QMainWindow):
         self.cancel_load_button = QPushButton("Cancel loading")
         self.cancel_load_button.setVisible(False)
         centre = QWidget()
-        centre.setMinimumWidth(360)
         centre_layout = QVBoxLayout(centre)
+        # at least 360 px, more when its rows need more (a large font): a fixed minimum would squeeze them
+        centre_layout.addSpacerItem(QSpacerItem(360, 0, QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed))
         centre_layout.setContentsMargins(6, 6, 6, 6)
         centre_layout.addLayout(top)
         centre_layout.addWidget(self.notice)
@@ -262,6 +265,8 @@ class MainWindow(QMainWindow):
         splitter.setStretchFactor(2, 0)
         splitter.setSizes([220, 700, 280])
         self.splitter = splitter
+        # the window may be narrower than the chat and both side panels need: resizeEvent then closes a panel
+        splitter.setMinimumWidth(centre.minimumSizeHint().width())
         self.setCentralWidget(splitter)
         from app.gui.routing_view import RoutingView
 
@@ -271,7 +276,7 @@ class MainWindow(QMainWindow):
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.routing_dock)
         self.routing_dock.setVisible(False)
 
-        self.status_model = QLabel("No model")
+        self.status_model = ElidedLabel("No model")  # a long file name shortens first when the window is narrow
         self.status_backend = QLabel("")
         self.status_speed = QLabel("")
         self.status_context = QLabel("")
@@ -359,8 +364,8 @@ class MainWindow(QMainWindow):
         self.undo_button.clicked.connect(self.undo_delete)
         self.model_picker.model_chosen.connect(self.load_model)
         self.model_picker.action_chosen.connect(self._picker_action)
-        self.toggle_conversations_action.toggled.connect(self.conversations_panel.setVisible)
-        self.toggle_settings_action.toggled.connect(self.settings_panel.setVisible)
+        self.toggle_conversations_action.toggled.connect(lambda shown: self._show_panel("list", shown))
+        self.toggle_settings_action.toggled.connect(lambda shown: self._show_panel("settings", shown))
         self.list_view.customContextMenuRequested.connect(self._conversation_menu)
         self._background.done.connect(self._on_background_done)
         self.disk.failed.connect(self.show_error)
@@ -423,6 +428,10 @@ class MainWindow(QMainWindow):
         self.load_progress.setFormat(f"Loading {model_path.stem}…")
         self.send_button.setEnabled(False)
         self.controller.load_model(settings)
+
+    def is_busy(self) -> bool:
+        """A reply streams, a model loads or a download runs: moments when a pause of the GUI would show."""
+        return self.controller.busy or not self.load_progress.isHidden() or self.downloads.running()
 
     def open_model_manager(self) -> None:
         """The model manager window (one per app; downloads continue when it is closed)."""
@@ -538,18 +547,12 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("Copied the API server's URL.", 3000)
 
     def connect_remote(self) -> None:
-        from PySide6.QtWidgets import QInputDialog
+        """Ask where the remote model is (one form), then chat with it."""
+        from app.gui.dialogs import RemoteModelDialog
 
-        url, ok = QInputDialog.getText(
-            self, "Remote model", "Server URL (OpenAI-compatible):", text="http://127.0.0.1:8000/v1"
-        )
-        if not ok or not url.strip():
-            return
-        model, ok = QInputDialog.getText(self, "Remote model", "Model name on that server:")
-        if not ok or not model.strip():
-            return
-        key, _ = QInputDialog.getText(self, "Remote model", "API key (leave empty if none):")
-        self.use_remote(url.strip(), model.strip(), key.strip())
+        dialog = RemoteModelDialog(self)
+        dialog.accepted.connect(lambda: self.use_remote(*dialog.answer()))
+        dialog.open()
 
     def use_remote(self, url: str, model: str, api_key: str = "") -> None:
         """Chat with a model on another server (vLLM, llama-server, Ollama, another Mixtral Desk)."""
@@ -567,11 +570,16 @@ class MainWindow(QMainWindow):
         self.load_model(self.settings.last_model or None)  # the controller returns to the local engine host
 
     def choose_model(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Open a GGUF model", str(paths.models_dir()), "GGUF models (*.gguf)"
+        """Pick a GGUF file anywhere and load it."""
+        from app.gui.dialogs import ask_for_file
+
+        ask_for_file(
+            self,
+            "Open a GGUF model",
+            str(paths.models_dir()),
+            "GGUF models (*.gguf)",
+            lambda path: self.load_model(str(path)),
         )
-        if path:
-            self.load_model(path)
 
     def _on_load_cancelled(self) -> None:
         self.load_progress.setVisible(False)
@@ -1201,15 +1209,17 @@ class MainWindow(QMainWindow):
         )
 
     def _export_dialog(self, kind: str) -> None:
-        suffix = "Markdown (*.md)" if kind == "md" else "JSON (*.json)"
-        path, _ = QFileDialog.getSaveFileName(self, "Export conversation", "", suffix)
-        if path:
-            self.export_to(Path(path), kind)
+        from app.gui.dialogs import ask_for_file
+
+        filters = "Markdown (*.md)" if kind == "md" else "JSON (*.json)"
+        ask_for_file(
+            self, "Export conversation", "", filters, lambda path: self.export_to(path, kind), save_suffix=kind
+        )
 
     def _import_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Import conversation", "", "JSON (*.json)")
-        if path:
-            self.import_from(Path(path))
+        from app.gui.dialogs import ask_for_file
+
+        ask_for_file(self, "Import conversation", "", "JSON (*.json)", self.import_from)
 
     # -- settings, status, errors -------------------------------------------------------------------
 
@@ -1323,6 +1333,40 @@ class MainWindow(QMainWindow):
         if not self._collapsed_for_width and self.width() < NARROW_WIDTH:
             self.toggle_settings_action.setChecked(False)  # the chat gets the width; Ctrl+Shift+B brings it back
         self._collapsed_for_width = True
+
+    def _show_panel(self, which: str, shown: bool) -> None:
+        """Show or hide a side panel ("list" or "settings"). When the window is too narrow for the list, the chat
+        and the settings side by side (a small window, a large font), the panel opened takes the other's place
+        instead of squeezing everything or pushing the window past the screen."""
+        panel, other = (
+            (self.conversations_panel, self.toggle_settings_action)
+            if which == "list"
+            else (self.settings_panel, self.toggle_conversations_action)
+        )
+        if shown and self.width() < self._width_for((self.conversations_panel, self.settings_panel)):
+            other.setChecked(False)
+        panel.setVisible(shown)
+
+    def _width_for(self, side_panels: tuple[QWidget, ...]) -> int:
+        """The narrowest the splitter can be with the chat and ``side_panels`` side by side."""
+        panels = (self.splitter.widget(1), *side_panels)
+        return (
+            sum(max(p.minimumWidth(), p.minimumSizeHint().width()) for p in panels)
+            + len(side_panels) * self.splitter.handleWidth()
+        )
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        """A window made narrower than its open panels need closes the settings, then the list (their buttons
+        and shortcuts bring them back), instead of refusing to shrink or cutting them off."""
+        super().resizeEvent(event)
+        self.splitter.setMinimumWidth(self.splitter.widget(1).minimumSizeHint().width())  # the font may change
+        for action, panel in (
+            (self.toggle_settings_action, self.settings_panel),
+            (self.toggle_conversations_action, self.conversations_panel),
+        ):
+            shown = tuple(p for p in (self.conversations_panel, self.settings_panel) if not p.isHidden())
+            if panel in shown and self.width() < self._width_for(shown):
+                action.setChecked(False)
 
     def _focus_search(self) -> None:
         self.search.setFocus()

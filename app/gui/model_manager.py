@@ -13,13 +13,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, QTimer, QUrl, Signal
-from PySide6.QtGui import QDesktopServices, QDragEnterEvent, QDropEvent, QFont, QKeySequence, QShortcut
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import (
+    QDesktopServices,
+    QDragEnterEvent,
+    QDropEvent,
+    QFont,
+    QKeySequence,
+    QResizeEvent,
+    QShortcut,
+    QStandardItem,
+    QStandardItemModel,
+)
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
-    QFileDialog,
+    QGridLayout,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -39,9 +49,10 @@ from app.core.planning.text import human_bytes, short_verdict, size_label, speed
 from app.core.runtime.types import LoadSettings
 from app.core.storage import paths
 from app.gui.background import BackgroundRunner
+from app.gui.dialogs import ask_for_file
 from app.gui.downloads import DownloadService
 
-COLUMNS = ("Model", "Quant", "Size", "Quality", "Fits this machine", "Speed", "Status")
+COLUMNS = ("Model", "Quant", "Size", "Quality", "Fits here", "Speed", "Status")
 Index = QModelIndex | QPersistentModelIndex
 
 
@@ -52,7 +63,6 @@ class Row:
     status: str = ""
     recommended: bool = False
     installed: bool = False  # as found when the rows were read (on a worker thread)
-    cells: tuple[str, ...] | None = None  # the texts shown, made when first asked for after a change
 
 
 def read_rows(show_unusable: bool) -> list[Row]:
@@ -93,24 +103,42 @@ def status_text(progress: Progress) -> str:
     return progress.state
 
 
-class CatalogTableModel(QAbstractTableModel):
-    """Catalog entries with their plan for the chosen settings and their local status."""
+class CatalogTableModel(QStandardItemModel):
+    """Catalog entries with their plan for the chosen settings and their local status.
+
+    The texts live in Qt's own items, set when a row, its plan or its status changes: painting the table and
+    sizing its columns never call into Python (a Python ``data()`` is asked for every cell and role on every
+    paint, thousands of calls that each wait for the GIL while a download or a reply runs beside them).
+    """
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(0, len(COLUMNS))
+        self.setHorizontalHeaderLabels(list(COLUMNS))
         self.rows: list[Row] = []
         self.measured: dict[str, float] = {}  # median tok/s measured on this machine, by entry id
         self.unreadable: dict[str, str] = {}  # files on disk the planner could not read, with why
         self.show_unusable = False  # files current llama.cpp refuses (old layout) stay hidden unless on disk
+        self._bold = QFont()
+        self._bold.setBold(True)
 
     def set_rows(self, rows: list[Row]) -> None:
         """Show rows read by ``read_rows``."""
-        self.beginResetModel()
         self.rows = rows
-        self.endResetModel()
+        self.setRowCount(0)
+        for _row in rows:
+            items = [QStandardItem() for _ in COLUMNS]
+            for item in items:
+                item.setEditable(False)
+            self.appendRow(items)
+        for index in range(len(rows)):
+            self._show(index)
 
     def row_of(self, entry_id: str) -> int:
         return next((i for i, row in enumerate(self.rows) if row.entry.id == entry_id), -1)
+
+    def row_at(self, index: Index) -> Row | None:
+        """The row shown at ``index`` (any column)."""
+        return self.rows[index.row()] if index.isValid() and 0 <= index.row() < len(self.rows) else None
 
     def set_plans(
         self,
@@ -121,34 +149,32 @@ class CatalogTableModel(QAbstractTableModel):
     ) -> None:
         self.measured = measured
         self.unreadable = unreadable
-        for row in self.rows:
+        for index, row in enumerate(self.rows):
             row.plan = plans.get(row.entry.id, row.plan)
             row.recommended = row.entry.id in recommended
-            row.cells = None
-        if self.rows:
-            self.dataChanged.emit(self.index(0, 0), self.index(len(self.rows) - 1, len(COLUMNS) - 1))
+            self._show(index)
 
     def set_status(self, entry_id: str, status: str) -> None:
-        row = self.row_of(entry_id)
-        if row >= 0:
-            self.rows[row].status = status
-            self.rows[row].cells = None
-            self.dataChanged.emit(self.index(row, 0), self.index(row, len(COLUMNS) - 1))
+        index = self.row_of(entry_id)
+        if index >= 0 and self.rows[index].status != status:
+            self.rows[index].status = status
+            self._set(index, COLUMNS.index("Status"), status, status)
 
-    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 - Qt's signature
-        return 0 if parent.isValid() else len(self.rows)
+    def _show(self, index: int) -> None:
+        """Put row ``index``'s texts, tooltips and font into its items (only what changed)."""
+        row = self.rows[index]
+        for column in range(len(COLUMNS)):
+            self._set(index, column, self._text(row, column), self._tooltip(row, column))
+            item = self.item(index, column)
+            if item.font().bold() != row.recommended:
+                item.setFont(self._bold if row.recommended else QFont())
 
-    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 - Qt's signature
-        return 0 if parent.isValid() else len(COLUMNS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if (
-            role == Qt.ItemDataRole.DisplayRole
-            and orientation == Qt.Orientation.Horizontal
-            and 0 <= section < len(COLUMNS)
-        ):
-            return COLUMNS[section]
-        return None
+    def _set(self, index: int, column: int, text: str, tooltip: str | None) -> None:
+        item = self.item(index, column)
+        if item.data(Qt.ItemDataRole.DisplayRole) != text:
+            item.setText(text)
+        if item.toolTip() != (tooltip or ""):
+            item.setToolTip(tooltip or "")
 
     def _text(self, row: Row, column: int) -> str:
         entry, plan = row.entry, row.plan
@@ -156,8 +182,8 @@ class CatalogTableModel(QAbstractTableModel):
             return entry.model.name
         if column == 1:
             return entry.quant.quant
-        if column == 2:
-            return size_label(entry.quant)
+        if column == 2:  # the whole story (computed or from the hub, file name checked or not) is its tooltip
+            return ("" if entry.quant.size_exact else "≈ ") + human_bytes(entry.quant.size)
         if column == 3:
             return entry.quant.note
         if column == 4:
@@ -167,7 +193,7 @@ class CatalogTableModel(QAbstractTableModel):
                 return "unreadable file"
             if plan is None:
                 return "planning…"
-            return ("★ recommended · " if row.recommended else "") + short_verdict(plan)
+            return ("★ " if row.recommended else "") + short_verdict(plan)
         if column == 5:
             measured = self.measured.get(entry.id)
             if measured is not None:
@@ -177,32 +203,29 @@ class CatalogTableModel(QAbstractTableModel):
             return row.status
         return ""
 
-    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid() or not 0 <= index.row() < len(self.rows):
-            return None
-        row = self.rows[index.row()]
-        entry, plan, column = row.entry, row.plan, index.column()
-        if role == Qt.ItemDataRole.DisplayRole:
-            # painting and column sizing ask for every cell often: a row's texts are made once per change of it
-            if row.cells is None:
-                row.cells = tuple(self._text(row, c) for c in range(len(COLUMNS)))
-            return row.cells[column]
-        if role == Qt.ItemDataRole.ToolTipRole and column == 4 and entry.id in self.unreadable:
+    def _tooltip(self, row: Row, column: int) -> str | None:
+        entry, plan = row.entry, row.plan
+        if column == 2:
+            how = (
+                "Exact: the file's size on the Hugging Face Hub."
+                if entry.quant.size_exact
+                else "Computed: what llama.cpp's quantizer makes of Mixtral's real architecture at this level "
+                "(a dry run, header included); the hub's exact figure replaces it once it has been read."
+            )
+            return f"{size_label(entry.quant)}\n{how}"
+        if column == 4 and entry.id in self.unreadable:
             return self.unreadable[entry.id] + "\nDelete it and download it again."
-        if role == Qt.ItemDataRole.ToolTipRole and column == 4 and plan is not None:
-            return plan.summary() + "\n" + "\n".join(plan.notes)
-        if role == Qt.ItemDataRole.ToolTipRole and column == 5:
+        if column == 4 and plan is not None:
+            best = "★ Recommended: the best quality that fits this machine.\n" if row.recommended else ""
+            return best + plan.summary() + "\n" + "\n".join(plan.notes)
+        if column == 5:
             if entry.id in self.measured:
                 return "The median decode speed of this file's latest replies in your chats on this machine."
             return "Estimated by the memory planner from this machine's memory bandwidth (~: not measured yet)."
-        if role == Qt.ItemDataRole.ToolTipRole and column in (0, 2, 3, 6):
-            return self.data(index, Qt.ItemDataRole.DisplayRole)  # the whole text of a narrowed cell
-        if role == Qt.ItemDataRole.FontRole and row.recommended:
-            font = QFont()
-            font.setBold(True)
-            return font
-        if role == Qt.ItemDataRole.UserRole:
-            return row
+        if column == 1:
+            return entry.quant.note  # the Quality column's text, which a narrow window cuts first
+        if column in (0, 3, 6):
+            return self._text(row, column)  # the whole text of a narrowed cell
         return None
 
 
@@ -258,12 +281,12 @@ class ModelManagerWindow(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         header = self.table.horizontalHeader()
-        # Widths are measured when the rows or their plans change, not on every progress update (measuring a
-        # column asks every row for its text: too slow to do several times a second while a download runs).
+        # Widths are measured when the rows or their plans change, not on every progress update, and shared
+        # out to fit the window (see _share_width); the last column takes what is left over.
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        header.setSectionResizeMode(COLUMNS.index("Quality"), QHeaderView.ResizeMode.Stretch)
-        header.setMinimumSectionSize(60)
-        header.resizeSection(COLUMNS.index("Model"), 200)
+        header.setStretchLastSection(True)
+        header.setMinimumSectionSize(40)
+        self._natural: list[int] = []  # each column's width for its texts, measured by _fit_columns
         self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.table.verticalHeader().setVisible(False)
         self.table.setWordWrap(False)
@@ -293,10 +316,15 @@ class ModelManagerWindow(QWidget):
         settings.addWidget(self.show_unusable)
         layout.addLayout(settings)
         layout.addWidget(self.table, 1)
-        actions = QHBoxLayout()
-        for button in self.buttons.values():
-            actions.addWidget(button)
-        layout.addLayout(actions)
+        button_bar = QWidget()
+        # one row of buttons, or two when the window is too narrow for one (see _arrange_buttons): the row's
+        # width must not hold the window wider than the screen, so the bar claims no minimum width of its own
+        button_bar.setMinimumWidth(1)
+        self._actions = QGridLayout(button_bar)
+        self._actions.setContentsMargins(0, 0, 0, 0)
+        self._actions_rows = 0
+        layout.addWidget(button_bar)
+        self._arrange_buttons()
         self.message = QLabel("")
         self.message.setWordWrap(True)
         layout.addWidget(self.message)
@@ -500,19 +528,60 @@ class ModelManagerWindow(QWidget):
         self._worker.run("rows", lambda: read_rows(show_unusable))
 
     def _fit_columns(self) -> None:
-        """Size the columns to their contents (Model keeps its width; Status fits a download's progress)."""
+        """Measure what each column's texts need (the rows or their plans changed), then share the width."""
+        self._natural = []
         for column in range(len(COLUMNS)):
-            if COLUMNS[column] not in ("Model", "Quality"):
-                self.table.resizeColumnToContents(column)
-        status = COLUMNS.index("Status")
-        progress = self.table.fontMetrics().horizontalAdvance("downloading 100% · 999.9 MiB/s, 59 min left") + 16
-        self.table.setColumnWidth(status, max(self.table.columnWidth(status), progress))
+            self.table.resizeColumnToContents(column)  # Qt's own items: no Python per cell
+            self._natural.append(self.table.columnWidth(column))
+        self._share_width()
+
+    def _share_width(self) -> None:
+        """Give every column what it needs when the table is wide enough. When it is not, Quant, Size, Fits and
+        Speed keep theirs and Quality, then Status, then Model give up width (down to a few characters; the cut
+        texts end in "…" and their tooltips have them whole), so the table never scrolls sideways."""
+        if len(self._natural) != len(COLUMNS):
+            return
+        header = self.table.horizontalHeader()
+        least = max(header.minimumSectionSize(), self.table.fontMetrics().averageCharWidth() * 6)
+        widths = {name: self._natural[i] for i, name in enumerate(COLUMNS)}
+        over = sum(widths.values()) - self.table.viewport().width()
+        for name in ("Quality", "Status", "Model"):
+            cut = max(0, min(over, widths[name] - least))
+            widths[name] -= cut
+            over -= cut
+        for i, name in enumerate(COLUMNS):
+            header.resizeSection(i, widths[name])
+
+    def _arrange_buttons(self) -> None:
+        """The action buttons in one row when they fit the window's width, else in two (downloading; using)."""
+        buttons = list(self.buttons.values())
+        spacing = max(0, self._actions.horizontalSpacing())
+        margins = self.layout().contentsMargins()
+        need = sum(b.sizeHint().width() for b in buttons) + spacing * (len(buttons) - 1)
+        rows = 1 if need <= self.width() - margins.left() - margins.right() else 2
+        if rows == self._actions_rows:
+            return
+        self._actions_rows = rows
+        first_row = len(buttons) if rows == 1 else list(self.buttons).index("Load in chat")
+        for index, button in enumerate(buttons):
+            self._actions.removeWidget(button)
+            row, column = (0, index) if index < first_row else (1, index - first_row)
+            self._actions.addWidget(button, row, column)
+        for column in range(self._actions.columnCount()):
+            self._actions.setColumnStretch(column, 0)
+        self._actions.setColumnStretch(self._actions.columnCount(), 1)  # the buttons keep to the left
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self._arrange_buttons()
+        self._share_width()
 
     def _show_rows(self, rows: list[Row]) -> None:
         selected = self.selected()
         self.model.set_rows(rows)
         self._rows_read = True
         self._sync_statuses()
+        self._fit_columns()
         if selected is not None:
             self.select(selected.entry.id)
         self.replan()
@@ -523,8 +592,7 @@ class ModelManagerWindow(QWidget):
             state = self.downloads.state(row.entry.id)
             progress = self.downloads.last_progress(row.entry.id)
             if state in ("queued", "running", "paused") or (state == "failed" and progress):
-                row.status = status_text(progress) if progress else state or row.status
-                row.cells = None
+                self.model.set_status(row.entry.id, status_text(progress) if progress else state or row.status)
 
     def _on_progress(self, progress: Progress) -> None:
         if progress.state == "done":
@@ -535,7 +603,7 @@ class ModelManagerWindow(QWidget):
 
     def selected(self) -> Row | None:
         index = self.table.currentIndex()
-        return self.model.rows[index.row()] if index.isValid() else None
+        return self.model.row_at(index)
 
     def select(self, entry_id: str) -> None:
         self.table.selectRow(self.model.row_of(entry_id))
@@ -624,9 +692,7 @@ class ModelManagerWindow(QWidget):
     # -- import -------------------------------------------------------------------------------------
 
     def import_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Import a GGUF model", str(Path.home()), "GGUF models (*.gguf)")
-        if path:
-            self.import_file(Path(path))
+        ask_for_file(self, "Import a GGUF model", str(Path.home()), "GGUF models (*.gguf)", self.import_file)
 
     def import_file(self, path: Path, mode: str = "copy") -> None:
         from app.core.models.local import import_model

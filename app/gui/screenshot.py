@@ -28,6 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="model for the main window (default: the demo model)")
     parser.add_argument("--routing-model", default=None, help="a Mixtral-architecture GGUF for the routing shots")
     parser.add_argument("--only", choices=("main", "models", "routing"), action="append", help="just these shots")
+    parser.add_argument(
+        "--font-size", type=int, default=None, help="point size of the app's font (Settings offers 9-16; default 10)"
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,14 +57,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop.exec()
 
     def settle(window: MainWindow) -> None:  # what the window handed to its disk thread is on screen
-        while window.disk.pending:
-            wait(window.disk.idle, 10)
+        window.disk.wait_until_idle()
 
     def save(widget: Any, name: str, width: int, height: int, theme: str) -> None:
         widget.resize(width, height)
         for _ in range(3):  # layouts settle over a few passes (word-wrapped labels, the splitter)
             app.processEvents()
-        path = out / f"{name}-{width}x{height}-{theme}.png"
+        font = f"-font{args.font_size}" if args.font_size else ""
+        path = out / f"{name}-{width}x{height}-{theme}{font}.png"
         widget.grab().save(str(path))
         written.append(path)
         print(path)
@@ -73,8 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         wait(window.controller.reply_finished, 120)
 
     for theme in THEMES:
-        save_settings(Settings(theme=theme))
-        apply_theme(theme, 10)
+        font_size = args.font_size or Settings().font_size
+        save_settings(Settings(theme=theme, font_size=font_size))
+        apply_theme(theme, font_size)
         if "main" in only or "models" in only:
             window = MainWindow(load_on_start=False)
             window.show()
@@ -86,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             chat(window, QUESTION)
             if "main" in only:
                 for width, height in SIZES:
+                    window.resize(width, height)
+                    window.toggle_conversations_action.setChecked(True)
                     window.toggle_settings_action.setChecked(width >= 1100)  # as a window of that width starts
                     save(window, "main", width, height, theme)
             if "models" in only:
@@ -109,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             window.send_button.click()
             wait(window.controller.routing_traced, 120)
             for width, height in SIZES:
+                window.resize(width, height)
+                window.toggle_conversations_action.setChecked(True)
                 window.toggle_settings_action.setChecked(width >= 1100)
                 save(window, "routing", width, height, theme)
             window.close()

@@ -269,6 +269,24 @@ def test_unfinished_downloads_come_back_after_a_restart(hub, payload: Path) -> N
     assert sha256_of(paths.models_dir() / "test" / "model.Q4_0.gguf") == sha256_of(payload)
 
 
+def test_cancelling_a_paused_download_clears_its_partial_data_without_waiting(hub, payload: Path) -> None:
+    from app.core.models.downloads import partial_dir
+
+    hub.throttle_bytes_per_s = 2_000_000  # slow enough to pause half-way
+    reported: list[str] = []
+    manager = DownloadManager(retry=FAST, listener=lambda p: reported.append(p.state))
+    manager.submit(spec())
+    manager.pause("test:Q4_0")
+    assert manager.wait(30) and manager.state("test:Q4_0") == "paused"
+    staging = partial_dir(spec())
+    manager.cancel("test:Q4_0")  # the GUI thread calls this: the files go in the background
+    assert manager.state("test:Q4_0") == "cancelled" and not staging.exists()
+    hub.throttle_bytes_per_s = 0
+    manager.submit(spec())  # a fresh start is not disturbed by the removal still going on
+    assert manager.wait(60) and manager.state("test:Q4_0") == "done"
+    assert sha256_of(paths.models_dir() / "test" / "model.Q4_0.gguf") == sha256_of(payload)
+
+
 # -- parallel byte ranges ---------------------------------------------------------------------------------
 
 

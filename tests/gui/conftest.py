@@ -15,7 +15,7 @@ def garbage_on_the_gui_thread(qapp):
     from app.gui.gc_thread import GuiThreadGarbageCollector
 
     collector = GuiThreadGarbageCollector(qapp)
-    yield
+    yield collector
     collector.stop()
 
 

@@ -63,6 +63,16 @@ def click_conversation(qtbot, window: MainWindow, conversation_id: int) -> None:
     settle(qtbot, window)
 
 
+def menu_action(window, menu: str, text: str):
+    """The action called ``text`` in the window's menu called ``menu`` (as shown, "&" included)."""
+    for top in window.menuBar().actions():
+        if top.menu() is not None and top.text() == menu:
+            found = [a for a in top.menu().actions() if a.text() == text]
+            assert found, f"no {text!r} in {menu}: {[a.text() for a in top.menu().actions()]}"
+            return found[0]
+    raise AssertionError(f"no menu {menu!r}")
+
+
 def trigger(qtbot, window: MainWindow, action) -> None:
     """Trigger a menu or toolbar action as its menu does, and wait for what it started on the disk."""
     action.trigger()
@@ -96,6 +106,24 @@ def answer_dialog(qtbot, window: MainWindow, name: str, text: str) -> None:
     with qtbot.waitSignal(dialog.finished):
         qtbot.keyClick(field, Qt.Key.Key_Return)
     settle(qtbot, window)
+
+
+def choose_file(qtbot, parent, path: Path) -> None:
+    """In the file chooser open over ``parent``, paste ``path`` as the file name and click Open (or Save).
+    (Typed key by key, the chooser's path completer opens a popup that takes the click.)"""
+    from PySide6.QtWidgets import QDialogButtonBox, QFileDialog, QLineEdit
+
+    qtbot.waitUntil(lambda: any(d.isVisible() for d in parent.findChildren(QFileDialog)))
+    dialog = next(d for d in parent.findChildren(QFileDialog) if d.isVisible())
+    field = dialog.findChild(QLineEdit, "fileNameEdit")
+    field.setFocus()
+    field.setText(str(path))
+    buttons = dialog.findChild(QDialogButtonBox)
+    accept = next(b for b in buttons.buttons() if buttons.buttonRole(b) == QDialogButtonBox.ButtonRole.AcceptRole)
+    qtbot.waitUntil(accept.isEnabled)
+    with qtbot.waitSignal(dialog.finished):
+        qtbot.mouseClick(accept, Qt.MouseButton.LeftButton)
+    _settle_window_of(qtbot, parent)
 
 
 def _settle_window_of(qtbot, widget) -> None:

@@ -96,10 +96,8 @@ def _settle(window: Any) -> None:
 
     QTest.qWaitForWindowExposed(window)
     disk = getattr(window, "disk", None)  # the main window's
-    while disk is not None and disk.pending:
-        loop = QEventLoop()
-        disk.idle.connect(loop.quit)
-        loop.exec()
+    if disk is not None:
+        disk.wait_until_idle()
     for _ in range(5):  # the first paint and layout passes, before anything is measured
         QApplication.processEvents()
 
@@ -132,8 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from app.gui.main_window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
+    from app.gui.gc_thread import GuiThreadGarbageCollector
+
+    collector = GuiThreadGarbageCollector(app)  # garbage collected as the app collects it
     model = args.model or str(demo_model_path())
     window = MainWindow(load_on_start=False)
+    collector.busy = window.is_busy
     window.resize(1200, 800)
     window.show()
     _settle(window)  # shown, painted and its conversations read: the phases below start from an idle window

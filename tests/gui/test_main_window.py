@@ -19,8 +19,10 @@ from tests.gui.helpers import (
     REPLY_TIMEOUT,
     answer_dialog,
     choose,
+    choose_file,
     click,
     click_conversation,
+    menu_action,
     new_window,
     open_window,
     press,
@@ -233,19 +235,29 @@ def test_a_model_that_fails_to_load_is_explained_and_the_app_stays_usable(qtbot,
 
 def test_export_import_and_copy_last_reply(qtbot, tiny_window: MainWindow, tmp_path: Path) -> None:
     reply = send(qtbot, tiny_window, "export me")
-    tiny_window.export_to(tmp_path / "chat.md", "md")
-    tiny_window.export_to(tmp_path / "chat.json", "json")
+    for kind in ("Markdown", "JSON"):
+        trigger(qtbot, tiny_window, menu_action(tiny_window, "&File", f"Export as {kind}…"))
+        choose_file(qtbot, tiny_window, tmp_path / "chat")  # the suffix comes from the kind
     settle(qtbot, tiny_window)
     assert "export me" in (tmp_path / "chat.md").read_text()
-    tiny_window.import_from(tmp_path / "chat.json")
-    settle(qtbot, tiny_window)
+    assert json.loads((tmp_path / "chat.json").read_text())
+    trigger(qtbot, tiny_window, menu_action(tiny_window, "&File", "Import conversation (JSON)…"))
+    choose_file(qtbot, tiny_window, tmp_path / "chat.json")
     assert tiny_window.list_model.rowCount() == 2 and stored(qtbot, tiny_window)[0] == ("user", "export me")
     trigger(qtbot, tiny_window, tiny_window.copy_reply_action)
     assert QGuiApplication.clipboard().text() == reply.text
     (tmp_path / "bad.json").write_text(json.dumps({"nope": 1}))
-    tiny_window.import_from(tmp_path / "bad.json")
-    settle(qtbot, tiny_window)
+    trigger(qtbot, tiny_window, menu_action(tiny_window, "&File", "Import conversation (JSON)…"))
+    choose_file(qtbot, tiny_window, tmp_path / "bad.json")
     assert "not a Mixtral Desk conversation" in tiny_window.last_error
+
+
+def test_a_gguf_file_opened_from_the_model_picker_loads(qtbot, demo_window: MainWindow, tiny_v1) -> None:
+    choose(qtbot, demo_window.model_picker, "Open a GGUF file…")
+    with qtbot.waitSignal(demo_window.controller.model_loaded, timeout=LOAD_TIMEOUT) as loaded:
+        choose_file(qtbot, demo_window, tiny_v1["Q4_0"])
+    assert Path(loaded.args[0].path) == tiny_v1["Q4_0"]
+    assert demo_window.status_model.text() == tiny_v1["Q4_0"].stem
 
 
 def test_conversation_list_model_is_a_well_behaved_qt_model(qtbot, qtmodeltester) -> None:

@@ -14,7 +14,7 @@ from app.core.planning.planner import GIB, Device
 from app.gui.downloads import DownloadService
 from app.gui.model_manager import ModelManagerWindow
 from quant.fakehub import Fault
-from tests.gui.helpers import choose
+from tests.gui.helpers import choose, choose_file
 
 FAST = RetryPolicy(attempts=4, backoff_s=0.01, backoff_max_s=0.05, stall_timeout_s=2.0, min_bytes_per_s=1_000)
 CUDA_24 = Device.assumed_machine(backend="cuda", vram_bytes=24 * GIB, ram_bytes=64 * GIB, gpu_name="RTX 4090")
@@ -44,12 +44,17 @@ def cell(window: ModelManagerWindow, entry_id: str, column: int) -> str:
     return window.model.data(window.model.index(window.model.row_of(entry_id), column))
 
 
+def tooltip(window: ModelManagerWindow, entry_id: str, column: int) -> str:
+    index = window.model.index(window.model.row_of(entry_id), column)
+    return window.model.data(index, Qt.ItemDataRole.ToolTipRole)
+
+
 @pytest.mark.parametrize(
     ("device", "expect"),
     [
         (
             CUDA_24,
-            {"mixtral-8x7b-instruct:Q3_K_M": "★ recommended · full GPU", "mixtral-8x7b-instruct:Q8_0": "/33 on GPU"},
+            {"mixtral-8x7b-instruct:Q3_K_M": "★ full GPU", "mixtral-8x7b-instruct:Q8_0": "/33 on GPU"},
         ),
         (MAC_64, {"mixtral-8x7b-instruct:Q6_K": "full GPU", "mixtral-8x22b-instruct:Q8_0": "too big"}),
         (CPU_32, {"mixtral-8x7b-instruct:Q2_K": "CPU only", "mixtral-8x7b-instruct:Q8_0": "too big"}),
@@ -206,8 +211,9 @@ def test_import_adds_a_local_file(qtbot, tiny_v1: dict[str, Path], tmp_path: Pat
     source = tmp_path / "my-mixtral-Q2_K.gguf"
     source.write_bytes(tiny_v1["Q2_K"].read_bytes())
     window = open_manager(qtbot, CPU_32)
+    qtbot.mouseClick(window.buttons["Import…"], Qt.MouseButton.LeftButton)
     with qtbot.waitSignal(window.plans_updated, timeout=30_000):  # imported, then listed and planned
-        window.import_file(source)
+        choose_file(qtbot, window, source)
     assert window.message.text().startswith("Imported")
     assert any(p.name == "my-mixtral-Q2_K.gguf" for p in installed_models())
     entry_id = "local-my-mixtral-Q2_K:Q2_K"  # a row of its own, described from the file's header
@@ -291,14 +297,16 @@ def test_screenshot_script_catches_a_download_in_progress(tmp_path: Path, qapp, 
 
 def test_hub_details_fill_in_after_the_window_opens(qtbot, served, tiny_v1: dict[str, Path]) -> None:
     window = open_manager(qtbot, CPU_32)
-    qtbot.waitUntil(lambda: "(computed)" not in cell(window, ENTRY, 2), timeout=30_000)
+    qtbot.waitUntil(lambda: not cell(window, ENTRY, 2).startswith("≈"), timeout=30_000)
     assert cell(window, ENTRY, 2) == "13 MiB"  # the served file's exact size replaced the catalog estimate
-    assert "(computed)" in cell(window, "mixtral-8x7b-instruct:Q8_0", 2)  # the hub does not have that one
+    assert "Exact" in tooltip(window, ENTRY, 2)
+    assert cell(window, "mixtral-8x7b-instruct:Q8_0", 2).startswith("≈")  # the hub does not have that one
+    assert "Computed" in tooltip(window, "mixtral-8x7b-instruct:Q8_0", 2)
 
 
 def test_the_window_opens_without_a_network(qtbot) -> None:
     window = open_manager(qtbot, CPU_32)  # HF_HUB_OFFLINE is set by the test fixtures
-    assert window.model.rowCount() >= 20 and "(computed)" in cell(window, ENTRY, 2)
+    assert window.model.rowCount() >= 20 and cell(window, ENTRY, 2).startswith("≈ ")
 
 
 def test_esc_closes_the_model_manager(qtbot) -> None:

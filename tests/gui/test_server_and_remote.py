@@ -12,6 +12,7 @@ from app.core.runtime.host import EngineHost
 from app.core.runtime.types import LoadSettings
 from app.gui.main_window import MainWindow
 from app.server.run import start_in_background
+from tests.gui.helpers import choose, new_window
 
 
 @pytest.fixture
@@ -54,15 +55,26 @@ def test_the_window_serves_its_model_to_other_apps(qtbot, window: MainWindow, de
     assert not window.server_indicator.isVisibleTo(window)
 
 
+def connect_to(qtbot, window: MainWindow, url: str, model: str, key: str) -> None:
+    """Choose "Use a remote model…" in the model picker, fill in the form and click Connect."""
+    from app.gui.dialogs import RemoteModelDialog
+
+    choose(qtbot, window.model_picker, "Use a remote model…")
+    dialog = next(d for d in window.findChildren(RemoteModelDialog) if d.isVisible())
+    for field, text in ((dialog.url, url), (dialog.model, model), (dialog.key, key)):
+        field.selectAll()
+        qtbot.keyClicks(field, text)
+    qtbot.mouseClick(dialog.ok_button, Qt.MouseButton.LeftButton)
+
+
 def test_the_window_can_chat_with_a_remote_model(qtbot, tiny_v1: dict[str, Path]) -> None:
     engine = EngineHost()
     engine.load(LoadSettings(model_path=str(tiny_v1["Q2_K"]), n_ctx=1024))
     server = start_in_background(engine, "far-away", api_key="k")
     try:
-        window = MainWindow(load_on_start=False)
-        qtbot.addWidget(window)
+        window = new_window(qtbot)
         with qtbot.waitSignal(window.controller.model_loaded, timeout=60_000):
-            window.use_remote(server.url + "/v1", "far-away", "k")
+            connect_to(qtbot, window, server.url + "/v1", "far-away", "k")
         assert window.status_backend.text() == "remote"
         window.max_tokens.setValue(5)
         window.input.setPlainText("Hello over there")
@@ -72,7 +84,7 @@ def test_the_window_can_chat_with_a_remote_model(qtbot, tiny_v1: dict[str, Path]
         assert generation.text and generation.stats.generated_tokens == 5
         assert [m.role for m in window.store.messages(window.conversation.id)] == ["user", "assistant"]
         with qtbot.waitSignal(window.controller.model_load_failed, timeout=60_000) as failed:
-            window.use_remote(server.url + "/v1", "far-away", "wrong-key")
+            connect_to(qtbot, window, server.url + "/v1", "far-away", "wrong-key")
         assert "refused the API key" in str(failed.args[0])
     finally:
         server.stop()

@@ -191,6 +191,17 @@ def free_disk_bytes(folder: Path) -> int:
     return shutil.disk_usage(probe).free
 
 
+def _remove_in_background(folder: Path) -> None:
+    """Delete ``folder`` without making the caller (the GUI thread) wait for gigabytes to be unlinked: it is
+    renamed at once (a download started again gets a fresh folder) and removed by a thread of its own."""
+    trash = folder.with_name(f".deleting-{folder.name}-{time.monotonic_ns()}")
+    try:
+        folder.rename(trash)
+    except OSError:
+        return  # nothing there, or it cannot be moved: the next download of it resumes or replaces it
+    threading.Thread(target=shutil.rmtree, args=(trash, True), name="remove-partial", daemon=True).start()
+
+
 def partial_dir(spec: DownloadSpec) -> Path:
     safe = spec.id.replace("/", "__").replace(":", "__")
     return paths.models_dir() / PARTIAL_DIR / safe
@@ -756,7 +767,7 @@ class DownloadManager:
             job.control.cancel()
             if job.state in ("queued", "paused"):
                 job.state = "cancelled"
-                shutil.rmtree(partial_dir(job.spec), ignore_errors=True)
+                _remove_in_background(partial_dir(job.spec))
             self._save_locked()
 
     def state(self, job_id: str) -> str:

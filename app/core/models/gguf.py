@@ -7,11 +7,15 @@ reading or allocating more than fixed limits allow.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import re
 import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import BinaryIO
 
 from app.core.errors import DeskError
@@ -49,18 +53,40 @@ class GGUFError(DeskError):
     """A file is not a readable GGUF (the message says why and what to do)."""
 
 
-def _type_sizes() -> dict[int, tuple[int, int]]:
-    import gguf
+@functools.cache
+def _ggml_constants() -> ModuleType:
+    """The ``gguf`` package's ``constants`` module (ggml type ids and block sizes) on its own.
 
-    return {int(kind): (int(block), int(size)) for kind, (block, size) in gguf.GGML_QUANT_SIZES.items()}
+    Importing the package runs all of it, vocab included, which imports mistral-common, numpy and pydantic:
+    a third of a second and ~80,000 objects for the GUI's garbage collector to walk, when reading a header
+    needs only this table."""
+    loaded = sys.modules.get("gguf.constants")
+    if loaded is not None:
+        return loaded
+    package = importlib.util.find_spec("gguf")  # finds the package without running it
+    if package is None:
+        raise GGUFError("The gguf package is missing: reinstall Mixtral Desk.")
+    folders = package.submodule_search_locations or []
+    path = Path(next(iter(folders), "")) / "constants.py"
+    spec = importlib.util.spec_from_file_location("app.core.models._gguf_constants", path)
+    if not path.is_file() or spec is None or spec.loader is None:  # a bundle keeps modules in its archive
+        import gguf.constants
+
+        return gguf.constants
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _type_sizes() -> dict[int, tuple[int, int]]:
+    sizes = _ggml_constants().GGML_QUANT_SIZES
+    return {int(kind): (int(block), int(size)) for kind, (block, size) in sizes.items()}
 
 
 def ggml_type_name(kind: int) -> str:
     """``Q4_K``, ``F16``... for a ggml type id."""
-    import gguf
-
     try:
-        return str(gguf.GGMLQuantizationType(kind).name)
+        return str(_ggml_constants().GGMLQuantizationType(kind).name)
     except ValueError:
         return f"type{kind}"
 
