@@ -1,8 +1,10 @@
-"""The OpenAI-compatible endpoints (FastAPI): /v1/models, /v1/chat/completions (SSE streaming or not),
-/v1/completions and /health. Chat uses the same exact Mixtral formatting as the app.
+"""The OpenAI-compatible endpoints (FastAPI): /v1/models (and /v1/models/{id}), /v1/chat/completions (SSE
+streaming or not), /v1/completions, llama.cpp's /tokenize and /detokenize, and /health. Chat uses the same exact
+Mixtral formatting as the app.
 
-Safe by default: the CLI binds to 127.0.0.1; with an API key every request needs ``Authorization: Bearer``;
-bodies over a limit, unknown models and invalid parameters get 4xx JSON errors in OpenAI's shape.
+Safe by default: the CLI binds to 127.0.0.1 and answers Host names of this machine only; with an API key every
+request needs ``Authorization: Bearer`` (see :mod:`app.server.guards`). Every error, 404 and 405 included, is
+OpenAI's JSON shape, and no request can stop the server answering the next one.
 """
 
 from __future__ import annotations
@@ -15,88 +17,58 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.core.context import POLICY_ROLLING
 from app.core.errors import ContextOverflowError, DeskError
-from app.core.prompts import FORMAT_PLAIN, Message
 from app.core.runtime.tickets import ReplyTicket
-from app.core.runtime.types import STOP_CONTEXT_FULL, STOP_MAX_TOKENS, GenerationRequest, SamplingSettings
+from app.core.runtime.types import STOP_CONTEXT_FULL, STOP_MAX_TOKENS, GenerationRequest
+from app.server.guards import LOOPBACK_NAMES, RequestGuard, error_body
+from app.server.schema import (
+    ChatRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    RequestProblem,
+    SamplingFields,
+    TokenizeRequest,
+)
 from app.server.service import ServedModel
 
 MAX_BODY_BYTES = 1024 * 1024
-
-
-class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str
-
-
-class SamplingFields(BaseModel):
-    model: str
-    temperature: float = Field(0.7, ge=0.0, le=2.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(None, ge=1, le=131072)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
-    n: int = Field(1, ge=1, le=1)
-    stream_options: dict[str, Any] | None = None
-
-    def sampling(self) -> SamplingSettings:
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        return SamplingSettings(
-            temperature=self.temperature,
-            top_p=self.top_p,
-            repeat_penalty=1.0,  # OpenAI's API has no repeat penalty; clients expect none
-            max_new_tokens=self.max_tokens or 1024,
-            seed=self.seed,
-            stop=tuple(stops[:4]),
-        )
-
-
-class ChatRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
-
-
-class CompletionRequest(SamplingFields):
-    prompt: str
+ENDPOINTS = (
+    "GET /v1/models, POST /v1/chat/completions, POST /v1/completions, POST /tokenize, POST /detokenize, GET /health"
+)
 
 
 def error(
     status: int, message: str, *, kind: str = "invalid_request_error", code: str | None = None, param: str | None = None
 ) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
+    return JSONResponse(json.loads(error_body(message, kind, code, param)), status_code=status)
 
 
 def finish_reason(stop_reason: str) -> str:
     return "length" if stop_reason in (STOP_MAX_TOKENS, STOP_CONTEXT_FULL) else "stop"
 
 
-def create_app(service: ServedModel, *, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The ASGI app serving ``service``'s model."""
-    app = FastAPI(title="Mixtral Desk API", docs_url=None, redoc_url=None)
+def create_app(
+    service: ServedModel,
+    *,
+    api_key: str | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    allowed_hosts: tuple[str, ...] | None = LOOPBACK_NAMES,
+    cors_origins: tuple[str, ...] = (),
+    any_model_name: bool = False,
+) -> Any:
+    """The ASGI app serving ``service``'s model, behind :class:`RequestGuard`.
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Any:
-        if api_key and request.url.path != "/health":
-            supplied = request.headers.get("authorization", "")
-            if supplied != f"Bearer {api_key}":
-                return error(
-                    401,
-                    "Invalid or missing API key: send 'Authorization: Bearer <key>'.",
-                    kind="authentication_error",
-                    code="invalid_api_key",
-                )
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            return error(413, f"The request body is larger than {max_body_bytes} bytes.", code="body_too_large")
-        return await call_next(request)
+    ``any_model_name``: answer whatever model name a client sends (as llama-server does), for clients that
+    send a fixed one such as "gpt-4o-mini"; otherwise an unknown name is a 404.
+    """
+    app = FastAPI(title="Mixtral Desk API", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -104,25 +76,56 @@ def create_app(service: ServedModel, *, api_key: str | None = None, max_body_byt
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         if first.get("type") == "json_invalid":
             return error(400, "The request body is not valid JSON.", code="invalid_json")
-        return error(
-            400, f"Invalid value for {where or 'the request'}: {first.get('msg', 'invalid')}.", param=where or None
-        )
+        if not where and first.get("type") in ("model_type", "model_attributes_type", "dict_type"):
+            return error(400, "The request body must be a JSON object.", code="invalid_json")
+        message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        return error(400, f"Invalid value for {where or 'the request'}: {message}.", param=where or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            message = f"There is no {request.method} {request.url.path} here; this server offers {ENDPOINTS}."
+            return error(404, message, code="not_found")
+        if exc.status_code == 405:
+            return error(405, f"{request.url.path} does not accept {request.method}.", code="method_not_allowed")
+        if exc.status_code == 400:  # FastAPI could not read the body (not UTF-8, not JSON)
+            return error(400, "The request body is not valid JSON in UTF-8.", code="invalid_json")
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestProblem)
+    async def unsupported(request: Request, exc: RequestProblem) -> JSONResponse:
+        return error(400, str(exc), param=exc.param)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        return error(500, f"The server failed: {type(exc).__name__}: {exc}", kind="server_error")
 
     @app.get("/health", response_model=None)
     async def health() -> Any:
         state = service.health()
-        body = {**state.to_json(), "status": "ok" if state.alive else "error", "model": service.model_id}
-        return body if state.alive else JSONResponse(body, status_code=503)
+        status = "ok" if state.alive and state.model else ("loading" if state.alive else "error")
+        body = {
+            "status": status,
+            "model": service.model_id,
+            "active": state.active,
+            "queued": state.queued,
+            "cached_tokens": state.cached_tokens,
+        }
+        return body if status == "ok" else JSONResponse(body, status_code=503)
+
+    def model_card() -> dict[str, Any]:
+        return {"id": service.model_id, "object": "model", "created": 0, "owned_by": "mixtral-desk"}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [{"id": service.model_id, "object": "model", "created": 0, "owned_by": "mixtral-desk"}],
-        }
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}", response_model=None)
+    async def model(model_id: str) -> Any:
+        return check_model(model_id) or model_card()
 
     def check_model(name: str) -> JSONResponse | None:
-        if name != service.model_id:
+        if name != service.model_id and not any_model_name:
             return error(
                 404,
                 f"The model '{name}' does not exist here; this server serves '{service.model_id}'.",
@@ -135,19 +138,37 @@ def create_app(service: ServedModel, *, api_key: str | None = None, max_body_byt
     async def chat(body: ChatRequest, request: Request) -> Any:
         if (problem := check_model(body.model)) is not None:
             return problem
-        generation_request = GenerationRequest(
-            tuple(Message(m.role, m.content) for m in body.messages), body.sampling(), POLICY_ROLLING
-        )
-        return await respond(request, body, generation_request, chat=True)
+        return await respond(request, body, body.generation(), chat=True)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Any:
         if (problem := check_model(body.model)) is not None:
             return problem
-        generation_request = GenerationRequest(
-            (Message("user", body.prompt),), body.sampling(), POLICY_ROLLING, chat_format=FORMAT_PLAIN
+        return await respond(request, body, body.generation(), chat=False)
+
+    @app.post("/tokenize", response_model=None)
+    async def tokenize(body: TokenizeRequest) -> Any:
+        host = service.host()
+        if host is None:
+            return error(400, "Tokenizing needs a local model; this server relays a remote one.")
+        tokens = await asyncio.wrap_future(
+            host.submit_call(lambda: host.tokenize(body.content, special=body.add_special))
         )
-        return await respond(request, body, generation_request, chat=False)
+        if not body.with_pieces:
+            return {"tokens": tokens}
+        pieces = await asyncio.wrap_future(host.submit_call(lambda: [host.detokenize([t]) for t in tokens]))
+        return {"tokens": [{"id": t, "piece": p} for t, p in zip(tokens, pieces, strict=True)]}
+
+    @app.post("/detokenize", response_model=None)
+    async def detokenize(body: DetokenizeRequest) -> Any:
+        host = service.host()
+        if host is None:
+            return error(400, "Detokenizing needs a local model; this server relays a remote one.")
+        try:
+            text = await asyncio.wrap_future(host.submit_call(lambda: host.detokenize(body.tokens)))
+        except DeskError as err:
+            return error(400, str(err), param="tokens")
+        return {"content": text}
 
     async def respond(
         request: Request, body: SamplingFields, generation_request: GenerationRequest, *, chat: bool
@@ -243,7 +264,9 @@ def create_app(service: ServedModel, *, api_key: str | None = None, max_body_byt
             if not ticket.finished.is_set():
                 ticket.cancel()  # the client went away: stop generating for nobody
 
-    return app
+    return RequestGuard(
+        app, api_key=api_key, max_body_bytes=max_body_bytes, allowed_hosts=allowed_hosts, cors_origins=cors_origins
+    )
 
 
 class TicketReader:
@@ -282,11 +305,17 @@ class TicketReader:
                     return None
 
 
-def usage_of(ticket: Any) -> dict[str, int]:
+def usage_of(ticket: Any) -> dict[str, Any]:
+    """OpenAI's usage, with the prompt tokens the engine host reused from its prefix cache."""
     stats = ticket.stats
     prompt = stats.prompt_tokens if stats else 0
     completion = stats.generated_tokens if stats else 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": stats.prompt_tokens_cached if stats else 0},
+    }
 
 
 def failure(err: BaseException) -> JSONResponse:

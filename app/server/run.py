@@ -8,6 +8,7 @@ from typing import Any
 
 from app.core.runtime.protocol import ChatEngine
 from app.server.api import create_app
+from app.server.guards import LOOPBACK_NAMES
 from app.server.service import ServedModel
 
 
@@ -25,14 +26,26 @@ class RunningServer:
         self.thread.join(30)
 
 
+SHUTDOWN_GRACE_S = 3.0  # on SIGTERM/SIGINT or stop(): in-flight replies get this long, then are cut off
+
+
 def _server(
     engine: ChatEngine, model_id: str, host: str, port: int, api_key: str | None, **app_options: Any
 ) -> tuple[Any, ServedModel]:
     import uvicorn
 
     service = ServedModel(engine, model_id)
+    # a server bound to this machine answers its names only (DNS rebinding); one bound elsewhere, any name
+    app_options.setdefault("allowed_hosts", LOOPBACK_NAMES if host in LOOPBACK_NAMES else None)
     app = create_app(service, api_key=api_key, **app_options)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )
     return uvicorn.Server(config), service
 
 
@@ -43,9 +56,10 @@ def serve_forever(
     host: str = "127.0.0.1",
     port: int = 8080,
     api_key: str | None = None,
+    **app_options: Any,
 ) -> None:
-    """Serve until interrupted (Ctrl-C)."""
-    server, _ = _server(engine, model_id, host, port, api_key)
+    """Serve until interrupted (Ctrl-C, SIGTERM): in-flight replies are closed within a few seconds."""
+    server, _ = _server(engine, model_id, host, port, api_key, **app_options)
     server.run()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from app.core.runtime.host import EngineHost
 from app.core.runtime.protocol import ChatEngine
 from app.core.runtime.tickets import ReplyTicket
 from app.core.runtime.types import GenerationRequest, HostHealth
@@ -30,3 +31,7 @@ class ServedModel:
 
     def health(self) -> HostHealth:
         return self.engine.health()
+
+    def host(self) -> EngineHost | None:
+        """The local engine host, when the model runs here (None for a remote engine)."""
+        return self.engine if isinstance(self.engine, EngineHost) else None

@@ -36,9 +36,14 @@ QUESTION = [{"role": "user", "content": "What is the capital city of France? Ans
 
 def test_models_and_health(client: openai.OpenAI, server: RunningServer) -> None:
     assert [m.id for m in client.models.list().data] == ["demo"]
-    health = httpx.get(server.url + "/health").json()
-    assert (health["status"], health["model"], health["alive"]) == ("ok", "demo", True)
-    assert health["active"] == 0 and health["queued"] == 0 and health["kv_cells"] > 0
+    assert client.models.retrieve("demo").id == "demo"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o-mini")
+    health = httpx.get(server.url + "/health")  # open without the key
+    assert health.status_code == 200
+    assert (health.json()["status"], health.json()["model"]) == ("ok", "demo")
+    assert health.json()["active"] == 0 and health.json()["queued"] == 0
+    assert "/" not in health.text  # no file paths for whoever asks
 
 
 def test_chat_completion(client: openai.OpenAI) -> None:

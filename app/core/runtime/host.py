@@ -52,6 +52,7 @@ from app.core.runtime.types import (
     HostHealth,
     LoadSettings,
     ModelInfo,
+    SamplingSettings,
 )
 
 T = TypeVar("T")
@@ -336,6 +337,7 @@ class EngineHost:
             waiting = self._waiting[0]
             try:
                 tokens, prompt, chat_format = self._prompt_for(loaded, waiting.ticket.request)
+                _check_sampling(waiting.ticket.request.sampling, loaded.vocab.size)
             except Exception as err:
                 self._waiting.pop(0)
                 waiting.ticket.finish(error=_as_request_error(err))
@@ -547,6 +549,13 @@ def _choose_sequence(free: list[KVSequence], tokens: list[int]) -> tuple[KVSeque
 
 def _next_to(seq_id: int, running_ids: set[int]) -> bool:
     return seq_id - 1 in running_ids or seq_id + 1 in running_ids
+
+
+def _check_sampling(sampling: SamplingSettings, n_vocab: int) -> None:
+    """Refuse what llama.cpp's samplers would read out of bounds (a logit bias for a token that is not there)."""
+    for token, _bias in sampling.logit_bias:
+        if not 0 <= token < n_vocab:
+            raise DeskError(f"logit_bias names token {token}, but this model's tokens are numbered 0-{n_vocab - 1}.")
 
 
 def _run_into(work: Callable[[], Any], future: Future[Any]) -> None:

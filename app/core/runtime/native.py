@@ -225,15 +225,30 @@ class Batch:
 
 
 class SamplerChain:
-    """llama.cpp's sampler chain for one sequence: repeat penalty, top-k, top-p, min-p, temperature and a
-    seeded draw; greedy at temperature 0. Sampling also records the token for the penalty."""
+    """llama.cpp's sampler chain for one sequence: logit biases, repeat / frequency / presence penalties, top-k,
+    top-p, min-p, temperature and a seeded draw; greedy at temperature 0. Sampling also records the token for
+    the penalties."""
 
     def __init__(self, sampling: SamplingSettings, n_vocab: int, seed: int) -> None:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
-        self.penalised = sampling.repeat_penalty != 1.0
+        if sampling.logit_bias:
+            biases = (llama_cpp.llama_logit_bias * len(sampling.logit_bias))()
+            for slot, (token, bias) in zip(biases, sampling.logit_bias, strict=True):
+                slot.token, slot.bias = token, bias
+            add(chain, llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(sampling.logit_bias), biases))
+        self.penalised = (sampling.repeat_penalty, sampling.frequency_penalty, sampling.presence_penalty) != (1, 0, 0)
         if self.penalised:
-            add(chain, llama_cpp.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, sampling.repeat_penalty, 0, 0))
+            add(
+                chain,
+                llama_cpp.llama_sampler_init_penalties(
+                    n_vocab,
+                    PENALTY_LAST_N,
+                    sampling.repeat_penalty,
+                    sampling.frequency_penalty,
+                    sampling.presence_penalty,
+                ),
+            )
         if sampling.temperature <= 0:
             add(chain, llama_cpp.llama_sampler_init_greedy())
         else:

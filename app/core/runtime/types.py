@@ -63,6 +63,9 @@ class SamplingSettings:
     top_k: int = 40
     min_p: float = 0.05
     repeat_penalty: float = 1.1
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already in the text
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted per occurrence
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
     max_new_tokens: int = 1024
     seed: int | None = None
     stop: tuple[str, ...] = ()

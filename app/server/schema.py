@@ -1,0 +1,163 @@
+"""The requests the API accepts, checked strictly (no "7" for 7, no "yes" for true), and turned into the engine
+host's :class:`GenerationRequest`.
+
+What a client may send beyond OpenAI's own fields is llama.cpp's (``top_k``, ``min_p``, ``repeat_penalty``).
+What is not built yet is refused with a 400 that says so, never silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.core.context import POLICY_ROLLING
+from app.core.prompts import FORMAT_PLAIN, Message
+from app.core.runtime.types import GenerationRequest, SamplingSettings
+
+MAX_STOP_STRINGS = 16  # OpenAI takes 4, llama-server any number; clients for local models send a few more
+MAX_NEW_TOKENS = 131072
+STRICT = ConfigDict(strict=True, extra="ignore")
+
+
+class RequestProblem(ValueError):
+    """A request the server understands but cannot serve as asked (a 400, with ``param``)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ChatMessage(BaseModel):
+    model_config = STRICT
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    def text(self, where: str) -> str:
+        """The message's text: a string, or its text parts joined (other part types are refused)."""
+        if self.content is None:
+            if self.role == "assistant":
+                return ""  # an assistant turn that only called tools
+            raise RequestProblem(f"{where}.content is missing: a {self.role} message needs text.", f"{where}.content")
+        if isinstance(self.content, str):
+            return self.content
+        texts = []
+        for index, part in enumerate(self.content):
+            kind = part.get("type")
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise RequestProblem(
+                    f"{where}.content[{index}] is of type {kind!r}: this model reads text only "
+                    "(parts of type 'text' with a 'text' string).",
+                    f"{where}.content",
+                )
+            texts.append(part["text"])
+        return "\n".join(texts)
+
+
+class SamplingFields(BaseModel):
+    model_config = STRICT
+
+    model: str
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(40, ge=0)  # llama.cpp's, with llama-server's default; 0 = off
+    min_p: float = Field(0.05, ge=0.0, le=1.0)  # llama.cpp's, with llama-server's default
+    repeat_penalty: float = Field(1.0, gt=0.0, le=10.0)  # llama.cpp's; OpenAI clients expect none
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    n: int = Field(1, ge=1, le=1)
+    logprobs: bool | int | None = None
+    top_logprobs: int | None = None
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else list(value or [])
+        if len(stops) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, not {len(stops)}")
+        if any(not s for s in stops):
+            raise ValueError("a stop string cannot be empty")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _biases(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for token, bias in (value or {}).items():
+            if not token.isdigit():
+                raise ValueError(f"keys are token ids, not {token!r}")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"bias {bias} for token {token} is outside -100..100")
+        return value
+
+    def sampling(self) -> SamplingSettings:
+        """What the engine host samples with; refuses what is not built."""
+        if self.logprobs or self.top_logprobs:
+            raise RequestProblem("logprobs are not available on this server yet.", "logprobs")
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return SamplingSettings(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            repeat_penalty=self.repeat_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logit_bias=tuple((int(token), bias) for token, bias in (self.logit_bias or {}).items()),
+            max_new_tokens=self.max_completion_tokens or self.max_tokens or 1024,
+            seed=self.seed,
+            stop=tuple(stops),
+        )
+
+
+class ChatRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    def generation(self) -> GenerationRequest:
+        if self.tools or any(m.role == "tool" or m.tool_calls for m in self.messages):
+            raise RequestProblem("Tool calling is not available on this server yet.", "tools")
+        if self.response_format and self.response_format.get("type") not in (None, "text"):
+            raise RequestProblem(
+                f"response_format {self.response_format.get('type')!r} is not available on this server yet.",
+                "response_format",
+            )
+        messages = tuple(
+            Message("system" if m.role == "developer" else m.role, m.text(f"messages[{i}]"))
+            for i, m in enumerate(self.messages)
+        )
+        return GenerationRequest(messages, self.sampling(), POLICY_ROLLING)
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str
+
+    def generation(self) -> GenerationRequest:
+        return GenerationRequest((Message("user", self.prompt),), self.sampling(), POLICY_ROLLING, FORMAT_PLAIN)
+
+
+class TokenizeRequest(BaseModel):
+    model_config = STRICT
+
+    content: str
+    add_special: bool = False
+    with_pieces: bool = False
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = STRICT
+
+    tokens: list[int]
