@@ -43,3 +43,8 @@ class EngineBusyError(DeskError):
 
 class NoModelError(DeskError):
     """No model is loaded, or none could be found to load."""
+
+
+NOT_UNICODE = (
+    "The text is not valid Unicode (for example a lone surrogate from a broken emoji); remove it and send again."
+)

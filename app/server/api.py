@@ -21,7 +21,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.errors import ContextOverflowError, DeskError
@@ -46,8 +46,9 @@ ENDPOINTS = (
 
 def error(
     status: int, message: str, *, kind: str = "invalid_request_error", code: str | None = None, param: str | None = None
-) -> JSONResponse:
-    return JSONResponse(json.loads(error_body(message, kind, code, param)), status_code=status)
+) -> Response:
+    # ASCII-escaped JSON: an echoed client string (a model name with a lone surrogate) cannot break the reply
+    return Response(error_body(message, kind, code, param), status_code=status, media_type="application/json")
 
 
 def finish_reason(stop_reason: str) -> str:
@@ -71,7 +72,7 @@ def create_app(
     app = FastAPI(title="Mixtral Desk API", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         if first.get("type") == "json_invalid":
@@ -82,7 +83,7 @@ def create_app(
         return error(400, f"Invalid value for {where or 'the request'}: {message}.", param=where or None)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_problem(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404:
             message = f"There is no {request.method} {request.url.path} here; this server offers {ENDPOINTS}."
             return error(404, message, code="not_found")
@@ -93,11 +94,11 @@ def create_app(
         return error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestProblem)
-    async def unsupported(request: Request, exc: RequestProblem) -> JSONResponse:
+    async def unsupported(request: Request, exc: RequestProblem) -> Response:
         return error(400, str(exc), param=exc.param)
 
     @app.exception_handler(Exception)
-    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+    async def crashed(request: Request, exc: Exception) -> Response:
         return error(500, f"The server failed: {type(exc).__name__}: {exc}", kind="server_error")
 
     @app.get("/health", response_model=None)
@@ -124,7 +125,7 @@ def create_app(
     async def model(model_id: str) -> Any:
         return check_model(model_id) or model_card()
 
-    def check_model(name: str) -> JSONResponse | None:
+    def check_model(name: str) -> Response | None:
         if name != service.model_id and not any_model_name:
             return error(
                 404,
@@ -151,9 +152,12 @@ def create_app(
         host = service.host()
         if host is None:
             return error(400, "Tokenizing needs a local model; this server relays a remote one.")
-        tokens = await asyncio.wrap_future(
-            host.submit_call(lambda: host.tokenize(body.content, special=body.add_special))
-        )
+        try:
+            tokens = await asyncio.wrap_future(
+                host.submit_call(lambda: host.tokenize(body.content, special=body.add_special))
+            )
+        except DeskError as err:
+            return error(400, str(err), param="content")
         if not body.with_pieces:
             return {"tokens": tokens}
         pieces = await asyncio.wrap_future(host.submit_call(lambda: [host.detokenize([t]) for t in tokens]))
@@ -318,7 +322,7 @@ def usage_of(ticket: Any) -> dict[str, Any]:
     }
 
 
-def failure(err: BaseException) -> JSONResponse:
+def failure(err: BaseException) -> Response:
     if isinstance(err, ContextOverflowError):
         return error(400, str(err), code="context_length_exceeded", param="messages")
     if isinstance(err, DeskError):

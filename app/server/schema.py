@@ -2,17 +2,21 @@
 host's :class:`GenerationRequest`.
 
 What a client may send beyond OpenAI's own fields is llama.cpp's (``top_k``, ``min_p``, ``repeat_penalty``).
+``response_format`` (JSON, or JSON following a schema) becomes a llama.cpp grammar the reply must follow.
 What is not built yet is refused with a 400 that says so, never silently ignored.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.core.context import POLICY_ROLLING
+from app.core.errors import DeskError
 from app.core.prompts import FORMAT_PLAIN, Message
+from app.core.runtime.grammars import json_grammar
 from app.core.runtime.types import GenerationRequest, SamplingSettings
 
 MAX_STOP_STRINGS = 16  # OpenAI takes 4, llama-server any number; clients for local models send a few more
@@ -130,16 +134,38 @@ class ChatRequest(SamplingFields):
     def generation(self) -> GenerationRequest:
         if self.tools or any(m.role == "tool" or m.tool_calls for m in self.messages):
             raise RequestProblem("Tool calling is not available on this server yet.", "tools")
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
-            raise RequestProblem(
-                f"response_format {self.response_format.get('type')!r} is not available on this server yet.",
-                "response_format",
-            )
         messages = tuple(
             Message("system" if m.role == "developer" else m.role, m.text(f"messages[{i}]"))
             for i, m in enumerate(self.messages)
         )
-        return GenerationRequest(messages, self.sampling(), POLICY_ROLLING)
+        sampling = self.sampling()
+        grammar = self._grammar()
+        if grammar:
+            sampling = replace(sampling, grammar=grammar)
+        return GenerationRequest(messages, sampling, POLICY_ROLLING)
+
+    def _grammar(self) -> str:
+        """The GBNF ``response_format`` asks for ("" for free text)."""
+        kind = (self.response_format or {}).get("type", "text")
+        if kind == "text":
+            return ""
+        if kind == "json_object":
+            return json_grammar()
+        if kind == "json_schema":
+            spec = (self.response_format or {}).get("json_schema")
+            schema = spec.get("schema") if isinstance(spec, dict) else None
+            if not isinstance(schema, dict):
+                raise RequestProblem(
+                    "response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}.",
+                    "response_format",
+                )
+            try:
+                return json_grammar(schema)
+            except DeskError as err:
+                raise RequestProblem(str(err), "response_format") from err
+        raise RequestProblem(
+            f"response_format {kind!r} is not one of text, json_object, json_schema.", "response_format"
+        )
 
 
 class CompletionRequest(SamplingFields):

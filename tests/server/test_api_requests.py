@@ -104,17 +104,59 @@ def test_text_parts_and_the_developer_role(server: RunningServer, client: openai
     [
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, ("Tool calling",)),
         ({"logprobs": True}, ("logprobs",)),
-        ({"response_format": {"type": "json_object"}}, ("json_object",)),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "wat"}}}},
+            ("wat",),
+        ),
+        ({"response_format": {"type": "yaml"}}, ("yaml",)),
         ({"n": 2}, ("n",)),
         ({"logit_bias": {"99999999": 5}}, ("token 99999999",)),
     ],
-    ids=["tools", "logprobs", "json-mode", "n-2", "bias-outside-vocabulary"],
+    ids=["tools", "logprobs", "bad-schema", "yaml", "n-2", "bias-outside-vocabulary"],
 )
 def test_what_is_not_built_is_refused_not_ignored(server: RunningServer, extra: dict, words: tuple[str, ...]) -> None:
     refused(
         post(server, "/v1/chat/completions", {"model": "demo", "messages": HI, "max_tokens": 3, **extra}), 400, *words
     )
     assert post(server, "/v1/chat/completions", {"model": "demo", "messages": HI, "max_tokens": 2}).status_code == 200
+
+
+CITY = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 24}, "population": {"type": "integer", "minimum": 0}},
+    "required": ["city", "population"],
+    "additionalProperties": False,
+}
+
+
+def test_json_mode_and_schema_output_parses_and_validates(client: openai.OpenAI) -> None:
+    import jsonschema
+
+    ask = [{"role": "user", "content": "What is the largest city in France, and how many people live there?"}]
+    shaped = client.chat.completions.create(
+        model="demo",
+        messages=ask,
+        temperature=0,
+        max_tokens=120,
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}},
+    )
+    jsonschema.validate(json.loads(shaped.choices[0].message.content), CITY)
+    stream = client.chat.completions.create(
+        model="demo",
+        messages=ask,
+        temperature=0.8,
+        seed=3,
+        max_tokens=120,
+        stream=True,
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}},
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    jsonschema.validate(json.loads(streamed), CITY)
+    brief = [{"role": "user", "content": "Reply with a JSON object with one key, 'ok', set to true."}]
+    anything = client.chat.completions.create(
+        model="demo", messages=brief, temperature=0, max_tokens=60, response_format={"type": "json_object"}
+    )
+    assert isinstance(json.loads(anything.choices[0].message.content), dict)
 
 
 def test_tokenize_detokenize_and_logit_bias(server: RunningServer) -> None:
@@ -184,16 +226,16 @@ def test_only_this_machines_names_and_allowed_origins_get_in(server: RunningServ
     assert httpx.get(server.url + "/v1/models", headers={"Authorization": f"bearer {KEY}"}).status_code == 200
 
 
-def test_a_client_that_gives_up_on_a_whole_reply_stops_it(server: RunningServer) -> None:
-    story = {"model": "demo", "messages": [{"role": "user", "content": "A very long story, please."}]}
+def test_a_client_that_gives_up_on_a_whole_reply_stops_it(server: RunningServer, engine: EngineHost) -> None:
+    end = engine.with_model(lambda loaded: loaded.vocab.eos_id)
+    story = {
+        "model": "demo",
+        "messages": [{"role": "user", "content": "A very long story, please."}],
+        "max_tokens": 3000,
+        "logit_bias": {str(end): -100},  # it cannot finish early: only the client giving up ends it
+    }
     with pytest.raises(httpx.ReadTimeout):
-        post_with_timeout = httpx.post(
-            server.url + "/v1/chat/completions",
-            json={**story, "max_tokens": 3000, "temperature": 0.9},
-            headers=AUTH,
-            timeout=httpx.Timeout(120, read=1.0),
-        )
-        del post_with_timeout
+        httpx.post(server.url + "/v1/chat/completions", json=story, headers=AUTH, timeout=httpx.Timeout(120, read=1.0))
     ticket = server.service.recent[-1]
     assert ticket.finished.wait(10)  # noticed within the reader's 0.2 s checks, not after 3000 tokens
     assert ticket.stats.stop_reason == "cancelled" and ticket.stats.generated_tokens < 3000

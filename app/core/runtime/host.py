@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from app.core.context import POLICIES, fit_prompt, reply_reserve
-from app.core.errors import DeskError, NoModelError, PromptFormatError
+from app.core.errors import NOT_UNICODE, DeskError, NoModelError, PromptFormatError
 from app.core.prompts import FORMAT_PLAIN, ChatFormat, Message, get_format
 from app.core.runtime.decoding import KVSequence, RunningReply
 from app.core.runtime.loading import LoadCancelled, LoadedModel, open_model
@@ -335,10 +335,14 @@ class EngineHost:
             if not free:
                 return  # wait, in arrival order, for a sequence to finish
             waiting = self._waiting[0]
+            request = waiting.ticket.request
             try:
-                tokens, prompt, chat_format = self._prompt_for(loaded, waiting.ticket.request)
-                _check_sampling(waiting.ticket.request.sampling, loaded.vocab.size)
-            except Exception as err:
+                tokens, prompt, chat_format = self._prompt_for(loaded, request)
+                _check_sampling(request.sampling, loaded.vocab.size)
+                seed = request.sampling.seed if request.sampling.seed is not None else loaded.settings.seed
+                seed = seed if seed is not None else random.randrange(2**31)
+                sampler = SamplerChain(request.sampling, loaded.vocab.size, seed, loaded.vocab)
+            except Exception as err:  # this request's problem (its prompt, its grammar): it alone fails
                 self._waiting.pop(0)
                 waiting.ticket.finish(error=_as_request_error(err))
                 continue
@@ -348,11 +352,6 @@ class EngineHost:
             reused = min(reused, len(tokens) - 1)  # the last prompt token is always evaluated, for its logits
             loaded.context.forget(sequence.seq_id, reused)  # type: ignore[union-attr]
             del sequence.cached[reused:]
-            request = waiting.ticket.request
-            seed = request.sampling.seed if request.sampling.seed is not None else loaded.settings.seed
-            sampler = SamplerChain(
-                request.sampling, loaded.vocab.size, seed if seed is not None else random.randrange(2**31)
-            )
             sampler.accept(tokens)
             waiting.ticket.prompt = prompt
             waiting.ticket.prompt_total, waiting.ticket.prompt_done = len(tokens), reused
@@ -574,10 +573,7 @@ def _as_request_error(err: BaseException) -> BaseException:
     if isinstance(err, DeskError):
         return err
     if isinstance(err, UnicodeError):
-        return PromptFormatError(
-            "The message holds text that is not valid Unicode (for example a lone surrogate from a broken "
-            "emoji); remove it and send again."
-        )
+        return PromptFormatError(NOT_UNICODE)
     return DeskError(f"The request could not be prepared: {type(err).__name__}: {err}")
 
 

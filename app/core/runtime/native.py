@@ -15,6 +15,7 @@ from typing import Any
 
 import llama_cpp
 
+from app.core.errors import NOT_UNICODE, DeskError, PromptFormatError
 from app.core.prompts import Message
 from app.core.runtime.types import KV_CACHE_TYPES, SamplingSettings
 
@@ -225,30 +226,36 @@ class Batch:
 
 
 class SamplerChain:
-    """llama.cpp's sampler chain for one sequence: logit biases, repeat / frequency / presence penalties, top-k,
+    """llama.cpp's sampler chain for one sequence: a grammar, logit biases, repeat / frequency / presence penalties, top-k,
     top-p, min-p, temperature and a seeded draw; greedy at temperature 0. Sampling also records the token for
     the penalties."""
 
-    def __init__(self, sampling: SamplingSettings, n_vocab: int, seed: int) -> None:
+    def __init__(self, sampling: SamplingSettings, n_vocab: int, seed: int, vocab: NativeVocab | None = None) -> None:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
+        if sampling.grammar:  # first: what the grammar forbids is gone before anything else looks
+            if vocab is None:
+                raise DeskError("A grammar needs the model's vocabulary.")
+            grammar = llama_cpp.llama_sampler_init_grammar(vocab.ptr, sampling.grammar.encode(), b"root")
+            if not grammar:
+                llama_cpp.llama_sampler_free(chain)
+                raise DeskError("The reply's grammar (from the JSON schema) could not be read by llama.cpp.")
+            add(chain, grammar)
         if sampling.logit_bias:
             biases = (llama_cpp.llama_logit_bias * len(sampling.logit_bias))()
             for slot, (token, bias) in zip(biases, sampling.logit_bias, strict=True):
                 slot.token, slot.bias = token, bias
             add(chain, llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(sampling.logit_bias), biases))
-        self.penalised = (sampling.repeat_penalty, sampling.frequency_penalty, sampling.presence_penalty) != (1, 0, 0)
-        if self.penalised:
-            add(
-                chain,
-                llama_cpp.llama_sampler_init_penalties(
-                    n_vocab,
-                    PENALTY_LAST_N,
-                    sampling.repeat_penalty,
-                    sampling.frequency_penalty,
-                    sampling.presence_penalty,
-                ),
+        self._penalties = None  # the chain owns it; the prompt is shown to it alone (not to a grammar)
+        if (sampling.repeat_penalty, sampling.frequency_penalty, sampling.presence_penalty) != (1, 0, 0):
+            self._penalties = llama_cpp.llama_sampler_init_penalties(
+                n_vocab,
+                PENALTY_LAST_N,
+                sampling.repeat_penalty,
+                sampling.frequency_penalty,
+                sampling.presence_penalty,
             )
+            add(chain, self._penalties)
         if sampling.temperature <= 0:
             add(chain, llama_cpp.llama_sampler_init_greedy())
         else:
@@ -261,10 +268,10 @@ class SamplerChain:
         self.ptr = chain
 
     def accept(self, tokens: Sequence[int]) -> None:
-        """Let the penalty see ``tokens`` (the prompt) as already written."""
-        if self.penalised:
+        """Let the penalties see ``tokens`` (the prompt) as already written."""
+        if self._penalties is not None:
             for token in tokens[-PENALTY_LAST_N:]:
-                llama_cpp.llama_sampler_accept(self.ptr, token)
+                llama_cpp.llama_sampler_accept(self._penalties, token)
 
     def sample(self, context: NativeContext, row: int) -> int:
         return int(llama_cpp.llama_sampler_sample(self.ptr, context.ptr, row))
@@ -280,6 +287,7 @@ class NativeVocab:
 
     def __init__(self, ptr: Any, metadata: dict[str, str]) -> None:
         self._ptr = ptr
+        self.ptr = ptr  # for llama.cpp calls that take the vocabulary (grammars)
         self.size: int = int(llama_cpp.llama_vocab_n_tokens(ptr))
         self.bos_id: int = int(llama_cpp.llama_vocab_bos(ptr))
         self.eos_id: int = int(llama_cpp.llama_vocab_eos(ptr))
@@ -294,7 +302,10 @@ class NativeVocab:
         """Token ids of ``text`` without BOS; ``special`` lets control-token text become control tokens."""
         if not text:
             return []
-        data = text.encode("utf-8")
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise PromptFormatError(NOT_UNICODE) from err
         capacity = len(data) + 8
         out = (llama_cpp.llama_token * capacity)()
         count = int(llama_cpp.llama_tokenize(self._ptr, data, len(data), out, capacity, False, special))
@@ -305,9 +316,16 @@ class NativeVocab:
         return list(out[:count])
 
     def decode(self, tokens: Sequence[int], *, special: bool = True) -> str:
-        """Text of ``tokens``; with ``special`` control tokens such as ``<s>`` are shown too."""
+        """Text of ``tokens``; with ``special`` control tokens such as ``<s>`` are shown too.
+
+        Raises:
+            DeskError: an id that is not one of the model's tokens (llama.cpp would abort the process).
+        """
         if not tokens:
             return ""
+        strays = [t for t in tokens if not 0 <= t < self.size]
+        if strays:
+            raise DeskError(f"Token {strays[0]} is not one of this model's tokens (0-{self.size - 1}).")
         array = (llama_cpp.llama_token * len(tokens))(*tokens)
         capacity = len(tokens) * 16 + 16
         buffer = ctypes.create_string_buffer(capacity)
@@ -322,6 +340,8 @@ class NativeVocab:
         """The raw bytes of one token's text (may be part of a UTF-8 character); control tokens give b""."""
         cached = self._bytes.get(token)
         if cached is None:
+            if not 0 <= token < self.size:
+                raise DeskError(f"Token {token} is not one of this model's tokens (0-{self.size - 1}).")
             count = int(llama_cpp.llama_token_to_piece(self._ptr, token, self._buffer, 256, 0, False))
             cached = self._buffer.raw[: max(count, 0)]
             self._bytes[token] = cached

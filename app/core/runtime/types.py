@@ -66,6 +66,7 @@ class SamplingSettings:
     presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already in the text
     frequency_penalty: float = 0.0  # OpenAI's: subtracted per occurrence
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    grammar: str = ""  # GBNF the reply must follow (root rule "root"); "" = free text
     max_new_tokens: int = 1024
     seed: int | None = None
     stop: tuple[str, ...] = ()
