@@ -1,29 +1,43 @@
-"""Aggregate tokens/s of the API server for 1, 2, 4 and 8 concurrent clients, one request at a time
-(``--parallel 1``) against requests decoded together (``--parallel N``).
+"""Aggregate tokens/s of the API server for 1, 4 and 8 concurrent clients: ours one request at a time
+(``--parallel 1``) and decoding requests together (``--parallel N``), against llama.cpp's own ``llama-server``
+(same model, threads, slots and context) when one is given, and a single client against the engine host's own
+single-stream speed. Figures are ratios within one run (this machine is shared: +-25 % run to run).
 
-    python -m app.server.bench_clients [--model PATH] [--parallel 4] [--tokens 32]
+    python -m app.server.bench_clients [--model PATH] [--parallel 4] [--tokens 64] [--llama-server PATH]
+
+``llama-server`` comes from the llama-cpp-python sdist's ``vendor/llama.cpp`` (see the README); without it,
+that column is skipped with a message.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import statistics
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
+
+CLIENTS = (1, 4, 8)
+PROMPT = "Write story number {index}, about a lighthouse."
 
 
-def aggregate_tokens_per_s(url: str, clients: int, tokens: int) -> float:
+def aggregate_tokens_per_s(url: str, clients: int, tokens: int, model: str | None = None) -> float:
+    """Generated tokens per second over all ``clients`` asking at once (each ``tokens`` long at most)."""
     import openai
 
     client = openai.OpenAI(base_url=url + "/v1", api_key="bench", max_retries=0, timeout=600)
-    model = client.models.list().data[0].id
+    model = model or client.models.list().data[0].id
     produced: list[int] = []
 
     def ask(index: int) -> None:
         reply = client.chat.completions.create(
             model=model,
-            messages=[{"role": "user", "content": f"Write story number {index}."}],
+            messages=[{"role": "user", "content": PROMPT.format(index=index)}],
             max_tokens=tokens,
             temperature=0.7,
         )
@@ -38,34 +52,143 @@ def aggregate_tokens_per_s(url: str, clients: int, tokens: int) -> float:
     return sum(produced) / (time.perf_counter() - start)
 
 
+def host_single_stream(engine: object, tokens: int) -> float:
+    """The engine host's own decode speed for one reply, no HTTP (the ceiling for one API client)."""
+    from app.core.prompts import Message
+    from app.core.runtime.types import GenerationRequest, SamplingSettings
+
+    request = GenerationRequest(
+        (Message("user", PROMPT.format(index=0)),),
+        SamplingSettings(temperature=0.7, repeat_penalty=1.0, max_new_tokens=tokens),
+    )
+    ticket = engine.generate(request)  # type: ignore[attr-defined]
+    start = time.perf_counter()
+    for _ in ticket:
+        pass
+    assert ticket.stats is not None
+    return ticket.stats.generated_tokens / (time.perf_counter() - start)
+
+
+def find_llama_server(given: str | None) -> Path | None:
+    """``--llama-server``, ``$LLAMA_SERVER``, or ``llama-server`` on PATH."""
+    for candidate in (given, os.environ.get("LLAMA_SERVER"), shutil.which("llama-server")):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def run_llama_server(
+    binary: Path, model: Path, parallel: int, ctx: int, threads: tuple[int, int], extra: Sequence[str] = ()
+) -> tuple[object, str]:
+    """Start llama-server with ``parallel`` slots of ``ctx`` tokens each; returns (process, url) once healthy."""
+    import httpx2 as httpx
+
+    from app.server.run import free_port
+
+    port = free_port()
+    command = [str(binary), "-m", str(model), "--port", str(port), "-np", str(parallel), "-c", str(ctx * parallel)]
+    command += ["-t", str(threads[0]), "-tb", str(threads[1]), "--log-disable", *extra]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)  # polling a child process for readiness, not synchronising threads
+    process.kill()
+    raise RuntimeError(f"llama-server did not start: {' '.join(command)}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.server.bench_clients", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="GGUF to serve (default: the demo model)")
-    parser.add_argument("--parallel", type=int, default=4)
-    parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--ctx", type=int, default=1024)
+    parser.add_argument("--parallel", type=int, default=4, help="requests decoded together (and llama-server's -np)")
+    parser.add_argument("--tokens", type=int, default=64, help="reply length in tokens (default 64)")
+    parser.add_argument("--ctx", type=int, default=1024, help="context per request (default 1024)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are printed (default 3)")
+    parser.add_argument("--llama-server", default=None, help="llama.cpp's llama-server binary, the reference")
+    parser.add_argument(
+        "--llama-server-args", default="", help='more arguments for llama-server, e.g. "-fa off" (quoted, one string)'
+    )
+    parser.add_argument(
+        "--flash-attn", action="store_true", help="our engine with flash attention (llama-server: auto)"
+    )
     args = parser.parse_args(argv)
     from app.core.models.local import resolve_model
     from app.core.runtime.host import EngineHost
+    from app.core.runtime.loading import default_thread_counts
     from app.core.runtime.types import LoadSettings
     from app.server.run import start_in_background
 
-    rows = []
-    for parallel in (1, args.parallel):
-        engine = EngineHost()
-        engine.load(
-            LoadSettings(model_path=str(resolve_model(args.model or "demo")), n_ctx=args.ctx, n_parallel=parallel)
-        )
-        server = start_in_background(engine, "bench")
-        try:
-            rows.append((parallel, [aggregate_tokens_per_s(server.url, n, args.tokens) for n in (1, 2, 4, 8)]))
-        finally:
-            server.stop()
-            engine.close()
-    print(f"aggregate generation tokens/s ({args.tokens} tokens per request)")
-    print(f"{'server':>14} " + " ".join(f"{n:>2} client{'s' if n > 1 else ' '}" for n in (1, 2, 4, 8)))
-    for parallel, speeds in rows:
-        print(f"{'--parallel ' + str(parallel):>14} " + " ".join(f"{s:>10.1f}" for s in speeds))
+    model = resolve_model(args.model or "demo")
+    threads = default_thread_counts()  # what the engine host uses untuned; llama-server gets the same
+    samples: dict[str, dict[int, list[float]]] = {}
+
+    def measure(name: str, url: str, clients: int, served_as: str | None = None) -> None:
+        speed = aggregate_tokens_per_s(url, clients, args.tokens, served_as)
+        samples.setdefault(name, {}).setdefault(clients, []).append(speed)
+
+    sequential = EngineHost()  # one request at a time: what batching adds
+    sequential.load(LoadSettings(model_path=str(model), n_ctx=args.ctx, n_parallel=1))
+    server = start_in_background(sequential, "bench")
+    try:
+        for clients in CLIENTS:
+            measure("ours --parallel 1", server.url, clients)
+    finally:
+        server.stop()
+        sequential.close()
+
+    ours_name, reference_name = f"ours --parallel {args.parallel}", f"llama-server -np {args.parallel}"
+    engine = EngineHost()
+    engine.load(
+        LoadSettings(model_path=str(model), n_ctx=args.ctx, n_parallel=args.parallel, flash_attn=args.flash_attn)
+    )
+    server = start_in_background(engine, "bench")
+    binary = find_llama_server(args.llama_server)
+    extra = args.llama_server_args.split()
+    reference = run_llama_server(binary, model, args.parallel, args.ctx, threads, extra) if binary else None
+    try:
+        for round_ in range(args.rounds):  # both servers up at once, measured in turn: drift hits both alike
+            for clients in CLIENTS:
+                pair = [lambda c=clients: measure(ours_name, server.url, c)]
+                if reference is not None:
+                    pair.append(lambda c=clients: measure(reference_name, reference[1], c, "bench"))
+                for run in pair if round_ % 2 == 0 else reversed(pair):
+                    run()
+            host = host_single_stream(engine, args.tokens)
+            samples.setdefault("engine host, no HTTP", {}).setdefault(1, []).append(host)
+            measure("one client over HTTP", server.url, 1)
+    finally:
+        server.stop()
+        engine.close()
+        if reference is not None:
+            reference[0].terminate()  # type: ignore[attr-defined]
+            reference[0].wait()  # type: ignore[attr-defined]
+
+    def median(name: str, clients: int) -> float:
+        return statistics.median(samples[name][clients])
+
+    if binary is None:
+        print("llama-server: not found (give --llama-server PATH or set LLAMA_SERVER); its row is skipped")
+    print(
+        f"model {model.name}; {args.tokens}-token replies at temperature 0.7; threads {threads[0]}/{threads[1]}; "
+        f"medians of {args.rounds} alternating rounds; ours {'with' if args.flash_attn else 'without'} flash attention, "
+        f"llama-server {' '.join(extra) or 'with its defaults'}"
+    )
+    print(f"{'aggregate generation tokens/s':<38}" + "".join(f"{n:>4} client{'s' if n > 1 else ' '}" for n in CLIENTS))
+    for name in ("ours --parallel 1", ours_name, reference_name):
+        if name in samples:
+            print(f"{name:<38}" + "".join(f"{median(name, n):>12.1f}" for n in CLIENTS))
+    if reference is not None:
+        ratios = [median(ours_name, n) / median(reference_name, n) for n in CLIENTS]
+        print(f"{'ratio ours / llama-server':<38}" + "".join(f"{r:>12.2f}" for r in ratios))
+    http, direct = median("one client over HTTP", 1), median("engine host, no HTTP", 1)
+    print(
+        f"one client: {http:.1f} tok/s over HTTP, {direct:.1f} from the engine host directly: ratio {http / direct:.2f}"
+    )
     return 0
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,13 +15,9 @@ import httpx2 as httpx
 import openai
 import pytest
 
+from app.server.run import free_port
+
 SECRET = "from-a-file"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM")
