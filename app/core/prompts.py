@@ -5,17 +5,23 @@ turn and each assistant reply is tokenised on its own (so each gets SentencePiec
 BOS / EOS / ``[INST]`` ids are inserted as ids, never parsed out of a string. For v1 the ``[INST]`` markers
 are ordinary text; for v3 they are control tokens. v1 puts the system prompt before the *first* user
 message, v3 before the *last* one.
+
+v3 also has tool calling, as mistral-common's ``InstructTokenizerV3`` writes it: the tools' JSON between
+``[AVAILABLE_TOOLS]`` and ``[/AVAILABLE_TOOLS]`` before the last ``[INST]``, an assistant's calls as
+``[TOOL_CALLS]`` and their JSON, and each tool's result between ``[TOOL_RESULTS]`` and ``[/TOOL_RESULTS]``.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Protocol
 
 from app.core.errors import PromptFormatError
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 
 FORMAT_MISTRAL_V1 = "mistral-v1"
@@ -28,15 +34,34 @@ FORMATS: tuple[str, ...] = (FORMAT_MISTRAL_V1, FORMAT_MISTRAL_V3, FORMAT_TEMPLAT
 MESSAGE_JOIN = "\n\n"
 
 
+TOOL_CALL_ID = re.compile(r"^[a-zA-Z0-9]{9}$")  # what Mistral's v3 tool format requires
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function the assistant asked for: its call id, name and JSON arguments (as text)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
 @dataclass(frozen=True)
 class Message:
-    """One chat message."""
+    """One chat message; an assistant's may call tools, and a ``tool`` message answers the call ``tool_call_id``."""
 
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
 
-    def to_json(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            data["tool_calls"] = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in self.tool_calls]
+        if self.tool_call_id:
+            data["tool_call_id"] = self.tool_call_id
+        return data
 
 
 def messages_from_json(data: object) -> list[Message]:
@@ -86,20 +111,44 @@ class MistralConversation:
 
 
 def normalize_for_mistral(messages: Sequence[Message]) -> MistralConversation:
-    """Merge system prompts and same-role neighbours as mistral-common does; start with a user turn."""
+    """Merge system prompts and same-role neighbours as mistral-common does (tool results stay one per
+    message; call arguments and results are re-serialised as JSON); start with a user turn."""
     system_parts = [m.content for m in messages if m.role == "system" and m.content]
     merged: list[Message] = []
     for message in messages:
         if message.role == "system":
             continue
+        if message.role == "tool":
+            merged.append(replace(message, content=_normalized_json(message.content)))
+            continue
+        calls = tuple(replace(c, arguments=_normalized_json(c.arguments)) for c in message.tool_calls)
         if merged and merged[-1].role == message.role:
-            merged[-1] = Message(message.role, merged[-1].content + MESSAGE_JOIN + message.content)
+            previous = merged[-1]
+            content = MESSAGE_JOIN.join(part for part in (previous.content, message.content) if part)
+            merged[-1] = Message(message.role, content, previous.tool_calls + calls)
         else:
-            merged.append(message)
+            merged.append(replace(message, tool_calls=calls))
     if not merged or merged[0].role != "user":
         merged.insert(0, Message("user", ""))
     system = MESSAGE_JOIN.join(system_parts) if system_parts else None
     return MistralConversation(system, tuple(merged))
+
+
+def _normalized_json(text: str) -> str:
+    """JSON text re-serialised as mistral-common does (``{}`` for nothing; text that is not JSON as it is)."""
+    if not text:
+        return "{}"
+    try:
+        return json.dumps(json.loads(text), ensure_ascii=False)
+    except ValueError:
+        return text
+
+
+def _parsed_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 class ChatFormat:
@@ -108,9 +157,27 @@ class ChatFormat:
     name = ""
     #: whether replies should be stripped of leading whitespace (chat) or kept (plain continuation)
     is_chat = True
+    #: tools offered to the model (OpenAI's ``tools`` entries); only formats with a tool syntax take them
+    tools: tuple[dict[str, Any], ...] = ()
 
     def encode(self, messages: Sequence[Message], vocab: Vocabulary) -> list[int]:
         raise NotImplementedError
+
+    def with_tools(self, tools: Sequence[dict[str, Any]]) -> ChatFormat:
+        """This format offering ``tools``; a format without a tool syntax refuses."""
+        if not tools:
+            return self
+        raise PromptFormatError(
+            f"This model's prompt format ({self.name}) has no way to offer tools; Mixtral 8x22B Instruct "
+            f"({FORMAT_MISTRAL_V3}) has one."
+        )
+
+    def _no_tool_messages(self, messages: Sequence[Message]) -> None:
+        if any(m.role == "tool" or m.tool_calls for m in messages):
+            raise PromptFormatError(
+                f"The conversation holds tool calls or results, which this model's prompt format ({self.name}) "
+                f"cannot express; Mixtral 8x22B Instruct ({FORMAT_MISTRAL_V3}) can."
+            )
 
 
 class MistralV1Format(ChatFormat):
@@ -119,6 +186,7 @@ class MistralV1Format(ChatFormat):
     name = FORMAT_MISTRAL_V1
 
     def encode(self, messages: Sequence[Message], vocab: Vocabulary) -> list[int]:
+        self._no_tool_messages(messages)
         conversation = normalize_for_mistral(messages)
         tokens = [vocab.bos_id]
         first_user = True
@@ -135,9 +203,15 @@ class MistralV1Format(ChatFormat):
 
 
 class MistralV3Format(ChatFormat):
-    """Mixtral-8x22B-Instruct (tokenizer v3): control-token ``[INST]``, system prompt in the last user turn."""
+    """Mixtral-8x22B-Instruct (tokenizer v3): control-token ``[INST]``, system prompt in the last user turn,
+    and tool calling."""
 
     name = FORMAT_MISTRAL_V3
+
+    def with_tools(self, tools: Sequence[dict[str, Any]]) -> ChatFormat:
+        offered = MistralV3Format()
+        offered.tools = tuple(_mistral_tool(tool, index) for index, tool in enumerate(tools))
+        return offered
 
     def encode(self, messages: Sequence[Message], vocab: Vocabulary) -> list[int]:
         begin, end = vocab.piece_id("[INST]"), vocab.piece_id("[/INST]")
@@ -154,10 +228,69 @@ class MistralV3Format(ChatFormat):
                 content = message.content
                 if index == last_user and conversation.system_prompt:
                     content = conversation.system_prompt + MESSAGE_JOIN + content
+                if index == last_user and self.tools:
+                    tools_json = json.dumps(list(self.tools), ensure_ascii=False)
+                    tokens += [
+                        _control(vocab, "[AVAILABLE_TOOLS]"),
+                        *vocab.encode(tools_json, special=False),
+                        _control(vocab, "[/AVAILABLE_TOOLS]"),
+                    ]
                 tokens += [begin, *vocab.encode(content, special=False), end]
+            elif message.role == "tool":
+                if not message.tool_call_id:
+                    raise PromptFormatError("A tool result needs the id of the call it answers (tool_call_id).")
+                result = json.dumps(
+                    {"content": _parsed_json(message.content), "call_id": message.tool_call_id}, ensure_ascii=False
+                )
+                tokens += [
+                    _control(vocab, "[TOOL_RESULTS]"),
+                    *vocab.encode(result, special=False),
+                    _control(vocab, "[/TOOL_RESULTS]"),
+                ]
+            elif message.tool_calls:
+                if message.content:
+                    raise PromptFormatError("An assistant message cannot hold both text and tool calls here.")
+                calls = []
+                for call in message.tool_calls:
+                    if not TOOL_CALL_ID.match(call.id):
+                        raise PromptFormatError(
+                            f"Tool call id {call.id!r} is not 9 letters or digits, as Mistral's tool format needs."
+                        )
+                    calls.append({"name": call.name, "arguments": _parsed_json(call.arguments), "id": call.id})
+                tokens += [
+                    _control(vocab, "[TOOL_CALLS]"),
+                    *vocab.encode(json.dumps(calls, ensure_ascii=False), special=False),
+                    vocab.eos_id,
+                ]
             else:
                 tokens += _encode_assistant(message.content, vocab, strip_trailing_spaces=True)
         return tokens
+
+
+def _mistral_tool(tool: dict[str, Any], index: int) -> dict[str, Any]:
+    """An OpenAI ``tools`` entry as mistral-common serialises it (its keys in its order, no ``strict``)."""
+    function = tool.get("function") if isinstance(tool, dict) else None
+    if (
+        not isinstance(function, dict)
+        or not isinstance(function.get("name"), str)
+        or tool.get("type", "function") != "function"
+    ):
+        raise PromptFormatError(f"tools[{index}] must be {{'type': 'function', 'function': {{'name': ..., ...}}}}.")
+    parameters = function.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise PromptFormatError(f"tools[{index}].function.parameters must be a JSON schema object.")
+    description = function.get("description", "")
+    return {
+        "type": "function",
+        "function": {"name": function["name"], "description": description or "", "parameters": parameters},
+    }
+
+
+def _control(vocab: Vocabulary, piece: str) -> int:
+    token = vocab.piece_id(piece)
+    if token is None:
+        raise PromptFormatError(f"This model's vocabulary has no {piece} token, so it cannot call tools.")
+    return token
 
 
 def _encode_assistant(content: str, vocab: Vocabulary, *, strip_trailing_spaces: bool) -> list[int]:
@@ -174,6 +307,7 @@ class TemplateFormat(ChatFormat):
     name = FORMAT_TEMPLATE
 
     def encode(self, messages: Sequence[Message], vocab: Vocabulary) -> list[int]:
+        self._no_tool_messages(messages)
         text = vocab.render_template(messages)
         if text is None:
             raise PromptFormatError(
@@ -193,6 +327,7 @@ class PlainFormat(ChatFormat):
     is_chat = False
 
     def encode(self, messages: Sequence[Message], vocab: Vocabulary) -> list[int]:
+        self._no_tool_messages(messages)
         text = "".join(m.content for m in messages)
         tokens = vocab.encode(text, special=False) if text else []
         return [vocab.bos_id, *tokens] if vocab.add_bos else tokens

@@ -186,12 +186,18 @@ class EngineHost:
     def detokenize(self, tokens: list[int], *, special: bool = True) -> str:
         return self.with_model(lambda m: m.vocab.decode(tokens, special=special))
 
-    def prompt_tokens(self, messages: list[Message] | tuple[Message, ...], chat_format: str | None = None) -> list[int]:
-        """The exact token ids a reply to ``messages`` would be fed (before any context policy)."""
+    def prompt_tokens(
+        self,
+        messages: list[Message] | tuple[Message, ...],
+        chat_format: str | None = None,
+        tools: tuple[dict[str, Any], ...] = (),
+    ) -> list[int]:
+        """The exact token ids a reply to ``messages`` (with ``tools`` offered) would be fed (before any context
+        policy)."""
 
         def run(loaded: LoadedModel) -> list[int]:
             fmt = get_format(chat_format) if chat_format else loaded.chat_format
-            return fmt.encode(messages, loaded.vocab)
+            return fmt.with_tools(tools).encode(messages, loaded.vocab)
 
         return self.with_model(run)
 
@@ -395,6 +401,7 @@ class EngineHost:
 
     def _prompt_for(self, loaded: LoadedModel, request: GenerationRequest) -> tuple[list[int], Any, ChatFormat]:
         chat_format = get_format(request.chat_format) if request.chat_format else loaded.chat_format
+        chat_format = chat_format.with_tools(request.tools)  # refused by a format that cannot offer tools
         n_ctx = loaded.settings.n_ctx
         if request.prompt_tokens is not None:
             tokens = list(request.prompt_tokens)

@@ -87,6 +87,7 @@ class GenerationRequest:
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     context_policy: str = POLICY_ROLLING
     chat_format: str | None = None  # None: the model's format; "plain" continues text with a chat model too
+    tools: tuple[dict[str, Any], ...] = ()  # OpenAI-style tool definitions the model may call (v3 format only)
     prompt_tokens: tuple[int, ...] | None = None
 
 
