@@ -75,16 +75,6 @@ def mistral_common_tokens(version: str, messages: list[Message]) -> list[int]:
     return tokenizer.encode_chat_completion(request).tokens
 
 
-@pytest.fixture(scope="module")
-def vocab_engines(tiny_v1: dict[str, Path], tiny_v3: dict[str, Path]) -> dict[str, EngineHost]:
-    engines = {}
-    for version, files in (("v1", tiny_v1), ("v3", tiny_v3)):
-        engine = EngineHost()
-        engine.load(LoadSettings(model_path=str(files["Q4_K_M"]), vocab_only=True))
-        engines[version] = engine
-    return engines
-
-
 @pytest.mark.parametrize("version", ["v1", "v3"])
 @pytest.mark.parametrize("name", list(CONVERSATIONS))
 def test_prompt_tokens_equal_mistral_common(vocab_engines: dict[str, EngineHost], version: str, name: str) -> None:

@@ -3,8 +3,6 @@ for tools offered, calls, results and conversations that go on after them; forma
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, ToolMessage, UserMessage
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
@@ -15,7 +13,6 @@ from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from app.core.errors import PromptFormatError
 from app.core.prompts import FORMAT_MISTRAL_V1, FORMAT_MISTRAL_V3, Message, ToolCall
 from app.core.runtime.host import EngineHost
-from app.core.runtime.types import LoadSettings
 from quant.tokenizers import mistral_tokenizer_path
 
 WEATHER = {
@@ -105,29 +102,19 @@ def mistral_common_tokens(tools: list[dict], messages: list[Message]) -> list[in
     return tokenizer.encode_chat_completion(request).tokens
 
 
-@pytest.fixture(scope="module")
-def engines(tiny_v1: dict[str, Path], tiny_v3: dict[str, Path]) -> dict[str, EngineHost]:
-    engines = {}
-    for version, files in (("v1", tiny_v1), ("v3", tiny_v3)):
-        engine = EngineHost()
-        engine.load(LoadSettings(model_path=str(files["Q4_K_M"]), vocab_only=True))
-        engines[version] = engine
-    return engines
-
-
 @pytest.mark.parametrize("name", list(CONVERSATIONS))
-def test_tool_prompts_equal_mistral_common(engines: dict[str, EngineHost], name: str) -> None:
+def test_tool_prompts_equal_mistral_common(vocab_engines: dict[str, EngineHost], name: str) -> None:
     tools, messages = CONVERSATIONS[name]
-    ours = engines["v3"].prompt_tokens(messages, FORMAT_MISTRAL_V3, tools=tuple(tools))
+    ours = vocab_engines["v3"].prompt_tokens(messages, FORMAT_MISTRAL_V3, tools=tuple(tools))
     assert ours == mistral_common_tokens(tools, messages)
 
 
-def test_a_format_without_tools_says_so(engines: dict[str, EngineHost]) -> None:
+def test_a_format_without_tools_says_so(vocab_engines: dict[str, EngineHost]) -> None:
     tools, messages = CONVERSATIONS["a call and its result"]
     with pytest.raises(PromptFormatError, match="8x22B"):
-        engines["v1"].prompt_tokens(messages[:1], FORMAT_MISTRAL_V1, tools=tuple(tools))
+        vocab_engines["v1"].prompt_tokens(messages[:1], FORMAT_MISTRAL_V1, tools=tuple(tools))
     with pytest.raises(PromptFormatError, match="tool calls or results"):
-        engines["v1"].prompt_tokens(messages, FORMAT_MISTRAL_V1)
+        vocab_engines["v1"].prompt_tokens(messages, FORMAT_MISTRAL_V1)
 
 
 @pytest.mark.parametrize(
@@ -139,11 +126,11 @@ def test_a_format_without_tools_says_so(engines: dict[str, EngineHost]) -> None:
     ],
     ids=["bad-id", "result-without-id", "text-and-calls"],
 )
-def test_malformed_tool_turns_are_refused_clearly(engines: dict[str, EngineHost], messages, words: str) -> None:
+def test_malformed_tool_turns_are_refused_clearly(vocab_engines: dict[str, EngineHost], messages, words: str) -> None:
     with pytest.raises(PromptFormatError, match=words):
-        engines["v3"].prompt_tokens(messages, FORMAT_MISTRAL_V3, tools=(TIME,))
+        vocab_engines["v3"].prompt_tokens(messages, FORMAT_MISTRAL_V3, tools=(TIME,))
 
 
-def test_a_bad_tool_definition_is_refused_clearly(engines: dict[str, EngineHost]) -> None:
+def test_a_bad_tool_definition_is_refused_clearly(vocab_engines: dict[str, EngineHost]) -> None:
     with pytest.raises(PromptFormatError, match=r"tools\[0\]"):
-        engines["v3"].prompt_tokens([M("user", "x")], FORMAT_MISTRAL_V3, tools=({"type": "function"},))
+        vocab_engines["v3"].prompt_tokens([M("user", "x")], FORMAT_MISTRAL_V3, tools=({"type": "function"},))
