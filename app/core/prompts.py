@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
@@ -35,6 +37,13 @@ MESSAGE_JOIN = "\n\n"
 
 
 TOOL_CALL_ID = re.compile(r"^[a-zA-Z0-9]{9}$")  # what Mistral's v3 tool format requires
+TOOL_CALLS_MARKER = "[TOOL_CALLS]"  # the v3 control token that starts a reply's tool calls
+
+
+def new_tool_call_id() -> str:
+    """A fresh call id in the shape Mistral's tool format requires (9 letters or digits)."""
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(9))
 
 
 @dataclass(frozen=True)
@@ -159,6 +168,8 @@ class ChatFormat:
     is_chat = True
     #: tools offered to the model (OpenAI's ``tools`` entries); only formats with a tool syntax take them
     tools: tuple[dict[str, Any], ...] = ()
+    #: the control token a reply's tool calls start with ("" for formats without tools)
+    tool_calls_marker = ""
 
     def encode(self, messages: Sequence[Message], vocab: Vocabulary) -> list[int]:
         raise NotImplementedError
@@ -171,6 +182,14 @@ class ChatFormat:
             f"This model's prompt format ({self.name}) has no way to offer tools; Mixtral 8x22B Instruct "
             f"({FORMAT_MISTRAL_V3}) has one."
         )
+
+    def read_tool_calls(self, text: str) -> tuple[ToolCall, ...]:
+        """The calls in the text a reply wrote after :attr:`tool_calls_marker`.
+
+        Raises:
+            PromptFormatError: the text is not a list of calls (cut short, or not JSON).
+        """
+        raise PromptFormatError(f"This model's prompt format ({self.name}) has no tool calls.")
 
     def _no_tool_messages(self, messages: Sequence[Message]) -> None:
         if any(m.role == "tool" or m.tool_calls for m in messages):
@@ -207,6 +226,7 @@ class MistralV3Format(ChatFormat):
     and tool calling."""
 
     name = FORMAT_MISTRAL_V3
+    tool_calls_marker = TOOL_CALLS_MARKER
 
     def with_tools(self, tools: Sequence[dict[str, Any]]) -> ChatFormat:
         offered = MistralV3Format()
@@ -265,6 +285,27 @@ class MistralV3Format(ChatFormat):
             else:
                 tokens += _encode_assistant(message.content, vocab, strip_trailing_spaces=True)
         return tokens
+
+    def read_tool_calls(self, text: str) -> tuple[ToolCall, ...]:
+        """``[{"name": ..., "arguments": {...}}, ...]`` (a call's own 9-character ``id`` kept, else a new one)."""
+        try:
+            data = json.loads(text)
+        except ValueError as err:
+            raise PromptFormatError(f"The reply's tool calls are not complete JSON: {text[:200]!r}") from err
+        calls = []
+        for item in data if isinstance(data, list) else [data]:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise PromptFormatError(f"The reply's tool calls are not a list of named calls: {text[:200]!r}")
+            call_id = item.get("id")
+            arguments = item.get("arguments", {})
+            calls.append(
+                ToolCall(
+                    call_id if isinstance(call_id, str) and TOOL_CALL_ID.match(call_id) else new_tool_call_id(),
+                    item["name"],
+                    json.dumps(arguments, ensure_ascii=False),
+                )
+            )
+        return tuple(calls)
 
 
 def _mistral_tool(tool: dict[str, Any], index: int) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.errors import ContextOverflowError, DeskError
 from app.core.runtime.tickets import ReplyTicket
-from app.core.runtime.types import STOP_CONTEXT_FULL, STOP_MAX_TOKENS, GenerationRequest
+from app.core.runtime.types import STOP_CONTEXT_FULL, STOP_MAX_TOKENS, STOP_TOOL_CALLS, GenerationRequest
 from app.server.guards import LOOPBACK_NAMES, RequestGuard, error_body
 from app.server.schema import (
     ChatRequest,
@@ -52,7 +52,22 @@ def error(
 
 
 def finish_reason(stop_reason: str) -> str:
+    if stop_reason == STOP_TOOL_CALLS:
+        return "tool_calls"
     return "length" if stop_reason in (STOP_MAX_TOKENS, STOP_CONTEXT_FULL) else "stop"
+
+
+def tool_calls_of(ticket: ReplyTicket) -> list[dict[str, Any]]:
+    """The reply's tool calls in OpenAI's shape (with their index, which streamed deltas need)."""
+    return [
+        {"index": i, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+        for i, c in enumerate(ticket.tool_calls)
+    ]
+
+
+def unread_tool_text(ticket: ReplyTicket) -> str:
+    """What a reply wrote after the tool-call token when it was not read as calls (cut short): shown as text."""
+    return ticket.tool_text if ticket.tool_text and not ticket.tool_calls else ""
 
 
 def create_app(
@@ -198,15 +213,15 @@ def create_app(
         if ticket.error is not None:
             return failure(ticket.error)
         stats = ticket.stats
-        text = "".join(text_parts)
+        text = "".join(text_parts) + unread_tool_text(ticket)
         usage = usage_of(ticket)
         reason = finish_reason(stats.stop_reason) if stats else "stop"
         if chat:
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": reason,
-            }
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if ticket.tool_calls:
+                message["content"] = text or None
+                message["tool_calls"] = tool_calls_of(ticket)
+            choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": reason}
             return {
                 "id": ident,
                 "object": "chat.completion",
@@ -251,6 +266,10 @@ def create_app(
                 problem = failure(ticket.error)
                 yield f"data: {bytes(problem.body).decode()}\n\n"
             else:
+                if tail := unread_tool_text(ticket):
+                    yield chunk({"content": tail} if chat else tail, None)
+                if ticket.tool_calls:
+                    yield chunk({"tool_calls": tool_calls_of(ticket)}, None)
                 stats = ticket.stats
                 yield chunk({} if chat else "", finish_reason(stats.stop_reason) if stats else "stop")
                 if include_usage:

@@ -3,6 +3,8 @@ host's :class:`GenerationRequest`.
 
 What a client may send beyond OpenAI's own fields is llama.cpp's (``top_k``, ``min_p``, ``repeat_penalty``).
 ``response_format`` (JSON, or JSON following a schema) becomes a llama.cpp grammar the reply must follow.
+Tools (OpenAI's ``tools``, ``tool_choice``, ``parallel_tool_calls``, assistant ``tool_calls`` and ``tool``
+messages) reach the engine host, which offers them in the model's format (8x22B's v3; other formats refuse).
 What is not built yet is refused with a 400 that says so, never silently ignored.
 """
 
@@ -15,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.core.context import POLICY_ROLLING
 from app.core.errors import DeskError
-from app.core.prompts import FORMAT_PLAIN, Message
+from app.core.prompts import FORMAT_PLAIN, Message, ToolCall
 from app.core.runtime.grammars import json_grammar
 from app.core.runtime.types import GenerationRequest, SamplingSettings
 
@@ -41,6 +43,16 @@ class ChatMessage(BaseModel):
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
 
+    def message(self, where: str) -> Message:
+        """This message as the engine reads it (``developer`` is a system prompt; calls and results kept)."""
+        role = "system" if self.role == "developer" else self.role
+        if self.role == "tool" and not self.tool_call_id:
+            raise RequestProblem(f"{where}.tool_call_id is missing: say which call this result answers.", where)
+        calls = tuple(_tool_call(call, f"{where}.tool_calls[{i}]") for i, call in enumerate(self.tool_calls or ()))
+        if calls and self.role != "assistant":
+            raise RequestProblem(f"{where}: only assistant messages hold tool_calls.", f"{where}.tool_calls")
+        return Message(role, self.text(where), calls, self.tool_call_id or "")
+
     def text(self, where: str) -> str:
         """The message's text: a string, or its text parts joined (other part types are refused)."""
         if self.content is None:
@@ -60,6 +72,22 @@ class ChatMessage(BaseModel):
                 )
             texts.append(part["text"])
         return "\n".join(texts)
+
+
+def _tool_call(call: dict[str, Any], where: str) -> ToolCall:
+    """An OpenAI ``tool_calls`` entry: ``{"id", "type": "function", "function": {"name", "arguments"}}``."""
+    function = call.get("function")
+    if (
+        not isinstance(call.get("id"), str)
+        or not isinstance(function, dict)
+        or not isinstance(function.get("name"), str)
+        or not isinstance(function.get("arguments", ""), str)
+    ):
+        raise RequestProblem(
+            f"{where} must be {{'id': ..., 'type': 'function', 'function': {{'name': ..., 'arguments': '<JSON>'}}}}.",
+            where,
+        )
+    return ToolCall(call["id"], function["name"], function.get("arguments", "") or "{}")
 
 
 class SamplingFields(BaseModel):
@@ -128,21 +156,44 @@ class SamplingFields(BaseModel):
 class ChatRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
     response_format: dict[str, Any] | None = None
 
     def generation(self) -> GenerationRequest:
-        if self.tools or any(m.role == "tool" or m.tool_calls for m in self.messages):
-            raise RequestProblem("Tool calling is not available on this server yet.", "tools")
-        messages = tuple(
-            Message("system" if m.role == "developer" else m.role, m.text(f"messages[{i}]"))
-            for i, m in enumerate(self.messages)
-        )
+        messages = tuple(m.message(f"messages[{i}]") for i, m in enumerate(self.messages))
         sampling = self.sampling()
         grammar = self._grammar()
         if grammar:
             sampling = replace(sampling, grammar=grammar)
-        return GenerationRequest(messages, sampling, POLICY_ROLLING)
+        choice, required_tool = self._tool_choice()
+        return GenerationRequest(
+            messages,
+            sampling,
+            POLICY_ROLLING,
+            tools=tuple(self.tools or ()),
+            tool_choice=choice,
+            required_tool=required_tool,
+            parallel_tool_calls=self.parallel_tool_calls,
+        )
+
+    def _tool_choice(self) -> tuple[str, str]:
+        """(auto | none | required, the one tool the reply must call or "")."""
+        choice = self.tool_choice if self.tool_choice is not None else "auto"
+        if isinstance(choice, dict):
+            function = choice.get("function")
+            name = function.get("name") if isinstance(function, dict) else None
+            if choice.get("type") != "function" or not isinstance(name, str):
+                raise RequestProblem(
+                    "tool_choice must be auto, none, required or {'type': 'function', 'function': {'name': ...}}.",
+                    "tool_choice",
+                )
+            choice, required = "required", name
+        else:
+            required = ""
+        if choice == "required" and not self.tools:
+            raise RequestProblem("tool_choice asks for a tool call, but no tools are offered.", "tool_choice")
+        return choice, required
 
     def _grammar(self) -> str:
         """The GBNF ``response_format`` asks for ("" for free text)."""

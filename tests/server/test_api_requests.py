@@ -102,7 +102,10 @@ def test_text_parts_and_the_developer_role(server: RunningServer, client: openai
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, ("Tool calling",)),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+            ("no way to offer tools", "8x22B"),
+        ),
         ({"logprobs": True}, ("logprobs",)),
         (
             {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "wat"}}}},
@@ -112,7 +115,7 @@ def test_text_parts_and_the_developer_role(server: RunningServer, client: openai
         ({"n": 2}, ("n",)),
         ({"logit_bias": {"99999999": 5}}, ("token 99999999",)),
     ],
-    ids=["tools", "logprobs", "bad-schema", "yaml", "n-2", "bias-outside-vocabulary"],
+    ids=["tools-without-a-tool-format", "logprobs", "bad-schema", "yaml", "n-2", "bias-outside-vocabulary"],
 )
 def test_what_is_not_built_is_refused_not_ignored(server: RunningServer, extra: dict, words: tuple[str, ...]) -> None:
     refused(

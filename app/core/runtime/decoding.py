@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import codecs
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from app.core.context import FittedPrompt
+from app.core.errors import PromptFormatError
+from app.core.prompts import ToolCall
 from app.core.runtime.native import NativeVocab, SamplerChain
 from app.core.runtime.tickets import ReplyTicket
 from app.core.runtime.types import (
@@ -20,6 +22,7 @@ from app.core.runtime.types import (
     STOP_EOS,
     STOP_MAX_TOKENS,
     STOP_STRING,
+    STOP_TOOL_CALLS,
     GenerationStats,
 )
 
@@ -111,6 +114,9 @@ class RunningReply:
         "strip_leading",
         "submitted_at",
         "ticket",
+        "tool_bytes",
+        "tool_marker",
+        "tool_reader",
     )
 
     def __init__(
@@ -125,6 +131,8 @@ class RunningReply:
         is_chat: bool,
         prompt: FittedPrompt | None,
         submitted_at: float,
+        tool_marker: int = -1,
+        tool_reader: Callable[[str], tuple[ToolCall, ...]] | None = None,
     ) -> None:
         sampling = ticket.request.sampling
         self.ticket = ticket
@@ -145,6 +153,9 @@ class RunningReply:
         self.submitted_at = submitted_at
         self.admitted_at = time.perf_counter()
         self.first_token_at = 0.0
+        self.tool_marker = tool_marker  # the token that starts tool calls (-1: no tools offered)
+        self.tool_reader = tool_reader
+        self.tool_bytes: bytearray | None = None  # the calls' text once the marker came (not streamed)
 
     def accept(self, token: int, vocab: NativeVocab) -> str | None:
         """Take the sampled ``token``: stream its text; return a stop reason when the reply ends here."""
@@ -157,14 +168,16 @@ class RunningReply:
             return STOP_EOS
         self.generated += 1
         ticket.token_ids.append(token)
-        text, stopped = self.stops.push(self.decoder.decode(vocab.token_bytes(token)))
-        if self.strip_leading and text:
-            text = text.lstrip()
-            self.strip_leading = not text
-        if text:
-            ticket.push(text, coalesce=True)
-        if stopped:
-            return STOP_STRING
+        if self.tool_bytes is not None:  # writing tool calls: kept apart from the streamed text, no stop strings
+            self.tool_bytes += vocab.token_bytes(token)
+        elif token == self.tool_marker:
+            self._push(self.stops.flush() + self.decoder.flush())  # the text before the calls is all there is
+            self.tool_bytes = bytearray()
+        else:
+            text, stopped = self.stops.push(self.decoder.decode(vocab.token_bytes(token)))
+            self._push(text)
+            if stopped:
+                return STOP_STRING
         if self.max_new and self.generated >= self.max_new:
             return STOP_MAX_TOKENS
         if len(self.sequence.cached) >= self.n_ctx:
@@ -172,15 +185,34 @@ class RunningReply:
         self.last_token = token
         return None
 
-    def flush_text(self, reason: str) -> None:
-        """Release text held back for a possible stop string or a split character (not after a stop/cancel)."""
+    def _push(self, text: str) -> None:
+        if self.strip_leading and text:
+            text = text.lstrip()
+            self.strip_leading = not text
+        if text:
+            self.ticket.push(text, coalesce=True)
+
+    def finish_text(self, reason: str) -> str:
+        """Release text held back for a possible stop string or a split character (not after a stop/cancel),
+        read the tool calls the reply wrote, and return the reason it ended (``tool_calls`` when it called)."""
+        ticket = self.ticket
+        if self.tool_bytes is not None:
+            ticket.tool_text = self.tool_bytes.decode("utf-8", errors="replace").strip()
+            if reason == STOP_EOS and self.tool_reader is not None:
+                try:
+                    ticket.tool_calls = self.tool_reader(ticket.tool_text)
+                except PromptFormatError:
+                    return reason  # not calls after all: the text stays in ticket.tool_text
+                return STOP_TOOL_CALLS
+            return reason
         if reason in (STOP_STRING, STOP_CANCELLED):
-            return
+            return reason
         tail = self.stops.flush() + self.decoder.flush()
         if self.strip_leading:
             tail = tail.lstrip()
         if tail:
-            self.ticket.push(tail)
+            ticket.push(tail)
+        return reason
 
     def stats(self, reason: str) -> GenerationStats:
         submitted_at = self.submitted_at

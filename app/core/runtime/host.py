@@ -28,25 +28,28 @@ so the API server's event loop wakes once per round however many streams it serv
 from __future__ import annotations
 
 import contextlib
+import math
 import queue
 import random
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from app.core.context import POLICIES, fit_prompt, reply_reserve
 from app.core.errors import NOT_UNICODE, DeskError, NoModelError, PromptFormatError
 from app.core.prompts import FORMAT_PLAIN, ChatFormat, Message, get_format
 from app.core.runtime.decoding import KVSequence, RunningReply
+from app.core.runtime.grammars import tool_calls_grammar
 from app.core.runtime.loading import LoadCancelled, LoadedModel, open_model
-from app.core.runtime.native import Batch, SamplerChain
+from app.core.runtime.native import Batch, NativeVocab, SamplerChain
 from app.core.runtime.tickets import ReplyTicket
 from app.core.runtime.types import (
     STOP_CANCELLED,
     STOP_ERROR,
+    TOOL_CHOICES,
     GenerationRequest,
     GenerationStats,
     HostHealth,
@@ -344,10 +347,11 @@ class EngineHost:
             request = waiting.ticket.request
             try:
                 tokens, prompt, chat_format = self._prompt_for(loaded, request)
-                _check_sampling(request.sampling, loaded.vocab.size)
-                seed = request.sampling.seed if request.sampling.seed is not None else loaded.settings.seed
+                sampling, tool_marker = _tool_sampling(request, chat_format, loaded.vocab)
+                _check_sampling(sampling, loaded.vocab.size)
+                seed = sampling.seed if sampling.seed is not None else loaded.settings.seed
                 seed = seed if seed is not None else random.randrange(2**31)
-                sampler = SamplerChain(request.sampling, loaded.vocab.size, seed, loaded.vocab)
+                sampler = SamplerChain(sampling, loaded.vocab.size, seed, loaded.vocab)
             except Exception as err:  # this request's problem (its prompt, its grammar): it alone fails
                 self._waiting.pop(0)
                 waiting.ticket.finish(error=_as_request_error(err))
@@ -371,6 +375,8 @@ class EngineHost:
                 is_chat=chat_format.is_chat,
                 prompt=prompt,
                 submitted_at=waiting.submitted_at,
+                tool_marker=tool_marker,
+                tool_reader=chat_format.read_tool_calls,
             )
             sequence.reply = reply
             self._running.append(reply)
@@ -445,7 +451,7 @@ class EngineHost:
             sequence.cached.clear()
             reply.ticket.finish(stats=reply.stats(STOP_ERROR), error=error)
             return
-        reply.flush_text(reason)
+        reason = reply.finish_text(reason)
         reply.ticket.finish(stats=reply.stats(reason))
 
     def _decode_failed(self, status: int, sequences: list[KVSequence]) -> None:
@@ -555,6 +561,35 @@ def _choose_sequence(free: list[KVSequence], tokens: list[int]) -> tuple[KVSeque
 
 def _next_to(seq_id: int, running_ids: set[int]) -> bool:
     return seq_id - 1 in running_ids or seq_id + 1 in running_ids
+
+
+def _tool_sampling(
+    request: GenerationRequest, chat_format: ChatFormat, vocab: NativeVocab
+) -> tuple[SamplingSettings, int]:
+    """The sampling for a reply offered tools, and the token its calls start with (-1: it may not call).
+
+    ``auto``: free text, and once the model writes the tool-call token a grammar holds the rest to calls of the
+    offered tools with arguments that follow their schemas; ``required``: that grammar from the first token;
+    ``none``: the tool-call token is never sampled.
+    """
+    sampling = request.sampling
+    if not chat_format.tools:
+        return sampling, -1
+    choice = "required" if request.required_tool else request.tool_choice
+    if choice not in TOOL_CHOICES:
+        raise DeskError(f"Unknown tool choice {choice!r}; use one of {', '.join(TOOL_CHOICES)}.")
+    marker = vocab.piece_id(chat_format.tool_calls_marker)
+    if marker is None:
+        raise PromptFormatError(f"This model's vocabulary has no {chat_format.tool_calls_marker} token.")
+    if choice == "none":
+        return replace(sampling, logit_bias=(*sampling.logit_bias, (marker, -math.inf))), -1
+    if sampling.grammar:
+        raise DeskError("A reply cannot both follow a response format and call tools; ask for one of them.")
+    grammar = tool_calls_grammar(
+        chat_format.tools, marker, only=request.required_tool, parallel=request.parallel_tool_calls
+    )
+    triggers = () if choice == "required" else (marker,)
+    return replace(sampling, grammar=grammar, grammar_triggers=triggers), marker
 
 
 def _check_sampling(sampling: SamplingSettings, n_vocab: int) -> None:

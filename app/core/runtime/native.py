@@ -236,10 +236,16 @@ class SamplerChain:
         if sampling.grammar:  # first: what the grammar forbids is gone before anything else looks
             if vocab is None:
                 raise DeskError("A grammar needs the model's vocabulary.")
-            grammar = llama_cpp.llama_sampler_init_grammar(vocab.ptr, sampling.grammar.encode(), b"root")
+            if sampling.grammar_triggers:  # free text until a trigger token; from it on, the grammar holds
+                triggers = (llama_cpp.llama_token * len(sampling.grammar_triggers))(*sampling.grammar_triggers)
+                grammar = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+                    vocab.ptr, sampling.grammar.encode(), b"root", None, 0, triggers, len(triggers)
+                )
+            else:
+                grammar = llama_cpp.llama_sampler_init_grammar(vocab.ptr, sampling.grammar.encode(), b"root")
             if not grammar:
                 llama_cpp.llama_sampler_free(chain)
-                raise DeskError("The reply's grammar (from the JSON schema) could not be read by llama.cpp.")
+                raise DeskError("The reply's grammar (from a JSON schema or tools) could not be read by llama.cpp.")
             add(chain, grammar)
         if sampling.logit_bias:
             biases = (llama_cpp.llama_logit_bias * len(sampling.logit_bias))()

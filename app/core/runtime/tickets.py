@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from app.core.context import FittedPrompt
+from app.core.prompts import ToolCall
 from app.core.runtime.types import GenerationRequest, GenerationStats
 
 Listener = Callable[[], None]
@@ -29,6 +30,10 @@ Listener = Callable[[], None]
 class ReplyTicket:
     """One streamed reply. ``text``, ``token_ids`` and ``prompt`` fill in as it runs; ``stats`` or ``error``
     are set when it ends. Iteration raises ``error`` (a typed exception) after the last delta.
+
+    A reply offered tools may end by calling them: what it wrote after the format's tool-call token is not
+    streamed but kept in ``tool_text``, and read into ``tool_calls`` when the reply ends (then its stop reason
+    is ``tool_calls``; a reply cut short keeps only ``tool_text``).
     """
 
     def __init__(self, request: GenerationRequest) -> None:
@@ -38,6 +43,8 @@ class ReplyTicket:
         self.error: BaseException | None = None
         self.text = ""
         self.token_ids: list[int] = []
+        self.tool_text = ""
+        self.tool_calls: tuple[ToolCall, ...] = ()
         #: prompt tokens to evaluate (0 until the reply starts) and those evaluated or reused from the cache so far;
         #: written by the producer, read by anyone (progress before the first token)
         self.prompt_total = 0

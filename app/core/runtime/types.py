@@ -15,7 +15,10 @@ STOP_STRING = "stop_string"
 STOP_MAX_TOKENS = "max_tokens"
 STOP_CONTEXT_FULL = "context_full"
 STOP_CANCELLED = "cancelled"
+STOP_TOOL_CALLS = "tool_calls"  # the reply ended after calling tools (see ReplyTicket.tool_calls)
 STOP_ERROR = "error"
+
+TOOL_CHOICES = ("auto", "none", "required")
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class SamplingSettings:
     frequency_penalty: float = 0.0  # OpenAI's: subtracted per occurrence
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
     grammar: str = ""  # GBNF the reply must follow (root rule "root"); "" = free text
+    grammar_triggers: tuple[int, ...] = ()  # tokens that switch the grammar on (until one comes: free text)
     max_new_tokens: int = 1024
     seed: int | None = None
     stop: tuple[str, ...] = ()
@@ -81,6 +85,8 @@ class GenerationRequest:
     """A conversation to answer (or, in plain format, text to continue).
 
     ``prompt_tokens`` feeds token ids as they are instead of formatting ``messages`` (benchmarks, tracing).
+    With ``tools``, ``tool_choice`` says whether the reply may call them (``auto``), must (``required``; only
+    ``required_tool`` when set) or must not (``none``); ``parallel_tool_calls`` False allows one call.
     """
 
     messages: tuple[Message, ...]
@@ -88,6 +94,9 @@ class GenerationRequest:
     context_policy: str = POLICY_ROLLING
     chat_format: str | None = None  # None: the model's format; "plain" continues text with a chat model too
     tools: tuple[dict[str, Any], ...] = ()  # OpenAI-style tool definitions the model may call (v3 format only)
+    tool_choice: str = "auto"
+    required_tool: str = ""
+    parallel_tool_calls: bool = True
     prompt_tokens: tuple[int, ...] | None = None
 
 
