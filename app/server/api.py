@@ -26,7 +26,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.errors import ContextOverflowError, DeskError
 from app.core.runtime.tickets import ReplyTicket
-from app.core.runtime.types import STOP_CONTEXT_FULL, STOP_MAX_TOKENS, STOP_TOOL_CALLS, GenerationRequest
+from app.core.runtime.types import (
+    STOP_CONTEXT_FULL,
+    STOP_MAX_TOKENS,
+    STOP_TOOL_CALLS,
+    GenerationRequest,
+    TokenProb,
+)
 from app.server.guards import LOOPBACK_NAMES, RequestGuard, error_body
 from app.server.schema import (
     ChatRequest,
@@ -192,100 +198,23 @@ def create_app(
     async def respond(
         request: Request, body: SamplingFields, generation_request: GenerationRequest, *, chat: bool
     ) -> Any:
-        ticket = service.submit(generation_request)
-        ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-        created = int(time.time())
+        tickets = service.submit(generation_request, body.n)
+        reply = Reply(
+            tickets,
+            ident=f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+            created=int(time.time()),
+            model=service.model_id,
+            chat=chat,
+            logprobs=generation_request.sampling.top_logprobs >= 0,
+        )
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
             return StreamingResponse(
-                stream(request, ticket, ident, created, chat=chat, include_usage=include_usage),
+                reply.stream(request, include_usage=include_usage),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"},
             )
-        text_parts = []
-        reader = TicketReader(ticket)
-        try:
-            while (delta := await reader.next(request)) is not None:
-                text_parts.append(delta)
-        finally:
-            if not ticket.finished.is_set():
-                ticket.cancel()  # the client went away: stop generating for nobody
-        if ticket.error is not None:
-            return failure(ticket.error)
-        stats = ticket.stats
-        text = "".join(text_parts) + unread_tool_text(ticket)
-        usage = usage_of(ticket)
-        reason = finish_reason(stats.stop_reason) if stats else "stop"
-        if chat:
-            message: dict[str, Any] = {"role": "assistant", "content": text}
-            if ticket.tool_calls:
-                message["content"] = text or None
-                message["tool_calls"] = tool_calls_of(ticket)
-            choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": reason}
-            return {
-                "id": ident,
-                "object": "chat.completion",
-                "created": created,
-                "model": service.model_id,
-                "choices": [choice],
-                "usage": usage,
-            }
-        return {
-            "id": ident,
-            "object": "text_completion",
-            "created": created,
-            "model": service.model_id,
-            "choices": [{"index": 0, "text": text, "finish_reason": reason, "logprobs": None}],
-            "usage": usage,
-        }
-
-    async def stream(
-        request: Request, ticket: Any, ident: str, created: int, *, chat: bool, include_usage: bool
-    ) -> AsyncIterator[str]:
-        kind = "chat.completion.chunk" if chat else "text_completion"
-
-        def chunk(delta: dict[str, Any] | str, reason: str | None) -> str:
-            choice: dict[str, Any] = {"index": 0, "finish_reason": reason}
-            if chat:
-                choice["delta"] = delta
-            else:
-                choice["text"] = delta
-            payload = {"id": ident, "object": kind, "created": created, "model": service.model_id, "choices": [choice]}
-            return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-        reader = TicketReader(ticket)
-        try:
-            if chat:
-                yield chunk({"role": "assistant", "content": ""}, None)
-            while True:
-                delta = await reader.next(request)
-                if delta is None:
-                    break
-                yield chunk({"content": delta} if chat else delta, None)
-            if ticket.error is not None:
-                problem = failure(ticket.error)
-                yield f"data: {bytes(problem.body).decode()}\n\n"
-            else:
-                if tail := unread_tool_text(ticket):
-                    yield chunk({"content": tail} if chat else tail, None)
-                if ticket.tool_calls:
-                    yield chunk({"tool_calls": tool_calls_of(ticket)}, None)
-                stats = ticket.stats
-                yield chunk({} if chat else "", finish_reason(stats.stop_reason) if stats else "stop")
-                if include_usage:
-                    payload = {
-                        "id": ident,
-                        "object": kind,
-                        "created": created,
-                        "model": service.model_id,
-                        "choices": [],
-                        "usage": usage_of(ticket),
-                    }
-                    yield f"data: {json.dumps(payload)}\n\n"
-            yield "data: [DONE]\n\n"
-        finally:
-            if not ticket.finished.is_set():
-                ticket.cancel()  # the client went away: stop generating for nobody
+        return await reply.whole(request)
 
     return RequestGuard(
         app, api_key=api_key, max_body_bytes=max_body_bytes, allowed_hosts=allowed_hosts, cors_origins=cors_origins
@@ -293,51 +222,196 @@ def create_app(
 
 
 class TicketReader:
-    """Reads a ticket's text on the event loop: the engine's thread wakes the loop when text arrives (at most one
-    wake-up pending), and at most every 0.2 s it checks whether the client has gone (then cancels the ticket)."""
+    """Reads tickets' text on the event loop: the engine's thread wakes the loop when text arrives (at most one
+    wake-up pending), and at most every 0.2 s it checks whether the client has gone (then cancels them all)."""
 
-    def __init__(self, ticket: ReplyTicket) -> None:
-        self.ticket = ticket
+    def __init__(self, tickets: list[ReplyTicket]) -> None:
+        self.tickets = tickets
+        self._ended: set[int] = set()
+        self._turn = 0
         self._loop = asyncio.get_running_loop()
         self._ready = asyncio.Event()
         self._pending = threading.Event()
         self._last_check = time.monotonic()
-        ticket.set_listener(self._wake)
+        for ticket in tickets:
+            ticket.set_listener(self._wake)
 
     def _wake(self) -> None:  # on the engine's thread
         if not self._pending.is_set():
             self._pending.set()
             self._loop.call_soon_threadsafe(self._ready.set)
 
-    async def next(self, request: Request) -> str | None:
-        """The next delta, or None at the end or when the client disconnected."""
-        while True:
+    async def next(self, request: Request) -> tuple[int, str | None] | None:
+        """(choice, its next delta) or (choice, None) when that reply ended; None when all have ended or the
+        client disconnected."""
+        count = len(self.tickets)
+        while len(self._ended) < count:
             self._pending.clear()
             self._ready.clear()
-            try:
-                return self.ticket.next_delta(0)
-            except queue.Empty:
-                pass
+            for step in range(count):  # take turns, so one fast reply cannot starve the others
+                index = (self._turn + step) % count
+                if index in self._ended:
+                    continue
+                try:
+                    delta = self.tickets[index].next_delta(0)
+                except queue.Empty:
+                    continue
+                self._turn = index + 1
+                if delta is None:
+                    self._ended.add(index)
+                return index, delta
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), 0.2)
             now = time.monotonic()
             if now - self._last_check >= 0.2:
                 self._last_check = now
                 if await request.is_disconnected():
-                    self.ticket.cancel()
+                    self.cancel()
                     return None
+        return None
+
+    def cancel(self) -> None:
+        """Stop every reply still running (the client went away: generate for nobody)."""
+        for ticket in self.tickets:
+            if not ticket.finished.is_set():
+                ticket.cancel()
 
 
-def usage_of(ticket: Any) -> dict[str, Any]:
-    """OpenAI's usage, with the prompt tokens the engine host reused from its prefix cache."""
-    stats = ticket.stats
-    prompt = stats.prompt_tokens if stats else 0
-    completion = stats.generated_tokens if stats else 0
+class Reply:
+    """One response of ``n`` choices, whole or as server-sent events, in OpenAI's chat or completion shape."""
+
+    def __init__(
+        self, tickets: list[ReplyTicket], *, ident: str, created: int, model: str, chat: bool, logprobs: bool
+    ) -> None:
+        self.tickets = tickets
+        self.chat = chat
+        self.logprobs = logprobs
+        self._head: dict[str, Any] = {
+            "id": ident,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": created,
+            "model": model,
+        }
+        self._logprobs_sent = [0] * len(tickets)
+
+    async def whole(self, request: Request) -> Any:
+        texts = [""] * len(self.tickets)
+        reader = TicketReader(self.tickets)
+        try:
+            while (item := await reader.next(request)) is not None:
+                index, delta = item
+                texts[index] += delta or ""
+        finally:
+            reader.cancel()
+        problem = next((t.error for t in self.tickets if t.error is not None), None)
+        if problem is not None:
+            return failure(problem)
+        choices = []
+        for index, ticket in enumerate(self.tickets):
+            text = texts[index] + unread_tool_text(ticket)
+            choice: dict[str, Any] = {"index": index}
+            if self.chat:
+                message: dict[str, Any] = {"role": "assistant", "content": text}
+                if ticket.tool_calls:
+                    message["content"] = text or None
+                    message["tool_calls"] = tool_calls_of(ticket)
+                choice["message"] = message
+            else:
+                choice["text"] = text
+            choice["logprobs"] = self._logprobs(index, text_start=0) if self.logprobs else None
+            choice["finish_reason"] = self._finish_reason(ticket)
+            choices.append(choice)
+        kind = "chat.completion" if self.chat else "text_completion"
+        return {**self._head, "object": kind, "choices": choices, "usage": usage_of(self.tickets)}
+
+    async def stream(self, request: Request, *, include_usage: bool) -> AsyncIterator[str]:
+        reader = TicketReader(self.tickets)
+        sent = [0] * len(self.tickets)  # characters streamed per choice (completion logprobs' text offsets)
+        try:
+            if self.chat:
+                for index in range(len(self.tickets)):
+                    yield self._chunk(index, {"role": "assistant", "content": ""}, None)
+            while (item := await reader.next(request)) is not None:
+                index, delta = item
+                ticket = self.tickets[index]
+                if delta is not None:
+                    yield self._chunk(index, {"content": delta} if self.chat else delta, None, sent[index])
+                    sent[index] += len(delta)
+                    continue
+                if ticket.error is not None:
+                    yield f"data: {bytes(failure(ticket.error).body).decode()}\n\n"
+                    continue
+                if tail := unread_tool_text(ticket):
+                    yield self._chunk(index, {"content": tail} if self.chat else tail, None, sent[index])
+                    sent[index] += len(tail)
+                if ticket.tool_calls:
+                    yield self._chunk(index, {"tool_calls": tool_calls_of(ticket)}, None)
+                yield self._chunk(index, {} if self.chat else "", self._finish_reason(ticket), sent[index])
+            if include_usage:
+                payload: dict[str, Any] = {**self._head, "choices": [], "usage": usage_of(self.tickets)}
+                yield f"data: {json.dumps(payload)}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            reader.cancel()
+
+    def _chunk(self, index: int, delta: dict[str, Any] | str, reason: str | None, text_start: int = 0) -> str:
+        choice: dict[str, Any] = {"index": index}
+        if self.chat:
+            choice["delta"] = delta
+        else:
+            choice["text"] = delta
+        if self.logprobs:
+            choice["logprobs"] = self._logprobs(index, text_start)
+        choice["finish_reason"] = reason
+        payload = {**self._head, "choices": [choice]}
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    @staticmethod
+    def _finish_reason(ticket: ReplyTicket) -> str:
+        return finish_reason(ticket.stats.stop_reason) if ticket.stats else "stop"
+
+    def _logprobs(self, index: int, text_start: int) -> dict[str, Any]:
+        """The log-probabilities of choice ``index``'s tokens not sent yet (all of them for a whole reply)."""
+        entries = self.tickets[index].logprobs
+        start, end = self._logprobs_sent[index], len(entries)
+        self._logprobs_sent[index] = end
+        fresh = entries[start:end]
+        if self.chat:
+            return {"content": [_chat_logprob(e.chosen, e.top) for e in fresh], "refusal": None}
+        offsets, offset = [], text_start
+        for entry in fresh:
+            offsets.append(offset)
+            offset += len(_text(entry.chosen.piece))
+        return {
+            "tokens": [_text(e.chosen.piece) for e in fresh],
+            "token_logprobs": [e.chosen.logprob for e in fresh],
+            "top_logprobs": [{_text(p.piece): p.logprob for p in e.top} for e in fresh],
+            "text_offset": offsets,
+        }
+
+
+def _text(piece: bytes) -> str:
+    return piece.decode("utf-8", errors="replace")
+
+
+def _chat_logprob(chosen: TokenProb, top: tuple[TokenProb, ...]) -> dict[str, Any]:
+    def one(prob: TokenProb) -> dict[str, Any]:
+        return {"token": _text(prob.piece), "logprob": prob.logprob, "bytes": list(prob.piece)}
+
+    return {**one(chosen), "top_logprobs": [one(p) for p in top]}
+
+
+def usage_of(tickets: list[ReplyTicket]) -> dict[str, Any]:
+    """OpenAI's usage: the prompt counted once for all choices, with the tokens the engine host reused from its
+    prefix cache for it."""
+    first = tickets[0].stats
+    prompt = first.prompt_tokens if first else 0
+    completion = sum(t.stats.generated_tokens for t in tickets if t.stats)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": stats.prompt_tokens_cached if stats else 0},
+        "prompt_tokens_details": {"cached_tokens": first.prompt_tokens_cached if first else 0},
     }
 
 

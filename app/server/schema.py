@@ -23,6 +23,8 @@ from app.core.runtime.types import GenerationRequest, SamplingSettings
 
 MAX_STOP_STRINGS = 16  # OpenAI takes 4, llama-server any number; clients for local models send a few more
 MAX_NEW_TOKENS = 131072
+MAX_CHOICES = 16  # n: replies to one prompt (they share its evaluation)
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 STRICT = ConfigDict(strict=True, extra="ignore")
 
 
@@ -108,9 +110,7 @@ class SamplingFields(BaseModel):
     seed: int | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    n: int = Field(1, ge=1, le=1)
-    logprobs: bool | int | None = None
-    top_logprobs: int | None = None
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
     user: str | None = None
 
     @field_validator("stop")
@@ -134,9 +134,7 @@ class SamplingFields(BaseModel):
         return value
 
     def sampling(self) -> SamplingSettings:
-        """What the engine host samples with; refuses what is not built."""
-        if self.logprobs or self.top_logprobs:
-            raise RequestProblem("logprobs are not available on this server yet.", "logprobs")
+        """What the engine host samples with."""
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingSettings(
             temperature=self.temperature,
@@ -150,7 +148,12 @@ class SamplingFields(BaseModel):
             max_new_tokens=self.max_completion_tokens or self.max_tokens or 1024,
             seed=self.seed,
             stop=tuple(stops),
+            top_logprobs=self.top_logprobs_asked(),
         )
+
+    def top_logprobs_asked(self) -> int:
+        """-1: no log-probabilities; otherwise how many alternatives per token."""
+        return -1
 
 
 class ChatRequest(SamplingFields):
@@ -159,6 +162,13 @@ class ChatRequest(SamplingFields):
     tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool = True
     response_format: dict[str, Any] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    def top_logprobs_asked(self) -> int:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise RequestProblem("top_logprobs needs logprobs: true.", "top_logprobs")
+        return (self.top_logprobs or 0) if self.logprobs else -1
 
     def generation(self) -> GenerationRequest:
         messages = tuple(m.message(f"messages[{i}]") for i, m in enumerate(self.messages))
@@ -221,6 +231,10 @@ class ChatRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     prompt: str
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)  # the legacy API's: alternatives per token
+
+    def top_logprobs_asked(self) -> int:
+        return self.logprobs if self.logprobs is not None else -1
 
     def generation(self) -> GenerationRequest:
         return GenerationRequest((Message("user", self.prompt),), self.sampling(), POLICY_ROLLING, FORMAT_PLAIN)

@@ -7,7 +7,7 @@ goes away.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from app.core.runtime.host import EngineHost
 from app.core.runtime.protocol import ChatEngine
@@ -23,11 +23,22 @@ class ServedModel:
     model_id: str
     recent: list[ReplyTicket] = field(default_factory=list)
 
-    def submit(self, request: GenerationRequest) -> ReplyTicket:
-        ticket = self.engine.generate(request)
-        self.recent.append(ticket)
+    def submit(self, request: GenerationRequest, n: int = 1) -> list[ReplyTicket]:
+        """``n`` replies to ``request``; the local host evaluates their shared prompt once."""
+        host = self.host()
+        if host is not None:
+            tickets = host.generate_choices(request, n)
+        else:
+            seed = request.sampling.seed
+            tickets = [
+                self.engine.generate(
+                    replace(request, sampling=replace(request.sampling, seed=None if seed is None else seed + i))
+                )
+                for i in range(n)
+            ]
+        self.recent.extend(tickets)
         del self.recent[:-50]
-        return ticket
+        return tickets
 
     def health(self) -> HostHealth:
         return self.engine.health()

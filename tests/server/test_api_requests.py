@@ -106,18 +106,29 @@ def test_text_parts_and_the_developer_role(server: RunningServer, client: openai
             {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
             ("no way to offer tools", "8x22B"),
         ),
-        ({"logprobs": True}, ("logprobs",)),
+        ({"top_logprobs": 2}, ("top_logprobs needs logprobs",)),
+        ({"logprobs": True, "top_logprobs": 21}, ("top_logprobs",)),
         (
             {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "wat"}}}},
             ("wat",),
         ),
         ({"response_format": {"type": "yaml"}}, ("yaml",)),
-        ({"n": 2}, ("n",)),
+        ({"n": 17}, ("n",)),
         ({"logit_bias": {"99999999": 5}}, ("token 99999999",)),
     ],
-    ids=["tools-without-a-tool-format", "logprobs", "bad-schema", "yaml", "n-2", "bias-outside-vocabulary"],
+    ids=[
+        "tools-without-a-tool-format",
+        "top-logprobs-alone",
+        "too-many-top-logprobs",
+        "bad-schema",
+        "yaml",
+        "n-17",
+        "bias-outside-vocabulary",
+    ],
 )
-def test_what_is_not_built_is_refused_not_ignored(server: RunningServer, extra: dict, words: tuple[str, ...]) -> None:
+def test_what_cannot_be_served_is_refused_not_ignored(
+    server: RunningServer, extra: dict, words: tuple[str, ...]
+) -> None:
     refused(
         post(server, "/v1/chat/completions", {"model": "demo", "messages": HI, "max_tokens": 3, **extra}), 400, *words
     )
@@ -252,3 +263,43 @@ def test_any_model_name_when_asked(engine: EngineHost) -> None:
         assert reply.model == "demo" and client.models.retrieve("gpt-4o-mini").id == "demo"
     finally:
         running.stop()
+
+
+def test_n_choices_share_one_prompt_and_each_finishes(client: openai.OpenAI) -> None:
+    ask = [{"role": "user", "content": "Name a fruit."}]
+    reply = client.chat.completions.create(model="demo", messages=ask, n=3, temperature=1.0, seed=4, max_tokens=12)
+    assert [c.index for c in reply.choices] == [0, 1, 2] and len({c.message.content for c in reply.choices}) > 1
+    one = client.chat.completions.create(model="demo", messages=ask, max_tokens=1)
+    assert reply.usage.prompt_tokens == one.usage.prompt_tokens  # the prompt is counted once
+    assert reply.usage.completion_tokens > 12
+    texts, reasons = {}, {}
+    stream = client.chat.completions.create(model="demo", messages=ask, n=2, seed=4, max_tokens=12, stream=True)
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason:
+                reasons[choice.index] = choice.finish_reason
+    assert set(texts) == set(reasons) == {0, 1} and all(texts.values())
+
+
+def test_logprobs_come_with_each_token_streamed_or_not(client: openai.OpenAI) -> None:
+    ask = [{"role": "user", "content": "Say hello."}]
+    reply = client.chat.completions.create(
+        model="demo", messages=ask, logprobs=True, top_logprobs=3, temperature=0, max_tokens=8
+    )
+    entries = reply.choices[0].logprobs.content
+    assert len(entries) == reply.usage.completion_tokens
+    assert "".join(e.token for e in entries).strip() == reply.choices[0].message.content
+    for entry in entries:
+        assert len(entry.top_logprobs) == 3 and entry.logprob <= 0 and bytes(entry.bytes).decode() == entry.token
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[-1].logprob
+    streamed = client.chat.completions.create(
+        model="demo", messages=ask, logprobs=True, temperature=0, max_tokens=8, stream=True
+    )
+    tokens = [e.token for chunk in streamed for c in chunk.choices if c.logprobs for e in c.logprobs.content]
+    assert tokens == [e.token for e in entries]
+    legacy = client.completions.create(model="demo", prompt="The capital of France is", logprobs=2, max_tokens=5)
+    lp = legacy.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 5
+    assert "".join(lp.tokens) == legacy.choices[0].text and lp.text_offset[0] == 0
+    assert all(len(alternatives) <= 2 for alternatives in lp.top_logprobs)

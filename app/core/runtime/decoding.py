@@ -24,6 +24,7 @@ from app.core.runtime.types import (
     STOP_STRING,
     STOP_TOOL_CALLS,
     GenerationStats,
+    TokenLogprobs,
 )
 
 
@@ -117,6 +118,7 @@ class RunningReply:
         "tool_bytes",
         "tool_marker",
         "tool_reader",
+        "top_logprobs",
     )
 
     def __init__(
@@ -145,6 +147,7 @@ class RunningReply:
         self.n_ctx = n_ctx
         self.max_new = sampling.max_new_tokens
         self.ignore_eos = sampling.ignore_eos
+        self.top_logprobs = sampling.top_logprobs
         self.decoder = TokenTextDecoder()
         self.stops = StopStringFilter(sampling.stop)
         self.strip_leading = is_chat
@@ -157,8 +160,9 @@ class RunningReply:
         self.tool_reader = tool_reader
         self.tool_bytes: bytearray | None = None  # the calls' text once the marker came (not streamed)
 
-    def accept(self, token: int, vocab: NativeVocab) -> str | None:
-        """Take the sampled ``token``: stream its text; return a stop reason when the reply ends here."""
+    def accept(self, token: int, vocab: NativeVocab, logprobs: TokenLogprobs | None = None) -> str | None:
+        """Take the sampled ``token`` (and its ``logprobs``, when asked for): stream its text; return a stop
+        reason when the reply ends here."""
         ticket = self.ticket
         if not self.first_token_at:
             self.first_token_at = time.perf_counter()
@@ -168,6 +172,8 @@ class RunningReply:
             return STOP_EOS
         self.generated += 1
         ticket.token_ids.append(token)
+        if logprobs is not None:
+            ticket.logprobs.append(logprobs)
         if self.tool_bytes is not None:  # writing tool calls: kept apart from the streamed text, no stop strings
             self.tool_bytes += vocab.token_bytes(token)
         elif token == self.tool_marker:

@@ -79,6 +79,7 @@ class _Call:
 @dataclass
 class _Waiting:
     ticket: ReplyTicket
+    leader: ReplyTicket | None = None  # another reply to the same prompt: start from its KV cells
     submitted_at: float = field(default_factory=time.perf_counter)
 
 
@@ -154,6 +155,21 @@ class EngineHost:
             return ticket
         self._put(_Waiting(ticket))
         return ticket
+
+    def generate_choices(self, request: GenerationRequest, n: int) -> list[ReplyTicket]:
+        """Queue ``n`` replies to one ``request`` (each with its own seed: ``seed + i`` when one is given).
+
+        The prompt is evaluated once: the other replies wait until the first has evaluated it, then start
+        from a copy of its KV cells (only the prompt's last token is evaluated again, for their own logits).
+        """
+        sampling = request.sampling
+        tickets = [self.generate(request)]
+        for index in range(1, n):
+            seed = sampling.seed + index if sampling.seed is not None else None
+            sibling = ReplyTicket(replace(request, sampling=replace(sampling, seed=seed)))
+            tickets.append(sibling)
+            self._put(_Waiting(sibling, leader=tickets[0]))
+        return tickets
 
     def submit_call(self, work: Callable[[], T], *, exclusive: bool = False) -> Future[T]:
         """Run ``work()`` on the host thread between decode steps; ``exclusive`` waits until no reply runs."""
@@ -328,7 +344,9 @@ class EngineHost:
             if sequence.reply is not None:
                 sequence.reply.ticket.prompt_done += len(chunk)
         for row, reply in sampled:
-            reason = reply.accept(reply.sampler.sample(context, row), vocab)
+            token = reply.sampler.sample(context, row)
+            logprobs = context.logprobs(row, vocab, token, reply.top_logprobs) if reply.top_logprobs >= 0 else None
+            reason = reply.accept(token, vocab, logprobs)
             if reason is not None:
                 self._finish(reply, reason)
         now = time.perf_counter()
@@ -345,6 +363,9 @@ class EngineHost:
                 return  # wait, in arrival order, for a sequence to finish
             waiting = self._waiting[0]
             request = waiting.ticket.request
+            leader = self._running_reply(waiting.leader)
+            if leader is not None and leader.pending:
+                return  # it waits (and, in arrival order, those behind it) until the shared prompt is evaluated
             try:
                 tokens, prompt, chat_format = self._prompt_for(loaded, request)
                 sampling, tool_marker = _tool_sampling(request, chat_format, loaded.vocab)
@@ -357,7 +378,10 @@ class EngineHost:
                 waiting.ticket.finish(error=_as_request_error(err))
                 continue
             n_ctx = loaded.settings.n_ctx
-            sequence, reused = self._place(free, tokens, loaded)
+            if leader is not None:
+                sequence, reused = self._place_beside(free, leader.sequence, tokens, loaded)
+            else:
+                sequence, reused = self._place(free, tokens, loaded)
             self._waiting.pop(0)
             reused = min(reused, len(tokens) - 1)  # the last prompt token is always evaluated, for its logits
             loaded.context.forget(sequence.seq_id, reused)  # type: ignore[union-attr]
@@ -404,6 +428,23 @@ class EngineHost:
             target.last_used = sequence.last_used
             return target, reused
         return target, target.common_prefix(tokens)
+
+    def _place_beside(
+        self, free: list[KVSequence], leader: KVSequence, tokens: list[int], loaded: LoadedModel
+    ) -> tuple[KVSequence, int]:
+        """A free sequence (next to the running ones when one is) holding a copy of the running ``leader``'s
+        cells, and how many of them the new reply reuses."""
+        running_ids = {r.sequence.seq_id for r in self._running}
+        neighbours = [s for s in free if _next_to(s.seq_id, running_ids)] or free
+        target = min(neighbours, key=lambda s: (len(s.cached) > 0, s.last_used))
+        loaded.context.copy_sequence(leader.seq_id, target.seq_id)  # type: ignore[union-attr]
+        target.cached = list(leader.cached)
+        return target, leader.common_prefix(tokens)
+
+    def _running_reply(self, ticket: ReplyTicket | None) -> RunningReply | None:
+        if ticket is None:
+            return None
+        return next((r for r in self._running if r.ticket is ticket), None)
 
     def _prompt_for(self, loaded: LoadedModel, request: GenerationRequest) -> tuple[list[int], Any, ChatFormat]:
         chat_format = get_format(request.chat_format) if request.chat_format else loaded.chat_format

@@ -17,7 +17,7 @@ import llama_cpp
 
 from app.core.errors import NOT_UNICODE, DeskError, PromptFormatError
 from app.core.prompts import Message
-from app.core.runtime.types import KV_CACHE_TYPES, SamplingSettings
+from app.core.runtime.types import KV_CACHE_TYPES, SamplingSettings, TokenLogprobs, TokenProb
 
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -171,9 +171,14 @@ class NativeContext:
     def move_sequence(self, source: int, target: int) -> None:
         """Move ``source``'s KV cells to sequence ``target`` (replacing what it held). With one KV stream per
         sequence llama.cpp copies the whole stream at the next decode."""
+        self.copy_sequence(source, target)
+        llama_cpp.llama_memory_seq_rm(self.memory, source, -1, -1)
+
+    def copy_sequence(self, source: int, target: int) -> None:
+        """Give ``target`` a copy of ``source``'s KV cells (replacing what it held; ``source`` keeps its own).
+        With one KV stream per sequence llama.cpp copies the whole stream at the next decode."""
         llama_cpp.llama_memory_seq_rm(self.memory, target, -1, -1)
         llama_cpp.llama_memory_seq_cp(self.memory, source, target, -1, -1)
-        llama_cpp.llama_memory_seq_rm(self.memory, source, -1, -1)
 
     def clear(self) -> None:
         llama_cpp.llama_memory_clear(self.memory, True)
@@ -184,6 +189,24 @@ class NativeContext:
 
         pointer = llama_cpp.llama_get_logits_ith(self.ptr, row)
         return np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,))
+
+    def logprobs(self, row: int, vocab: NativeVocab, token: int, top: int) -> TokenLogprobs:
+        """``token``'s log-probability at output row ``row`` and the ``top`` likeliest tokens (log-softmax of
+        the raw logits, computed in numpy: nothing per vocabulary entry runs in Python)."""
+        import numpy as np
+
+        logits = self.logits_row(row, vocab.size)
+        peak = float(logits.max())
+        log_total = peak + float(np.log(np.exp(logits - peak).sum()))
+
+        def prob(token_id: int) -> TokenProb:
+            return TokenProb(token_id, vocab.token_bytes(token_id), float(logits[token_id]) - log_total)
+
+        best: tuple[TokenProb, ...] = ()
+        if top > 0:
+            ids = np.argpartition(-logits, top)[:top] if top < vocab.size else np.arange(vocab.size)
+            best = tuple(prob(int(i)) for i in sorted(ids, key=lambda i: -logits[i]))
+        return TokenLogprobs(prob(token), best)
 
     def close(self) -> None:
         if self.ptr:

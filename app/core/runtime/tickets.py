@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 
 from app.core.context import FittedPrompt
 from app.core.prompts import ToolCall
-from app.core.runtime.types import GenerationRequest, GenerationStats
+from app.core.runtime.types import GenerationRequest, GenerationStats, TokenLogprobs
 
 Listener = Callable[[], None]
 
@@ -43,6 +43,8 @@ class ReplyTicket:
         self.error: BaseException | None = None
         self.text = ""
         self.token_ids: list[int] = []
+        #: with ``sampling.top_logprobs`` >= 0: one entry per generated token (as ``token_ids``)
+        self.logprobs: list[TokenLogprobs] = []
         self.tool_text = ""
         self.tool_calls: tuple[ToolCall, ...] = ()
         #: prompt tokens to evaluate (0 until the reply starts) and those evaluated or reused from the cache so far;

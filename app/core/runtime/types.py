@@ -75,9 +75,28 @@ class SamplingSettings:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    top_logprobs: int = -1  # -1: none; 0: each token's log-probability; N: and the N likeliest tokens
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class TokenProb:
+    """A token, its text (bytes, possibly part of a character) and its log-probability under the model."""
+
+    token: int
+    piece: bytes
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """One generated token's log-probability and the likeliest tokens at its place (the model's own
+    distribution, before sampling settings such as temperature or a grammar)."""
+
+    chosen: TokenProb
+    top: tuple[TokenProb, ...]
 
 
 @dataclass(frozen=True)
