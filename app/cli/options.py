@@ -24,7 +24,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--gpu-layers", type=int, default=None, metavar="N", help="layers to offload to the GPU; -1 = all"
     )
     group.add_argument(
-        "--flash-attn", action="store_true", help="use flash attention (needed for a quantized KV cache)"
+        "--flash-attn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="flash attention (default on, as llama.cpp; a quantized KV cache needs it)",
     )
     group.add_argument("--kv", choices=sorted(KV_CACHE_TYPES), default="f16", help="KV cache type (default f16)")
     group.add_argument(

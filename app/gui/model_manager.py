@@ -425,10 +425,9 @@ class ModelManagerWindow(QWidget):
 
     def settings(self) -> PlanSettings:
         kv = self.kv.currentText()
-        # the window loads with room for its own chat and one API client (LoadSettings.n_parallel)
-        return PlanSettings(
-            n_ctx=self.context.value(), kv_type=kv, flash_attn=kv != "f16", n_parallel=LoadSettings.n_parallel
-        )
+        # the window loads with room for its own chat and one API client (LoadSettings.n_parallel), with
+        # flash attention as it loads by default
+        return PlanSettings(n_ctx=self.context.value(), kv_type=kv, n_parallel=LoadSettings.n_parallel)
 
     def _on_show_unusable(self, shown: bool) -> None:
         self.model.show_unusable = shown

@@ -114,7 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--llama-server-args", default="", help='more arguments for llama-server, e.g. "-fa off" (quoted, one string)'
     )
     parser.add_argument(
-        "--flash-attn", action="store_true", help="our engine with flash attention (llama-server: auto)"
+        "--flash-attn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="our engine with flash attention (default on; llama-server's default, auto, is on here too)",
     )
     args = parser.parse_args(argv)
     from app.core.models.local import resolve_model

@@ -102,7 +102,7 @@ def test_prompt_tokens_match_mistral_common(tiny_v3: dict[str, Path], tmp_path: 
     [
         (["chat", "--model", "/nowhere/model.gguf", "--prompt", "x"], None, "Model file not found"),
         (["chat", "--model", "mixtral-9000", "--prompt", "x"], None, "No model called"),
-        (["chat", "--kv", "q8_0", "--prompt", "x"], None, "flash attention"),
+        (["chat", "--kv", "q8_0", "--no-flash-attn", "--prompt", "x"], None, "flash attention"),
         (["prompt", "--messages", "-"], "{not json", "not valid JSON"),
         (["prompt", "--messages", "/nowhere.json"], None, "Cannot read"),
         (["plan", "mixtral-9000"], None, "No catalog model"),

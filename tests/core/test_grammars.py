@@ -8,7 +8,7 @@ import re
 import pytest
 
 from app.core.errors import DeskError
-from app.core.runtime.grammars import integer_range_gbnf, json_grammar
+from app.core.runtime.grammars import integer_range_gbnf, json_grammar, tool_calls_grammar
 
 RANGES = [
     (0, 100),
@@ -60,3 +60,12 @@ def test_keywords_no_grammar_holds_are_named_not_ignored(schema: dict, named: st
 
 def test_a_property_named_like_a_keyword_is_just_a_property() -> None:
     assert json_grammar({"type": "object", "properties": {"not": {"type": "string"}}})
+
+
+def test_tool_calls_start_with_the_marker_token_and_parallel_calls_repeat() -> None:
+    tool = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+    parallel = tool_calls_grammar([tool], 5)
+    single = tool_calls_grammar([tool], 5, parallel=False)
+    assert parallel.startswith("root ::= <[5]>") and single.startswith("root ::= <[5]>")
+    calls = {g: next(line for line in g.splitlines() if line.startswith("tool-calls ::=")) for g in (parallel, single)}
+    assert '("," space item)*' in calls[parallel] and '","' not in calls[single]

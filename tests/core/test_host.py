@@ -207,7 +207,7 @@ def test_generating_without_a_model_says_so(host: EngineHost) -> None:
 
 def test_quantized_kv_cache_without_flash_attention_is_refused(tiny_v1: dict[str, Path], host: EngineHost) -> None:
     with pytest.raises(DeskError, match="flash attention"):
-        host.load(LoadSettings(model_path=str(tiny_v1["Q4_0"]), kv_type="q8_0"))
+        host.load(LoadSettings(model_path=str(tiny_v1["Q4_0"]), kv_type="q8_0", flash_attn=False))
 
 
 def test_quantized_kv_cache_with_flash_attention_generates(tiny_v1: dict[str, Path], host: EngineHost) -> None:

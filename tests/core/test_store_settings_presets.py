@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import replace
 
 import pytest
 
@@ -167,6 +168,15 @@ def test_settings_round_trip_and_damage() -> None:
     assert list(settings_path().parent.glob("settings.json.bad-*"))
     with pytest.raises(ValueError):
         save_settings(Settings(theme="neon"))
+
+
+def test_version_1_settings_get_flash_attention_and_keep_the_rest() -> None:
+    settings_path().parent.mkdir(parents=True, exist_ok=True)
+    settings_path().write_text(json.dumps({"version": 1, "flash_attention": False, "context_length": 8192}))
+    loaded = load_settings().settings
+    assert loaded.flash_attention and loaded.context_length == 8192
+    save_settings(replace(loaded, flash_attention=False))  # turned off in version 2: stays off
+    assert not load_settings().settings.flash_attention
 
 
 def test_presets_crud_and_reset() -> None:

@@ -203,7 +203,7 @@ class PlanSettings:
 
     n_ctx: int = 4096
     kv_type: str = "f16"
-    flash_attn: bool = False
+    flash_attn: bool = True
     n_batch: int = 512
     gpu_layers: int | None = None
     n_parallel: int = 1  # conversations served at once; each has its own n_ctx KV cells

@@ -123,7 +123,7 @@ class NativeContext:
         n_ctx: int,
         n_batch: int,
         n_seq_max: int = 1,
-        flash_attn: bool = False,
+        flash_attn: bool = True,
         kv_type: str = "f16",
         n_threads: int | None = None,
         n_threads_batch: int | None = None,

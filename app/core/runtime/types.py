@@ -37,7 +37,7 @@ class LoadSettings:
     model_path: str
     n_ctx: int = 4096
     n_gpu_layers: int | None = None
-    flash_attn: bool = False
+    flash_attn: bool = True  # llama.cpp's own default (auto) turns it on wherever the backend has it
     kv_type: str = "f16"
     n_threads: int | None = None
     n_batch: int = 512
