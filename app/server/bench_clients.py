@@ -40,6 +40,7 @@ def aggregate_tokens_per_s(url: str, clients: int, tokens: int, model: str | Non
             messages=[{"role": "user", "content": PROMPT.format(index=index)}],
             max_tokens=tokens,
             temperature=0.7,
+            extra_body={"ignore_eos": True},  # both servers write exactly `tokens` tokens: the same work
         )
         produced.append(reply.usage.completion_tokens)
 
@@ -59,7 +60,7 @@ def host_single_stream(engine: object, tokens: int) -> float:
 
     request = GenerationRequest(
         (Message("user", PROMPT.format(index=0)),),
-        SamplingSettings(temperature=0.7, repeat_penalty=1.0, max_new_tokens=tokens),
+        SamplingSettings(temperature=0.7, repeat_penalty=1.0, max_new_tokens=tokens, ignore_eos=True),
     )
     ticket = engine.generate(request)  # type: ignore[attr-defined]
     start = time.perf_counter()

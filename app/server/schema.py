@@ -1,7 +1,8 @@
 """The requests the API accepts, checked strictly (no "7" for 7, no "yes" for true), and turned into the engine
 host's :class:`GenerationRequest`.
 
-What a client may send beyond OpenAI's own fields is llama.cpp's (``top_k``, ``min_p``, ``repeat_penalty``).
+What a client may send beyond OpenAI's own fields is llama.cpp's (``top_k``, ``min_p``, ``repeat_penalty``,
+``ignore_eos``).
 ``response_format`` (JSON, or JSON following a schema) becomes a llama.cpp grammar the reply must follow.
 Tools (OpenAI's ``tools``, ``tool_choice``, ``parallel_tool_calls``, assistant ``tool_calls`` and ``tool``
 messages) reach the engine host, which offers them in the model's format (8x22B's v3; other formats refuse).
@@ -101,6 +102,7 @@ class SamplingFields(BaseModel):
     top_k: int = Field(40, ge=0)  # llama.cpp's, with llama-server's default; 0 = off
     min_p: float = Field(0.05, ge=0.0, le=1.0)  # llama.cpp's, with llama-server's default
     repeat_penalty: float = Field(1.0, gt=0.0, le=10.0)  # llama.cpp's; OpenAI clients expect none
+    ignore_eos: bool = False  # llama.cpp's: write max_tokens tokens whatever the model says (benchmarks)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
@@ -149,6 +151,7 @@ class SamplingFields(BaseModel):
             seed=self.seed,
             stop=tuple(stops),
             top_logprobs=self.top_logprobs_asked(),
+            ignore_eos=self.ignore_eos,
         )
 
     def top_logprobs_asked(self) -> int:

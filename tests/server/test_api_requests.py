@@ -303,3 +303,13 @@ def test_logprobs_come_with_each_token_streamed_or_not(client: openai.OpenAI) ->
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 5
     assert "".join(lp.tokens) == legacy.choices[0].text and lp.text_offset[0] == 0
     assert all(len(alternatives) <= 2 for alternatives in lp.top_logprobs)
+
+
+def test_ignore_eos_writes_every_token_asked_for(client: openai.OpenAI) -> None:
+    ask = [{"role": "user", "content": "Reply with the single word: yes"}]
+    free = client.chat.completions.create(model="demo", messages=ask, temperature=0, max_tokens=60)
+    assert free.choices[0].finish_reason == "stop" and free.usage.completion_tokens < 60
+    forced = client.chat.completions.create(
+        model="demo", messages=ask, temperature=0, max_tokens=60, extra_body={"ignore_eos": True}
+    )
+    assert forced.usage.completion_tokens == 60 and forced.choices[0].finish_reason == "length"
