@@ -22,7 +22,10 @@ def add_planning_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ctx", type=int, default=4096, metavar="N", help="context length (default 4096)")
     group.add_argument("--kv", choices=sorted(KV_CACHE_TYPES), default="f16", help="KV cache type")
     group.add_argument(
-        "--flash-attn", action=argparse.BooleanOptionalAction, default=True, help="plan with flash attention (default on)"
+        "--flash-attn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="plan with flash attention (default on)",
     )
     group.add_argument(
         "--parallel",

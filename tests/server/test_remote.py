@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from app.core.errors import DeskError
 from app.core.prompts import Message
 from app.core.runtime.host import EngineHost
 from app.core.runtime.remote import RemoteEngine, RemoteError, RemoteSettings
@@ -53,6 +55,26 @@ def test_stopping_a_remote_reply_stops_the_server_too(server: RunningServer) -> 
     assert generation.stats.stop_reason == "cancelled"
     ticket = server.service.recent[-1]
     assert ticket.finished.wait(30) and ticket.stats.stop_reason == "cancelled"
+
+
+@pytest.mark.parametrize(
+    ("sampling", "tools", "named"),
+    [
+        (SamplingSettings(top_logprobs=2), (), "logprobs"),
+        (SamplingSettings(grammar='root ::= "{}"'), (), "JSON output (response_format)"),
+        (SamplingSettings(), ({"type": "function", "function": {"name": "f"}},), "Tool calling"),
+    ],
+    ids=["logprobs", "grammar", "tools"],
+)
+def test_what_a_remote_model_is_not_sent_is_refused_not_dropped(
+    server: RunningServer, sampling: SamplingSettings, tools: tuple, named: str
+) -> None:
+    engine = remote(server)
+    engine.load()
+    ticket = engine.generate(GenerationRequest((Message("user", "Hi"),), sampling, tools=tools))
+    engine.close()
+    with pytest.raises(DeskError, match=re.escape(f"{named} is not relayed")):
+        ticket.run_to_end()
 
 
 @pytest.mark.parametrize(

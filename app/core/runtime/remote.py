@@ -136,6 +136,9 @@ class RemoteEngine:
         if self.info is None:
             ticket.finish(error=NoModelError("Connect to the remote model first."))
             return ticket
+        if missing := _not_relayed(request):
+            ticket.finish(error=DeskError(f"{missing} is not relayed to a remote model yet; use a local model for it."))
+            return ticket
         with self._lock:
             self._queued += 1
         self._pool.submit(self._stream, ticket)
@@ -195,6 +198,8 @@ class RemoteEngine:
                 max_tokens=sampling.max_new_tokens or None,
                 stop=list(sampling.stop) or None,
                 seed=sampling.seed,
+                presence_penalty=sampling.presence_penalty,
+                frequency_penalty=sampling.frequency_penalty,
                 stream=True,
                 stream_options={"include_usage": True},
             )
@@ -234,3 +239,17 @@ class RemoteEngine:
             context_size=0,
             dropped_messages=0,
         )
+
+
+def _not_relayed(request: GenerationRequest) -> str:
+    """What ``request`` asks for that this relay would drop ("" when nothing): said, never ignored."""
+    sampling = request.sampling
+    if request.tools or any(m.tool_calls or m.role == "tool" for m in request.messages):
+        return "Tool calling"
+    if sampling.grammar:
+        return "JSON output (response_format)"
+    if sampling.top_logprobs >= 0:
+        return "logprobs"
+    if sampling.logit_bias:
+        return "logit_bias"
+    return ""
