@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx
+import jsonschema
 import openai
 import pytest
 
@@ -144,8 +145,6 @@ CITY = {
 
 
 def test_json_mode_and_schema_output_parses_and_validates(client: openai.OpenAI) -> None:
-    import jsonschema
-
     ask = [{"role": "user", "content": "What is the largest city in France, and how many people live there?"}]
     shaped = client.chat.completions.create(
         model="demo",
@@ -313,3 +312,31 @@ def test_ignore_eos_writes_every_token_asked_for(client: openai.OpenAI) -> None:
         model="demo", messages=ask, temperature=0, max_tokens=60, extra_body={"ignore_eos": True}
     )
     assert forced.usage.completion_tokens == 60 and forced.choices[0].finish_reason == "length"
+
+
+def test_langchain_openai_chats_streams_stops_and_structures(server: RunningServer) -> None:
+    from langchain_core.messages import HumanMessage
+    from langchain_openai import ChatOpenAI
+
+    def chat(**options: object) -> ChatOpenAI:
+        return ChatOpenAI(model="demo", base_url=server.url + "/v1", api_key=KEY, max_retries=0, **options)
+
+    count = "Count from 1 to 20, separated by commas."
+    full = chat(temperature=0, max_completion_tokens=40).invoke(count)
+    assert "7" in full.content and full.usage_metadata["output_tokens"] <= 40
+    streamed = "".join(str(piece.content) for piece in chat(temperature=0, max_completion_tokens=40).stream(count))
+    assert streamed == full.content
+    cut = chat(temperature=0, max_completion_tokens=40).invoke(count, stop=["7"])
+    assert "7" not in cut.content and full.content.startswith(cut.content)
+    seeded = [
+        chat(temperature=1.0, seed=9, max_completion_tokens=12).invoke("Name a colour.").content for _ in range(2)
+    ]
+    assert seeded[0] == seeded[1]
+    two = chat(n=2, temperature=1.0, seed=2, max_completion_tokens=8).generate([[HumanMessage("Name a colour.")]])
+    assert len(two.generations[0]) == 2
+    scored = chat(temperature=0, max_completion_tokens=6, logprobs=True).invoke("Say hello.")
+    assert len(scored.response_metadata["logprobs"]["content"]) == scored.usage_metadata["output_tokens"]
+    shaped = chat(temperature=0, max_completion_tokens=120).with_structured_output(
+        {"title": "city", **CITY}, method="json_schema"
+    )
+    jsonschema.validate(shaped.invoke("What is the largest city in France, and how many people live there?"), CITY)
