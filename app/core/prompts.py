@@ -168,8 +168,6 @@ class ChatFormat:
     is_chat = True
     #: tools offered to the model (OpenAI's ``tools`` entries); only formats with a tool syntax take them
     tools: tuple[dict[str, Any], ...] = ()
-    #: the control token a reply's tool calls start with ("" for formats without tools)
-    tool_calls_marker = ""
 
     def encode(self, messages: Sequence[Message], vocab: Vocabulary) -> list[int]:
         raise NotImplementedError
@@ -183,8 +181,16 @@ class ChatFormat:
             f"({FORMAT_MISTRAL_V3}) has one."
         )
 
+    def tool_calls_token(self, vocab: Vocabulary) -> int:
+        """The control token a reply's tool calls start with.
+
+        Raises:
+            PromptFormatError: this format (or this model's vocabulary) has no such token.
+        """
+        raise PromptFormatError(f"This model's prompt format ({self.name}) has no tool calls.")
+
     def read_tool_calls(self, text: str) -> tuple[ToolCall, ...]:
-        """The calls in the text a reply wrote after :attr:`tool_calls_marker`.
+        """The calls in the text a reply wrote after :meth:`tool_calls_token`.
 
         Raises:
             PromptFormatError: the text is not a list of calls (cut short, or not JSON).
@@ -226,7 +232,6 @@ class MistralV3Format(ChatFormat):
     and tool calling."""
 
     name = FORMAT_MISTRAL_V3
-    tool_calls_marker = TOOL_CALLS_MARKER
 
     def with_tools(self, tools: Sequence[dict[str, Any]]) -> ChatFormat:
         offered = MistralV3Format()
@@ -278,13 +283,16 @@ class MistralV3Format(ChatFormat):
                         )
                     calls.append({"name": call.name, "arguments": _parsed_json(call.arguments), "id": call.id})
                 tokens += [
-                    _control(vocab, "[TOOL_CALLS]"),
+                    self.tool_calls_token(vocab),
                     *vocab.encode(json.dumps(calls, ensure_ascii=False), special=False),
                     vocab.eos_id,
                 ]
             else:
                 tokens += _encode_assistant(message.content, vocab, strip_trailing_spaces=True)
         return tokens
+
+    def tool_calls_token(self, vocab: Vocabulary) -> int:
+        return _control(vocab, TOOL_CALLS_MARKER)
 
     def read_tool_calls(self, text: str) -> tuple[ToolCall, ...]:
         """``[{"name": ..., "arguments": {...}}, ...]`` (a call's own 9-character ``id`` kept, else a new one)."""

@@ -356,6 +356,26 @@ def test_window_geometry_is_restored(qtbot) -> None:
     assert (again.width(), again.height()) == (700, 520)
 
 
+def test_flash_attention_is_on_by_default_and_turning_it_off_reloads_the_model(qtbot, tiny_window: MainWindow) -> None:
+    from PySide6.QtWidgets import QDialogButtonBox
+
+    from app.gui.settings_dialog import SettingsDialog
+
+    window = tiny_window
+    assert window.controller.engine.settings.flash_attn  # loaded as llama.cpp would
+    trigger(qtbot, window, menu_action(window, "&Edit", "Settings…"))
+    dialog = next(d for d in window.findChildren(SettingsDialog) if d.isVisible())
+    assert dialog.flash.isChecked()
+    qtbot.mouseClick(dialog.flash, Qt.MouseButton.LeftButton, pos=dialog.flash.rect().center())
+    assert not dialog.flash.isChecked()
+    ok = dialog.findChild(QDialogButtonBox).button(QDialogButtonBox.StandardButton.Ok)
+    with qtbot.waitSignal(window.controller.model_loaded, timeout=LOAD_TIMEOUT):
+        qtbot.mouseClick(ok, Qt.MouseButton.LeftButton)
+    settle(qtbot, window)
+    assert not window.controller.engine.settings.flash_attn
+    assert not load_settings().settings.flash_attention
+
+
 def test_connections_per_download_are_set_in_the_settings_dialog(qtbot) -> None:
     from PySide6.QtWidgets import QDialogButtonBox
 

@@ -140,8 +140,11 @@ def still_serving(server: RunningServer, what: str) -> None:
 
 def test_inputs_found_by_hand_are_refused_cleanly(server: RunningServer) -> None:
     for path, content in HAND_FOUND:
-        check(send(server, path, content), content.decode("utf-8", "replace"))
-        still_serving(server, content.decode("utf-8", "replace"))
+        what = content.decode("utf-8", "replace")
+        response = send(server, path, content)
+        check(response, what)
+        assert 400 <= response.status_code < 500, f"{what} was not refused: {response.status_code}"
+        still_serving(server, what)
 
 
 def test_random_mutations_of_valid_requests_never_break_the_server(server: RunningServer) -> None:

@@ -8,6 +8,7 @@ also reads the schema itself in its prompt).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterator, Sequence
@@ -87,29 +88,32 @@ def tool_calls_grammar(tools: Sequence[dict[str, Any]], marker: int, *, only: st
 
 
 def _to_gbnf(schema: dict[str, Any]) -> str:
-    from llama_cpp.llama_grammar import SchemaConverter
-
-    class Converter(SchemaConverter):  # llama-cpp-python's, untyped
-        """llama-cpp-python's converter, with integer ranges (it ignores minimum and maximum)."""
-
-        def visit(self, node: dict[str, Any], name: str) -> str:
-            if isinstance(node, dict) and node.get("type") == "integer" and any(k in node for k in BOUNDS):
-                low, high = _integer_bounds(node)
-                if low is not None and high is not None and low > high:
-                    raise DeskError(f"No integer lies between {low} and {high}.")
-                rule_name = name or "root"
-                rule = f"({integer_range_gbnf(low, high)}) space"
-                return str(self._add_rule(rule_name, rule))  # type: ignore[no-untyped-call]
-            return str(super().visit(node, name))  # type: ignore[no-untyped-call]
-
     try:
-        converter: Any = Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)  # type: ignore[no-untyped-call]
+        converter: Any = _converter_class()(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
         converter.visit(converter.resolve_refs(schema, "request"), "")
         return str(converter.format_grammar())
     except DeskError:
         raise
     except Exception as err:  # the converter raises plain exceptions (asserts) for what it does not support
         raise DeskError(f"This JSON schema cannot be turned into a grammar: {err}") from err
+
+
+@functools.cache
+def _converter_class() -> Any:
+    """llama-cpp-python's JSON-schema converter, with integer ranges (it ignores minimum and maximum)."""
+    from llama_cpp.llama_grammar import SchemaConverter
+
+    class Converter(SchemaConverter):  # llama-cpp-python's, untyped
+        def visit(self, node: dict[str, Any], name: str) -> str:
+            if isinstance(node, dict) and node.get("type") == "integer" and any(k in node for k in BOUNDS):
+                low, high = _integer_bounds(node)
+                if low is not None and high is not None and low > high:
+                    raise DeskError(f"No integer lies between {low} and {high}.")
+                rule = f"({integer_range_gbnf(low, high)}) space"
+                return str(self._add_rule(name or "root", rule))  # type: ignore[no-untyped-call]
+            return str(super().visit(node, name))  # type: ignore[no-untyped-call]
+
+    return Converter
 
 
 def _integer_bounds(node: dict[str, Any]) -> tuple[int | None, int | None]:

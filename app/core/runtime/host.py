@@ -619,9 +619,7 @@ def _tool_sampling(
     choice = "required" if request.required_tool else request.tool_choice
     if choice not in TOOL_CHOICES:
         raise DeskError(f"Unknown tool choice {choice!r}; use one of {', '.join(TOOL_CHOICES)}.")
-    marker = vocab.piece_id(chat_format.tool_calls_marker)
-    if marker is None:
-        raise PromptFormatError(f"This model's vocabulary has no {chat_format.tool_calls_marker} token.")
+    marker = chat_format.tool_calls_token(vocab)
     if choice == "none":
         return replace(sampling, logit_bias=(*sampling.logit_bias, (marker, -math.inf))), -1
     if sampling.grammar:
