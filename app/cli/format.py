@@ -56,15 +56,19 @@ def plan_report(plan: MemoryPlan) -> str:
         "",
     ]
     rows = []
+    sides = [p.memory for p in plan.placements] if plan.placements else [plan.gpu]
+    headers = [p.device for p in plan.placements] if plan.placements else ["GPU"]
     for label, attr in (
         ("weights", "weights"),
         ("KV cache", "kv_cache"),
         ("compute", "compute"),
         ("reserve", "reserve"),
     ):
-        rows.append([label, human_bytes(getattr(plan.gpu, attr)), human_bytes(getattr(plan.ram, attr))])
-    rows.append(["total", human_bytes(plan.gpu.total), human_bytes(plan.ram.total)])
-    lines.append(table(rows, ["", "GPU", "RAM"]))
+        rows.append(
+            [label, *(human_bytes(getattr(side, attr)) for side in sides), human_bytes(getattr(plan.ram, attr))]
+        )
+    rows.append(["total", *(human_bytes(side.total) for side in sides), human_bytes(plan.ram.total)])
+    lines.append(table(rows, ["", *headers, "RAM"]))
     if plan.notes:
         lines += ["", *(f"- {note}" for note in plan.notes)]
     return "\n".join(lines)

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from app.cli.format import human_bytes
+from app.cli.options import add_rpc_option
 from app.core.planning import hardware
 
 
@@ -18,13 +19,14 @@ def register(commands: Any) -> None:
         "Silicon), system RAM, and which backend the installed llama.cpp was built with.",
     )
     parser.add_argument("--json", action="store_true", help="print as JSON")
+    add_rpc_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from app.core.planning.fit import ram_bandwidth_gbps
 
-    report = hardware.probe()
+    report = hardware.probe(args.rpc)
     bandwidth = ram_bandwidth_gbps()
     if args.json:
         print(json.dumps({**report.to_json(), "ram_bandwidth_gbps": bandwidth}, indent=2))
@@ -45,7 +47,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("GPU:      none found")
     offload = "can offload to the GPU" if report.llama_supports_gpu_offload else "CPU only"
-    print(f"llama.cpp: {report.llama_cpp_version} built for {report.llama_backend} ({offload})")
+    rpc = ", RPC workers" if report.llama_supports_rpc else ""
+    print(f"llama.cpp: {report.llama_cpp_version} built for {report.llama_backend} ({offload}{rpc})")
+    for worker in report.rpc_workers:
+        for device in worker.devices:
+            print(
+                f"Worker:   {device.label} (RPC {worker.version}) {human_bytes(device.free_bytes)} free of "
+                f"{human_bytes(device.total_bytes)}"
+            )
     for note in report.notes:
         print(f"note: {note}")
     return 0

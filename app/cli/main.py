@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "app.cli.bench",
     "app.cli.serve",
     "app.cli.route",
+    "app.cli.rpc_worker",
 )
 
 

@@ -36,6 +36,28 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--format", choices=FORMATS, default=None, help="prompt format (default: detected from the GGUF)"
     )
+    add_rpc_option(group)
+
+
+def worker_addresses(text: str) -> tuple[str, ...]:
+    """argparse type for --rpc: comma-separated host:port addresses."""
+    from app.core.planning.rpc_workers import RpcWorkerError, parse_endpoints
+
+    try:
+        return parse_endpoints(text)
+    except RpcWorkerError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def add_rpc_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--rpc HOST:PORT[,HOST:PORT...]: llama.cpp RPC workers to offload layers to."""
+    parser.add_argument(
+        "--rpc",
+        type=worker_addresses,
+        default=(),
+        metavar="HOST:PORT,...",
+        help="llama.cpp RPC workers (`mixtral-desk rpc-worker` on another machine) to place layers on",
+    )
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +97,7 @@ def load_settings_from(args: argparse.Namespace, *, chat_format: str | None = No
         n_threads=args.threads,
         seed=args.seed,
         chat_format=chat_format or args.format,
+        rpc_workers=tuple(getattr(args, "rpc", ())),
     )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from app.cli.format import parse_size, plan_report, short_verdict, size_label, speed, table
+from app.cli.options import add_rpc_option
 from app.core.errors import DeskError
 from app.core.models import catalog
 from app.core.models.gguf import GGUFError
@@ -41,6 +42,7 @@ def add_planning_options(parser: argparse.ArgumentParser) -> None:
     what_if.add_argument("--assume-ram", metavar="SIZE", help="system RAM, e.g. 64GiB")
     what_if.add_argument("--assume-backend", choices=["cuda", "metal", "cpu"], help="GPU backend")
     what_if.add_argument("--assume-gpu", metavar="NAME", default="", help="GPU name for its bandwidth, e.g. 'RTX 4090'")
+    add_rpc_option(parser)
 
 
 def planning_inputs(args: argparse.Namespace) -> tuple[Any, PlanSettings]:
@@ -62,7 +64,12 @@ def planning_inputs(args: argparse.Namespace) -> tuple[Any, PlanSettings]:
         gpu_layers=args.gpu_layers,
         n_parallel=args.parallel,
     )
-    return device_for(what_if), settings
+    workers = []
+    if getattr(args, "rpc", ()):
+        from app.core.planning.rpc_workers import probe_worker
+
+        workers = [probe_worker(endpoint) for endpoint in args.rpc]
+    return device_for(what_if, workers=workers), settings
 
 
 def register(commands: Any) -> None:

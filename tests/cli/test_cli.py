@@ -15,7 +15,7 @@ import pytest
 from app.cli.main import build_parser
 from tests.gguf_defects import defective_gguf
 
-SUBCOMMANDS = ["gui", "chat", "prompt", "hw", "plan", "models", "bench", "serve", "route"]
+SUBCOMMANDS = ["gui", "chat", "prompt", "hw", "plan", "models", "bench", "serve", "route", "rpc-worker"]
 
 
 def run_cli(*args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -4,6 +4,7 @@ one catalog entry, or every quantization of a catalog model. The CLI, the GUI an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,11 +18,13 @@ from app.core.planning.planner import (
     MeasurementStore,
     MemoryPlan,
     ModelShape,
+    OffloadTarget,
     PlanSettings,
     plan_memory,
     recommend,
     with_measurement,
 )
+from app.core.planning.rpc_workers import RpcWorker
 from app.core.planning.shapes import shape_for
 from app.core.storage import paths
 from app.core.storage.jsonfile import read_json_dict, write_json_atomic
@@ -56,19 +59,37 @@ def ram_bandwidth_gbps() -> float:
     return measured
 
 
-def device_for(what_if: WhatIf | None = None, report: hardware.HardwareReport | None = None) -> Device:
-    """The device to plan for: this machine, or the assumed one."""
+def with_workers(device: Device, workers: Sequence[RpcWorker]) -> Device:
+    """``device`` with the RPC workers' devices as offload targets (their memory as they reported it; their speed
+    assumed to be this machine's RAM bandwidth)."""
+    targets = tuple(
+        OffloadTarget(f"RPC {item.label}", item.endpoint, item.free_bytes, item.total_bytes, device.ram_bandwidth_gbps)
+        for worker in workers
+        for item in worker.devices
+    )
+    return replace(device, workers=targets)
+
+
+def device_for(
+    what_if: WhatIf | None = None,
+    report: hardware.HardwareReport | None = None,
+    workers: Sequence[RpcWorker] = (),
+) -> Device:
+    """The device to plan for: this machine, or the assumed one, with any RPC workers (by default those the
+    report found)."""
+    workers = workers or (report.rpc_workers if report is not None else ())
     if what_if is None or (what_if.backend is None and what_if.vram_bytes is None and what_if.ram_bytes is None):
-        return Device.from_report(report or hardware.probe(), ram_bandwidth_gbps())
+        return with_workers(Device.from_report(report or hardware.probe(), ram_bandwidth_gbps()), workers)
     report = report or hardware.probe()
     backend = what_if.backend or ("cuda" if what_if.vram_bytes else "cpu")
     if backend not in ("cuda", "metal", "cpu"):
         raise DeskError(f"Unknown backend {backend!r}; assume one of cuda, metal, cpu.")
     ram = what_if.ram_bytes or report.ram_total_bytes
     try:
-        return Device.assumed_machine(
+        assumed = Device.assumed_machine(
             backend=backend, vram_bytes=what_if.vram_bytes, ram_bytes=ram, gpu_name=what_if.gpu_name
         )
+        return with_workers(assumed, workers)
     except ValueError as err:
         raise DeskError(str(err)) from err
 
@@ -81,7 +102,7 @@ def plan_file(
     keeps everything in RAM."""
     shape = ModelShape.from_gguf(read_model(path), path.name)
     plan = plan_memory(shape, device, settings)
-    if device.assumed:
+    if device.assumed or device.workers:  # measurements are kept per GPU layer count, not per device split
         return plan
     measured = measurement_store().lookup(path, settings, plan.gpu_layers)
     if measured:

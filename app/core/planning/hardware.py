@@ -9,9 +9,12 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from app.core.planning.rpc_workers import RpcWorker, RpcWorkerError, probe_worker
 
 GIB = 1024**3
 
@@ -91,6 +94,8 @@ class HardwareReport:
     llama_system_info: str
     llama_cpp_version: str
     notes: tuple[str, ...] = field(default_factory=tuple)
+    llama_supports_rpc: bool = False
+    rpc_workers: tuple[RpcWorker, ...] = ()  # the workers asked for that answered (see notes for the others)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -187,11 +192,12 @@ def llama_build_info() -> tuple[str, bool, str, str]:
     except importlib.metadata.PackageNotFoundError:
         version = ""
     listed = ", ".join(sorted(found - {"base"})) or "none"
-    return backend, bool(backends), f"ggml backends: {listed}", version
+    return backend, bool(gpu), f"ggml backends: {listed}", version
 
 
-def probe() -> HardwareReport:
-    """Probe this machine. Never raises for missing hardware; see ``notes``."""
+def probe(rpc_endpoints: Sequence[str] = ()) -> HardwareReport:
+    """Probe this machine and the RPC workers named. Never raises for missing hardware or a worker that does not
+    answer; see ``notes``."""
     import psutil
 
     memory = psutil.virtual_memory()
@@ -203,6 +209,17 @@ def probe() -> HardwareReport:
     if gpus and not offload:
         notes.append(
             "This llama.cpp build cannot use the GPU: reinstall llama-cpp-python with CMAKE_ARGS for CUDA or Metal."
+        )
+    workers = []
+    for endpoint in rpc_endpoints:
+        try:
+            workers.append(probe_worker(endpoint))
+        except RpcWorkerError as err:
+            notes.append(str(err))
+    rpc = "rpc" in info.split(": ", 1)[-1].split(", ")
+    if rpc_endpoints and not rpc:
+        notes.append(
+            "This llama.cpp build cannot use RPC workers: reinstall llama-cpp-python with CMAKE_ARGS=-DGGML_RPC=on."
         )
     return HardwareReport(
         system=platform.system(),
@@ -216,6 +233,8 @@ def probe() -> HardwareReport:
         llama_system_info=info,
         llama_cpp_version=version,
         notes=tuple(notes),
+        llama_supports_rpc=rpc,
+        rpc_workers=tuple(workers),
     )
 
 

@@ -217,8 +217,9 @@ class PlanSettings:
         return min(self.n_batch, MAX_UBATCH)
 
 
-def compute_buffer_bytes(shape: ModelShape, settings: PlanSettings) -> int:
-    """llama.cpp's compute buffer: the peak of its worst-case graph (attention, expert FFN or output)."""
+def compute_buffer_bytes(shape: ModelShape, settings: PlanSettings, *, with_output: bool = True) -> int:
+    """llama.cpp's compute buffer: the peak of its worst-case graph (attention, expert FFN or output — the
+    output only on the device that holds the output layer)."""
     ub = settings.n_ubatch
     n_ctx = padded_context(settings.n_ctx)
     embd = shape.n_embd * ub * 4
@@ -227,7 +228,7 @@ def compute_buffer_bytes(shape: ModelShape, settings: PlanSettings) -> int:
     attention = scores + mask + 5.5 * embd
     ff_width = shape.n_ff * max(shape.n_expert_used, 1)
     feed_forward = 3 * ff_width * ub * 4 + 4 * embd + mask
-    output = shape.n_vocab * ub * 4 + 2 * embd
+    output = shape.n_vocab * ub * 4 + 2 * embd if with_output else 0
     return int(max(attention, feed_forward, output))
 
 
@@ -237,8 +238,20 @@ def host_buffer_bytes(shape: ModelShape, settings: PlanSettings) -> int:
 
 
 @dataclass(frozen=True)
+class OffloadTarget:
+    """A device beyond this machine's own GPU that takes whole layers: a llama.cpp RPC worker's device."""
+
+    name: str  # how a person knows it: "RPC 192.168.1.20:50052"
+    endpoint: str
+    free_bytes: int
+    total_bytes: int
+    bandwidth_gbps: float  # assumed: a worker's memory is not known over RPC
+
+
+@dataclass(frozen=True)
 class Device:
-    """Where the model would run: the GPU budget (0 for CPU only), RAM and bandwidths."""
+    """Where the model would run: the GPU budget (0 for CPU only), RAM and bandwidths, and any RPC workers
+    (offloaded to before the local GPU, as llama.cpp orders them)."""
 
     backend: str  # "cuda", "metal" or "cpu"
     name: str
@@ -249,10 +262,20 @@ class Device:
     gpu_bandwidth_gbps: float
     ram_bandwidth_gbps: float
     assumed: bool = False
+    workers: tuple[OffloadTarget, ...] = ()
 
     @property
     def gpu_reserve_bytes(self) -> int:
         return GPU_RESERVE_BYTES.get(self.backend, 0)
+
+    @property
+    def offload_targets(self) -> tuple[OffloadTarget, ...]:
+        """Every device layers can go to, in llama.cpp's order: the workers, then this machine's GPU."""
+        local: tuple[OffloadTarget, ...] = ()
+        if self.backend != "cpu" and self.gpu_total_bytes > 0:
+            budget = max(0, self.gpu_free_bytes - self.gpu_reserve_bytes)
+            local = (OffloadTarget(self.name, "", budget, self.gpu_total_bytes, self.gpu_bandwidth_gbps),)
+        return self.workers + local
 
     @classmethod
     def from_report(cls, report: Any, ram_bandwidth_gbps: float | None = None) -> Device:
@@ -344,8 +367,19 @@ class Breakdown:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """What one offload device holds: consecutive layers (the output counts as the last) and their memory."""
+
+    device: str
+    endpoint: str  # "" for this machine's GPU
+    layers: int
+    memory: Breakdown
+
+
+@dataclass(frozen=True)
 class MemoryPlan:
-    """Where everything goes, the verdict, and the expected decode speed."""
+    """Where everything goes, the verdict, and the expected decode speed. With RPC workers ``placements`` says
+    what each offload device holds, and ``gpu`` is their sum."""
 
     model: str
     device: str
@@ -360,10 +394,16 @@ class MemoryPlan:
     efficiency: float
     source: str
     notes: tuple[str, ...] = field(default_factory=tuple)
+    placements: tuple[Placement, ...] = ()
 
     @property
     def full_offload_layers(self) -> int:
         return self.n_layer + 1
+
+    @property
+    def layer_split(self) -> tuple[int, ...]:
+        """Layers per offload device, in the devices' order (llama.cpp's ``tensor_split``)."""
+        return tuple(placement.layers for placement in self.placements)
 
     def summary(self) -> str:
         """One line a person can act on."""
@@ -374,6 +414,13 @@ class MemoryPlan:
         )
         gpu = f"{self.gpu.total / GIB:.1f} GiB on the GPU"
         ram = f"{self.ram.total / GIB:.1f} GiB in RAM"
+        if self.placements and self.verdict != VERDICT_TOO_BIG:
+            where = ", ".join(
+                f"{p.layers} on {p.device} ({p.memory.total / GIB:.1f} GiB)" for p in self.placements if p.layers
+            )
+            if self.gpu_layers == 0:
+                return f"Runs on the CPU only ({ram}): no offload device has room; {speed}."
+            return f"Offloaded {self.gpu_layers} of {self.full_offload_layers} layers: {where}; {ram}; {speed}."
         if self.verdict == VERDICT_FULL:
             return f"Fits fully on the GPU ({gpu}); {speed}."
         if self.verdict == VERDICT_PARTIAL:
@@ -388,12 +435,17 @@ class MemoryPlan:
         return data
 
 
+def _offloaded_layers(shape: ModelShape, gpu_layers: int) -> int:
+    """Repeating layers llama.cpp offloads for ``gpu_layers``: it counts the output layer first (the top of
+    the model), so 1 offloads only the output and ``n_layer + 1`` everything."""
+    return max(0, min(gpu_layers, shape.n_layer + 1) - 1)
+
+
 def _split(shape: ModelShape, gpu_layers: int) -> tuple[int, int, int, int]:
     """(gpu weight bytes, cpu weight bytes, gpu active bytes, cpu active bytes) for ``gpu_layers``."""
     n = shape.n_layer
-    on_gpu = min(gpu_layers, n)
-    first_gpu = n - on_gpu
-    output_on_gpu = gpu_layers > n
+    first_gpu = n - _offloaded_layers(shape, gpu_layers)
+    output_on_gpu = gpu_layers > 0
     gpu_w = sum(shape.layer_bytes[first_gpu:]) + (shape.output_bytes if output_on_gpu else 0)
     cpu_w = shape.input_bytes + sum(shape.layer_bytes[:first_gpu]) + (0 if output_on_gpu else shape.output_bytes)
     gpu_a = sum(shape.layer_active_bytes[first_gpu:]) + (shape.output_bytes if output_on_gpu else 0)
@@ -413,10 +465,14 @@ def _plan_for_layers(
     n = shape.n_layer
     gpu_w, cpu_w, gpu_a, cpu_a = _split(shape, gpu_layers)
     kv_total = shape.kv_bytes(settings.kv_cells, settings.kv_type)
-    kv_gpu = kv_total * min(gpu_layers, n) // max(n, 1)
-    compute = compute_buffer_bytes(shape, settings)
-    gpu_compute = compute if gpu_layers > 0 else 0
-    cpu_compute = compute if gpu_layers <= n else host_buffer_bytes(shape, settings)
+    on_gpu = _offloaded_layers(shape, gpu_layers)
+    kv_gpu = kv_total * on_gpu // max(n, 1)
+    gpu_compute = compute_buffer_bytes(shape, settings) if gpu_layers > 0 else 0
+    cpu_compute = (
+        compute_buffer_bytes(shape, settings, with_output=gpu_layers == 0)
+        if on_gpu < n
+        else host_buffer_bytes(shape, settings)
+    )
     source = shape.source
     notes: list[str] = []
     if measured is not None:
@@ -437,7 +493,7 @@ def _plan_for_layers(
         seconds += gpu_a / (device.gpu_bandwidth_gbps * 1e9 * efficiency)
     if cpu_a:
         seconds += cpu_a / (device.ram_bandwidth_gbps * 1e9 * BANDWIDTH_EFFICIENCY["cpu"])
-        seconds += (n - min(gpu_layers, n)) * CPU_LAYER_OVERHEAD_S
+        seconds += (n - on_gpu) * CPU_LAYER_OVERHEAD_S
     speed = 1.0 / seconds if seconds > 0 else 0.0
     ram_needed = ram.total + (gpu.total if device.backend == "metal" else 0)
     if ram_needed > device.ram_total_bytes:
@@ -476,6 +532,123 @@ def _plan_for_layers(
     )
 
 
+RPC_TOKEN_OVERHEAD_S = 0.5e-3  # network round trips per token and worker (loopback ~0.2 ms, a LAN more)
+
+
+def _slots_memory(shape: ModelShape, settings: PlanSettings, first: int, end: int) -> Breakdown:
+    """Memory on a device holding layer slots [first, end) (slot ``n_layer`` is the output layer)."""
+    n = shape.n_layer
+    if end <= first:
+        return Breakdown()
+    layers = range(first, min(end, n))
+    weights = sum(shape.layer_bytes[i] for i in layers) + (shape.output_bytes if end > n else 0)
+    kv = shape.kv_bytes(settings.kv_cells, settings.kv_type) * len(layers) // max(n, 1)
+    return Breakdown(weights, kv, compute_buffer_bytes(shape, settings, with_output=end > n))
+
+
+def layer_split(
+    shape: ModelShape, targets: Sequence[OffloadTarget], settings: PlanSettings, total: int | None = None
+) -> tuple[int, ...]:
+    """Layers per target (in the targets' order) for the most offloaded layers that fit each target's free
+    memory — or exactly ``total`` layers, the overflow on the first target. llama.cpp gives the first target
+    the lowest offloaded layers and the last one the highest, the output layer included."""
+    full = shape.n_layer + 1
+    limit = full if total is None else max(0, min(total, full))
+    counts = [0] * len(targets)
+    top = full
+    for index in reversed(range(len(targets))):
+        count = 0
+        while count < top - (full - limit) and (
+            _slots_memory(shape, settings, top - count - 1, top).total <= targets[index].free_bytes
+        ):
+            count += 1
+        counts[index] = count
+        top -= count
+    if total is not None and targets:
+        counts[0] += limit - sum(counts)
+    return tuple(counts)
+
+
+def _plan_across(shape: ModelShape, device: Device, settings: PlanSettings, split: Sequence[int]) -> MemoryPlan:
+    """The plan with ``split[i]`` layers on ``device.offload_targets[i]`` and the rest on the CPU."""
+    n = shape.n_layer
+    targets = device.offload_targets
+    offloaded = sum(split)
+    first = n + 1 - offloaded
+    placements = []
+    seconds = 0.0
+    for target, count in zip(targets, split, strict=True):
+        memory = _slots_memory(shape, settings, first, first + count)
+        if target.endpoint == "":
+            memory = replace(memory, reserve=device.gpu_reserve_bytes)
+        placements.append(Placement(target.name, target.endpoint, count, memory))
+        if count:
+            active = sum(shape.layer_active_bytes[first : min(first + count, n)])
+            active += shape.output_bytes if first + count > n else 0
+            if target.endpoint:
+                efficiency = BANDWIDTH_EFFICIENCY["cpu"]
+                seconds += RPC_TOKEN_OVERHEAD_S + min(count, n - first) * CPU_LAYER_OVERHEAD_S
+            else:
+                efficiency = BANDWIDTH_EFFICIENCY.get(device.backend, 0.5)
+            seconds += active / (target.bandwidth_gbps * 1e9 * efficiency)
+        first += count
+    cpu_layers = n - _offloaded_layers(shape, offloaded)
+    output_on_cpu = offloaded == 0
+    kv_total = shape.kv_bytes(settings.kv_cells, settings.kv_type)
+    ram = Breakdown(
+        shape.input_bytes + sum(shape.layer_bytes[:cpu_layers]) + (shape.output_bytes if output_on_cpu else 0),
+        kv_total * cpu_layers // max(n, 1),
+        compute_buffer_bytes(shape, settings, with_output=output_on_cpu)
+        if cpu_layers or output_on_cpu
+        else host_buffer_bytes(shape, settings),
+        RAM_RESERVE_BYTES,
+    )
+    cpu_active = sum(shape.layer_active_bytes[:cpu_layers]) + (shape.output_bytes if output_on_cpu else 0)
+    if cpu_active:
+        seconds += cpu_active / (device.ram_bandwidth_gbps * 1e9 * BANDWIDTH_EFFICIENCY["cpu"])
+        seconds += cpu_layers * CPU_LAYER_OVERHEAD_S
+    on_devices = Breakdown(
+        sum(p.memory.weights for p in placements),
+        sum(p.memory.kv_cache for p in placements),
+        sum(p.memory.compute for p in placements),
+        sum(p.memory.reserve for p in placements),
+    )
+    ram_needed = ram.total + (placements[-1].memory.total if device.backend == "metal" and placements else 0)
+    notes = []
+    if ram_needed > device.ram_total_bytes:
+        verdict, speed = VERDICT_TOO_BIG, 0.0
+    else:
+        verdict = VERDICT_FULL if offloaded > n else VERDICT_PARTIAL if offloaded else VERDICT_CPU
+        speed = 1.0 / seconds if seconds > 0 else 0.0
+    for target, placement in zip(targets, placements, strict=True):
+        if placement.memory.total - placement.memory.reserve > target.free_bytes and placement.layers:
+            notes.append(
+                f"{target.name} holds {placement.memory.total / GIB:.2f} GiB, more than its "
+                f"{target.free_bytes / GIB:.2f} GiB free: loading will retry with fewer layers."
+            )
+    if device.workers:
+        notes.append(
+            "Speed on RPC workers assumes memory as fast as this machine's and "
+            f"{RPC_TOKEN_OVERHEAD_S * 1e3:.1f} ms of network per token and worker."
+        )
+    return MemoryPlan(
+        model=shape.name,
+        device=" + ".join(t.name for t in targets) or device.name,
+        backend=device.backend,
+        settings=settings,
+        gpu_layers=offloaded,
+        n_layer=n,
+        verdict=verdict,
+        gpu=on_devices,
+        ram=ram,
+        decode_tokens_per_s=round(speed, 2),
+        efficiency=BANDWIDTH_EFFICIENCY.get(device.backend, 0.5),
+        source=shape.source,
+        notes=tuple(notes),
+        placements=tuple(placements),
+    )
+
+
 def plan_memory(shape: ModelShape, device: Device, settings: PlanSettings | None = None) -> MemoryPlan:
     """The plan for ``shape`` on ``device``: the most GPU layers that fit (or ``settings.gpu_layers``)."""
     measured = None
@@ -483,6 +656,9 @@ def plan_memory(shape: ModelShape, device: Device, settings: PlanSettings | None
     if settings.kv_type not in KV_BYTES_PER_ELEMENT:
         raise ValueError(f"unknown KV cache type {settings.kv_type!r}")
     full = shape.n_layer + 1
+    if device.workers:
+        total = None if settings.gpu_layers is None else full if settings.gpu_layers < 0 else settings.gpu_layers
+        return _plan_across(shape, device, settings, layer_split(shape, device.offload_targets, settings, total))
     if settings.gpu_layers is not None:
         layers = full if settings.gpu_layers < 0 else min(settings.gpu_layers, full)
         if device.backend == "cpu":

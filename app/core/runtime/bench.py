@@ -371,7 +371,7 @@ def tune(
     The score is generation speed, with prompt speed breaking ties; the result is stored per model file and
     used by later loads that do not set threads or batch themselves.
     """
-    from app.core.runtime.native import supports_gpu_offload
+    from app.core.runtime.devices import supports_gpu_offload
 
     cores = os.cpu_count() or 2
     thread_options = sorted({max(1, cores // 2), cores, *([max(1, cores - 1)] if cores > 2 else [])})

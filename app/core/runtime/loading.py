@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from app.core.errors import DeskError, ModelLoadError
@@ -24,9 +24,11 @@ from app.core.planning.planner import (
     kv_cache_bytes,
     parse_buffer_lines,
 )
+from app.core.planning.rpc_workers import RpcWorker
 from app.core.prompts import FORMATS, ChatFormat, detect_format, get_format
 from app.core.runtime import llama_log
-from app.core.runtime.native import LoadAborted, NativeContext, NativeModel, NativeVocab, supports_gpu_offload
+from app.core.runtime.devices import OffloadDevice, connect_workers, local_gpus, supports_gpu_offload
+from app.core.runtime.native import LoadAborted, NativeContext, NativeModel, NativeVocab
 from app.core.runtime.tuning import tuned_settings
 from app.core.runtime.types import LoadSettings, ModelInfo
 
@@ -280,6 +282,20 @@ def _too_big(path: Path, plan: MemoryPlan, ram_total: int) -> ModelLoadError:
     )
 
 
+def _device_label(device: OffloadDevice) -> str:
+    return f"the RPC worker at {device.endpoint}" if device.endpoint else device.name
+
+
+def _device_out_of_memory(lines: Sequence[str], devices: Sequence[OffloadDevice]) -> int:
+    """Which offload device llama.cpp's log says could not allocate (the first one if it does not say)."""
+    for line in lines:
+        if _OOM.search(line):
+            for index, device in enumerate(devices):
+                if re.search(rf"\b{re.escape(device.name)}\b", line):
+                    return index
+    return 0
+
+
 def _metadata_int(metadata: dict[str, str], key: str) -> int:
     value = metadata.get(key, "0")
     return int(value) if value.isdigit() else 0
@@ -332,8 +348,19 @@ def open_model(settings: LoadSettings, *, should_abort: Callable[[], bool] | Non
     )
     tuned = {} if settings.vocab_only else tuned_settings(path)  # what `bench --tune` found fastest
     plan: MemoryPlan | None = None
-    device = device_for()
-    if not offload:
+    devices: list[OffloadDevice] = []
+    workers: list[RpcWorker] = []
+    if settings.rpc_workers and not settings.vocab_only:
+        devices, workers = connect_workers(settings.rpc_workers)
+        if offload:
+            devices += local_gpus()[:1]
+    device = device_for(workers=workers)
+    split: tuple[int, ...] = ()
+    if devices:
+        plan = plan_file(path, device, replace(plan_settings, gpu_layers=settings.n_gpu_layers))
+        gpu_layers, split = plan.gpu_layers, plan.layer_split
+        notes.append(f"Memory plan: {plan.summary()}")
+    elif not offload:
         gpu_layers = 0
     elif settings.n_gpu_layers is None and "n_gpu_layers" in tuned:
         gpu_layers = min(tuned["n_gpu_layers"], full_offload)
@@ -361,7 +388,12 @@ def open_model(settings: LoadSettings, *, should_abort: Callable[[], bool] | Non
         with llama_log.capture() as lines:
             try:
                 model = NativeModel(
-                    str(path), n_gpu_layers=gpu_layers, vocab_only=settings.vocab_only, should_abort=should_abort
+                    str(path),
+                    n_gpu_layers=gpu_layers,
+                    vocab_only=settings.vocab_only,
+                    should_abort=should_abort,
+                    devices=[item.handle for item in devices],
+                    layer_split=split,
                 )
                 context = None
                 if not settings.vocab_only:
@@ -387,12 +419,24 @@ def open_model(settings: LoadSettings, *, should_abort: Callable[[], bool] | Non
                 break
         if error.reason != "out_of_memory" or gpu_layers == 0:
             raise error
-        fewer = max(0, gpu_layers - max(1, full_offload // 8))
+        step = max(1, full_offload // 8)
+        if split:
+            failed = _device_out_of_memory(lines, devices)
+            fewer_split = list(split)
+            fewer_split[failed] = max(0, fewer_split[failed] - step)
+            notes.append(
+                f"Loading ran out of memory on {_device_label(devices[failed])} with {split[failed]} layers; "
+                f"retried with {fewer_split[failed]} there ({sum(fewer_split)} of {full_offload} offloaded)."
+            )
+            split = tuple(fewer_split)
+            gpu_layers = sum(split)
+            continue
+        fewer = max(0, gpu_layers - step)
         notes.append(
             f"Loading with {gpu_layers} GPU layers ran out of GPU memory; retried with {fewer} (slower, but it runs)."
         )
         gpu_layers = fewer
-    if not settings.vocab_only:
+    if not settings.vocab_only and not devices:
         measurement = parse_buffer_lines(lines)
         if measurement is not None:
             from app.core.planning.fit import measurement_store

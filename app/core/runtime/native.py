@@ -33,16 +33,6 @@ def init_backend() -> None:
             _backend_ready = True
 
 
-def build_info() -> tuple[bool, str, str]:
-    """(can offload to a GPU, llama.cpp's system info line, llama-cpp-python's version)."""
-    info = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")
-    return bool(llama_cpp.llama_supports_gpu_offload()), info.strip(), str(getattr(llama_cpp, "__version__", ""))
-
-
-def supports_gpu_offload() -> bool:
-    return bool(llama_cpp.llama_supports_gpu_offload())
-
-
 class LoadAborted(Exception):
     """The load was cancelled through its progress callback."""
 
@@ -60,10 +50,18 @@ class NativeModel:
         no_alloc: bool = False,
         should_abort: Callable[[], bool] | None = None,
         on_progress: Callable[[float], None] | None = None,
+        devices: Sequence[int] = (),
+        layer_split: Sequence[int] = (),
     ) -> None:
         init_backend()
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        if devices:  # the offload devices, in order (else llama.cpp takes every local GPU)
+            device_list = (ctypes.c_void_p * (len(devices) + 1))(*devices, None)
+            params.devices = ctypes.cast(device_list, ctypes.c_void_p)
+        if layer_split:  # offloaded layers per device, in the order of ``devices``
+            split = (ctypes.c_float * max(int(llama_cpp.llama_max_devices()), len(layer_split)))(*layer_split)
+            params.tensor_split = split
         params.vocab_only = vocab_only
         if no_alloc:  # read the header and tensor table, check them, allocate and read nothing
             params.no_alloc = True

@@ -45,6 +45,7 @@ class LoadSettings:
     chat_format: str | None = None  # None = detect from the GGUF
     vocab_only: bool = False  # tokenizer and metadata only: enough to build prompts, not to generate
     n_parallel: int = 2
+    rpc_workers: tuple[str, ...] = ()  # llama.cpp RPC workers ("host:port") to offload layers to, in order
 
     @property
     def total_kv_cells(self) -> int:

@@ -1,0 +1,224 @@
+"""llama.cpp's devices, through ctypes (llama-cpp-python does not bind them): this machine's GPUs, RPC workers'
+devices on other machines (or other processes here), and the RPC worker that serves this machine's CPU memory
+to another.
+
+The RPC client in llama.cpp ends the process when a worker cannot be reached, so every worker is first asked
+over the wire protocol in Python (:func:`app.core.planning.rpc_workers.probe_worker`) and only then handed to
+llama.cpp.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+
+from app.core.errors import DeskError
+from app.core.planning.rpc_workers import RpcWorker, probe_worker
+from app.core.runtime.native import init_backend
+
+_DEVICE_TYPE_CPU = 0
+_DEVICE_TYPE_GPU = 1
+_DEVICE_TYPE_IGPU = 2
+_LIB_DIR = Path(llama_cpp.__file__).parent / "lib"
+# headroom above a worker's memory limit for its thread stacks and allocator (one malloc arena, see below)
+WORKER_OVERHEAD_BYTES = 64 * 1024**2
+_M_ARENA_MAX = -8  # glibc mallopt: each thread's arena would otherwise reserve 64 MiB of address space
+
+
+class RpcUnsupportedError(DeskError):
+    """The installed llama.cpp was built without RPC."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This llama.cpp was built without RPC support. Reinstall it with RPC on: "
+            'CMAKE_ARGS="-DGGML_RPC=on" pip install --force-reinstall --no-cache-dir llama-cpp-python '
+            "(add your GPU backend's flag too, e.g. -DGGML_CUDA=on)."
+        )
+
+
+def _library(stem: str) -> ctypes.CDLL | None:
+    for name in (f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll"):
+        path = _LIB_DIR / name
+        if path.exists():
+            return ctypes.CDLL(str(path))
+    return None
+
+
+class _Ggml:
+    """The few ggml functions this module needs, with their C signatures."""
+
+    def __init__(self) -> None:
+        ggml = _library("ggml")
+        base = _library("ggml-base")
+        if ggml is None or base is None:
+            raise DeskError(f"llama.cpp's ggml libraries are missing from {_LIB_DIR}; reinstall llama-cpp-python.")
+        self.rpc = _library("ggml-rpc")
+        if self.rpc is not None:
+            self.rpc.ggml_backend_rpc_add_server.argtypes = [ctypes.c_char_p]
+            self.rpc.ggml_backend_rpc_add_server.restype = ctypes.c_void_p
+            self.rpc.ggml_backend_rpc_start_server.argtypes = [
+                ctypes.c_char_p,
+                ctypes.c_char_p,
+                ctypes.c_size_t,
+                ctypes.c_size_t,
+                ctypes.POINTER(ctypes.c_void_p),
+            ]
+            self.rpc.ggml_backend_rpc_start_server.restype = None
+        self.reg_dev_count = base.ggml_backend_reg_dev_count
+        self.reg_dev_count.argtypes = [ctypes.c_void_p]
+        self.reg_dev_count.restype = ctypes.c_size_t
+        self.reg_dev_get = base.ggml_backend_reg_dev_get
+        self.reg_dev_get.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self.reg_dev_get.restype = ctypes.c_void_p
+        self.dev_name = base.ggml_backend_dev_name
+        self.dev_name.argtypes = [ctypes.c_void_p]
+        self.dev_name.restype = ctypes.c_char_p
+        self.dev_type = base.ggml_backend_dev_type
+        self.dev_type.argtypes = [ctypes.c_void_p]
+        self.dev_type.restype = ctypes.c_int
+        self.dev_memory = base.ggml_backend_dev_memory
+        self.dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
+        self.dev_memory.restype = None
+        self.dev_count = ggml.ggml_backend_dev_count
+        self.dev_count.argtypes = []
+        self.dev_count.restype = ctypes.c_size_t
+        self.dev_get = ggml.ggml_backend_dev_get
+        self.dev_get.argtypes = [ctypes.c_size_t]
+        self.dev_get.restype = ctypes.c_void_p
+        self.dev_by_type = ggml.ggml_backend_dev_by_type
+        self.dev_by_type.argtypes = [ctypes.c_int]
+        self.dev_by_type.restype = ctypes.c_void_p
+
+
+_ggml: _Ggml | None = None
+
+
+def _api() -> _Ggml:
+    global _ggml
+    if _ggml is None:
+        init_backend()
+        _ggml = _Ggml()
+    return _ggml
+
+
+def rpc_supported() -> bool:
+    """Whether the installed llama.cpp can use RPC workers."""
+    return _api().rpc is not None
+
+
+def supports_gpu_offload() -> bool:
+    """Whether this llama.cpp can offload to a GPU of this machine (llama.cpp's own check also says yes for a
+    CPU build with RPC, whose devices are only the workers the user names)."""
+    return bool(llama_cpp.llama_supports_gpu_offload()) and bool(local_gpus())
+
+
+@dataclass(frozen=True)
+class OffloadDevice:
+    """A llama.cpp device a model can be placed on: a local GPU or one device of an RPC worker."""
+
+    handle: int  # ggml_backend_dev_t
+    name: str  # llama.cpp's name: "CUDA0", "Metal", "RPC0", ...
+    endpoint: str  # the worker's address; "" for a local device
+
+
+def local_gpus() -> list[OffloadDevice]:
+    """This machine's GPU devices as llama.cpp lists them."""
+    api = _api()
+    found = []
+    for index in range(api.dev_count()):
+        handle = api.dev_get(index)
+        if api.dev_type(handle) in (_DEVICE_TYPE_GPU, _DEVICE_TYPE_IGPU) and not (
+            api.dev_name(handle) or b""
+        ).startswith(b"RPC"):
+            found.append(OffloadDevice(int(handle), (api.dev_name(handle) or b"").decode(), ""))
+    return found
+
+
+def connect_workers(endpoints: Sequence[str], *, timeout: float = 3.0) -> tuple[list[OffloadDevice], list[RpcWorker]]:
+    """Ask each worker over the wire (a clear error if one does not answer), then add it to llama.cpp.
+
+    Returns the devices in llama.cpp's order for offloading (workers first, in the order given) and the workers'
+    answers (free and total memory of each device).
+
+    Raises:
+        RpcUnsupportedError: a build without RPC.
+        RpcWorkerError: a worker that is unreachable, busy or of another version.
+    """
+    if not endpoints:
+        return [], []
+    api = _api()
+    if api.rpc is None:
+        raise RpcUnsupportedError()
+    devices: list[OffloadDevice] = []
+    workers = []
+    for endpoint in endpoints:
+        worker = probe_worker(endpoint, timeout=timeout)
+        workers.append(worker)
+        registry = api.rpc.ggml_backend_rpc_add_server(worker.endpoint.encode())
+        if not registry:
+            raise DeskError(f"llama.cpp could not add the RPC worker at {worker.endpoint}.")
+        for index in range(api.reg_dev_count(registry)):
+            handle = api.reg_dev_get(registry, index)
+            devices.append(OffloadDevice(int(handle), (api.dev_name(handle) or b"").decode(), worker.endpoint))
+    return devices, workers
+
+
+# --- the worker ----------------------------------------------------------------------------------------------
+
+
+class _DeviceInterface(ctypes.Structure):
+    _fields_ = [("get_name", ctypes.c_void_p), ("get_description", ctypes.c_void_p), ("get_memory", ctypes.c_void_p)]
+
+
+_GET_MEMORY = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t))
+
+
+def _address_space_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def serve_worker(host: str, port: int, *, threads: int, memory_limit: int | None, cache_dir: str | None) -> None:
+    """Serve this machine's CPU as an RPC device until the process is stopped (this call does not return).
+
+    With ``memory_limit`` the worker reports that much memory (less what it holds) to clients, and the process's
+    address space is capped a little above it, so going past it is a real allocation failure on the worker.
+    """
+    api = _api()
+    if api.rpc is None:
+        raise RpcUnsupportedError()
+    cpu = api.dev_by_type(_DEVICE_TYPE_CPU)
+    if not cpu:
+        raise DeskError("llama.cpp has no CPU device to serve.")
+    keep: list[object] = []
+    if memory_limit is not None:
+        if not sys.platform.startswith("linux"):
+            raise DeskError("--mem is only enforced on Linux; run the worker without it here.")
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1)
+        baseline = _address_space_bytes() + WORKER_OVERHEAD_BYTES + threads * 8 * 1024**2
+        resource.setrlimit(resource.RLIMIT_AS, (baseline + memory_limit, baseline + memory_limit))
+
+        def report(_device: int, free: ctypes._Pointer, total: ctypes._Pointer) -> None:  # type: ignore[type-arg]
+            held = max(0, _address_space_bytes() + WORKER_OVERHEAD_BYTES - baseline)
+            total[0] = memory_limit
+            free[0] = max(0, memory_limit - held)
+
+        callback = _GET_MEMORY(report)
+        keep.append(callback)
+        # the CPU device is a static struct whose interface starts with get_name, get_description, get_memory:
+        # point its get_memory at ours, in this worker process only
+        interface = _DeviceInterface.from_address(cpu)
+        interface.get_memory = ctypes.cast(callback, ctypes.c_void_p).value
+    devices = (ctypes.c_void_p * 1)(cpu)
+    endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    api.rpc.ggml_backend_rpc_start_server(
+        endpoint.encode(), cache_dir.encode() if cache_dir else None, threads, 1, devices
+    )
+    del keep
