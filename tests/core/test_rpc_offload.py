@@ -17,7 +17,7 @@ import pytest
 
 from app.core.errors import DeskError
 from app.core.planning.fit import device_for, plan_file
-from app.core.planning.planner import MIB, PlanSettings
+from app.core.planning.planner import MIB, PlanSettings, buffers_by_device
 from app.core.planning.rpc_workers import RpcWorkerError, parse_endpoints, probe_worker
 from app.core.prompts import Message
 from app.core.runtime import llama_log
@@ -38,6 +38,9 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+_worker_pids: dict[str, int] = {}
 
 
 @pytest.fixture
@@ -65,6 +68,7 @@ def rpc_worker() -> Iterator[Worker]:
         while True:  # it prints that line just before it starts listening: wait for the port to open
             try:
                 probe_worker(address, timeout=30)
+                _worker_pids[address] = process.pid
                 return address
             except RpcWorkerError:
                 if time.monotonic() > deadline or process.poll() is not None:
@@ -75,13 +79,12 @@ def rpc_worker() -> Iterator[Worker]:
     for process in started:
         process.kill()
         process.wait()
+    _worker_pids.clear()
 
 
 def _cap_address_space(address: str, process_headroom: int) -> None:
     """Cap a running worker's address space ``process_headroom`` bytes above what it uses now."""
-    port = address.rsplit(":", 1)[1]
-    found = subprocess.run(["pgrep", "-f", f"rpc-worker --port {port}"], capture_output=True, text=True, check=True)
-    pid = int(found.stdout.split()[0])
+    pid = _worker_pids[address]
     with open(f"/proc/{pid}/statm") as handle:
         used = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     resource.prlimit(pid, resource.RLIMIT_AS, (used + process_headroom, used + process_headroom))
@@ -134,15 +137,11 @@ def test_the_plan_matches_what_llama_cpp_puts_on_the_worker(
         context = NativeContext(model, n_ctx=512, n_batch=512, n_threads=1)
     context.close()
     model.close()
-    reported = {"model": 0.0, "KV": 0.0, "compute": 0.0}
-    for line in lines:
-        if line.strip().split(":")[1:2] and "RPC0[" in line and "buffer size" in line:
-            kind = line.split("]")[1].split()[0]
-            reported[kind] += float(line.split("=")[1].split()[0]) * MIB
+    reported = {"weights": 0, "kv": 0, "compute": 0, **buffers_by_device(lines)[f"RPC0[{address}]"]}
     planned = plan.placements[0].memory
-    for kind, value in (("model", planned.weights), ("KV", planned.kv_cache), ("compute", planned.compute)):
+    for kind, value in (("weights", planned.weights), ("kv", planned.kv_cache), ("compute", planned.compute)):
         assert abs(value - reported[kind]) <= max(0.1 * reported[kind], 32 * MIB), (kind, value, reported)
-    assert reported["model"] > 0 and abs(planned.weights - reported["model"]) < 0.02 * MIB
+    assert reported["weights"] > 0 and abs(planned.weights - reported["weights"]) < 0.02 * MIB
 
 
 def test_a_worker_that_runs_out_of_memory_gets_fewer_layers_and_the_user_is_told(

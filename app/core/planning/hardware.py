@@ -168,29 +168,35 @@ def probe_metal(ram_total: int, ram_available: int) -> tuple[list[GpuInfo], list
 _GPU_BACKENDS = ("cuda", "metal", "vulkan", "hip", "musa", "sycl", "opencl", "rpc")
 
 
-def llama_build_info() -> tuple[str, bool, str, str]:
-    """(backend, supports GPU offload, ggml backends found, version) of the installed llama-cpp-python.
-
-    Read from the package's library files, without loading llama.cpp (only the engine host does that).
-    """
+def _llama_cpp_libraries() -> tuple[set[str] | None, str]:
+    """The ggml backends found among the installed llama-cpp-python's library files ("cpu", "cuda", "rpc",
+    ...), and its version (None, "" when it is not installed); read from the files, without loading llama.cpp
+    (only the engine host does that)."""
     import importlib.metadata
     import importlib.util
 
     spec = importlib.util.find_spec("llama_cpp")
     if spec is None or spec.origin is None:
-        return "missing", False, "", ""
-    folder = Path(spec.origin).parent / "lib"
+        return None, ""
     found = set()
+    folder = Path(spec.origin).parent / "lib"
     for library in [*folder.glob("*ggml-*"), *folder.glob("*ggml_*")]:
         name = library.name.split(".")[0].removeprefix("lib").removeprefix("ggml-").removeprefix("ggml_")
         found.add(name.lower())
-    backends = [name for name in _GPU_BACKENDS if name in found]
-    gpu = [name for name in backends if name != "rpc"]
-    backend = {"hip": "rocm"}.get(gpu[0], gpu[0]) if gpu else "cpu"
     try:
         version = importlib.metadata.version("llama_cpp_python")
     except importlib.metadata.PackageNotFoundError:
         version = ""
+    return found, version
+
+
+def llama_build_info() -> tuple[str, bool, str, str]:
+    """(backend, supports GPU offload, ggml backends found, version) of the installed llama-cpp-python."""
+    found, version = _llama_cpp_libraries()
+    if found is None:
+        return "missing", False, "", ""
+    gpu = [name for name in _GPU_BACKENDS if name in found and name != "rpc"]
+    backend = {"hip": "rocm"}.get(gpu[0], gpu[0]) if gpu else "cpu"
     listed = ", ".join(sorted(found - {"base"})) or "none"
     return backend, bool(gpu), f"ggml backends: {listed}", version
 
@@ -216,7 +222,7 @@ def probe(rpc_endpoints: Sequence[str] = ()) -> HardwareReport:
             workers.append(probe_worker(endpoint))
         except RpcWorkerError as err:
             notes.append(str(err))
-    rpc = "rpc" in info.split(": ", 1)[-1].split(", ")
+    rpc = "rpc" in (_llama_cpp_libraries()[0] or set())
     if rpc_endpoints and not rpc:
         notes.append(
             "This llama.cpp build cannot use RPC workers: reinstall llama-cpp-python with CMAKE_ARGS=-DGGML_RPC=on."

@@ -441,16 +441,25 @@ def _offloaded_layers(shape: ModelShape, gpu_layers: int) -> int:
     return max(0, min(gpu_layers, shape.n_layer + 1) - 1)
 
 
-def _split(shape: ModelShape, gpu_layers: int) -> tuple[int, int, int, int]:
-    """(gpu weight bytes, cpu weight bytes, gpu active bytes, cpu active bytes) for ``gpu_layers``."""
+def _host_side(shape: ModelShape, settings: PlanSettings, gpu_layers: int) -> tuple[Breakdown, int, int]:
+    """What stays on the CPU when ``gpu_layers`` are offloaded: (RAM breakdown, bytes read per token, layers)."""
     n = shape.n_layer
-    first_gpu = n - _offloaded_layers(shape, gpu_layers)
-    output_on_gpu = gpu_layers > 0
-    gpu_w = sum(shape.layer_bytes[first_gpu:]) + (shape.output_bytes if output_on_gpu else 0)
-    cpu_w = shape.input_bytes + sum(shape.layer_bytes[:first_gpu]) + (0 if output_on_gpu else shape.output_bytes)
-    gpu_a = sum(shape.layer_active_bytes[first_gpu:]) + (shape.output_bytes if output_on_gpu else 0)
-    cpu_a = sum(shape.layer_active_bytes[:first_gpu]) + (0 if output_on_gpu else shape.output_bytes)
-    return gpu_w, cpu_w, gpu_a, cpu_a
+    cpu_layers = n - _offloaded_layers(shape, gpu_layers)
+    output = shape.output_bytes if gpu_layers == 0 else 0
+    kv = shape.kv_bytes(settings.kv_cells, settings.kv_type) * cpu_layers // max(n, 1)
+    compute = (
+        compute_buffer_bytes(shape, settings, with_output=gpu_layers == 0)
+        if cpu_layers
+        else host_buffer_bytes(shape, settings)
+    )
+    ram = Breakdown(shape.input_bytes + sum(shape.layer_bytes[:cpu_layers]) + output, kv, compute, RAM_RESERVE_BYTES)
+    return ram, sum(shape.layer_active_bytes[:cpu_layers]) + output, cpu_layers
+
+
+def _verdict(device: Device, ram_needed: int, gpu_layers: int, n_layer: int) -> str:
+    if ram_needed > device.ram_total_bytes:
+        return VERDICT_TOO_BIG
+    return VERDICT_FULL if gpu_layers > n_layer else VERDICT_PARTIAL if gpu_layers else VERDICT_CPU
 
 
 def _plan_for_layers(
@@ -463,21 +472,18 @@ def _plan_for_layers(
     simulated: bool = False,
 ) -> MemoryPlan:
     n = shape.n_layer
-    gpu_w, cpu_w, gpu_a, cpu_a = _split(shape, gpu_layers)
-    kv_total = shape.kv_bytes(settings.kv_cells, settings.kv_type)
     on_gpu = _offloaded_layers(shape, gpu_layers)
-    kv_gpu = kv_total * on_gpu // max(n, 1)
-    gpu_compute = compute_buffer_bytes(shape, settings) if gpu_layers > 0 else 0
-    cpu_compute = (
-        compute_buffer_bytes(shape, settings, with_output=gpu_layers == 0)
-        if on_gpu < n
-        else host_buffer_bytes(shape, settings)
-    )
+    gpu_side = _slots_memory(shape, settings, n + 1 - min(gpu_layers, n + 1), n + 1)
+    ram, cpu_a, cpu_layers = _host_side(shape, settings, gpu_layers)
+    gpu_a = sum(shape.layer_active_bytes[n - on_gpu :]) + (shape.output_bytes if gpu_layers > 0 else 0)
+    kv_gpu = gpu_side.kv_cache
+    kv_cpu = shape.kv_bytes(settings.kv_cells, settings.kv_type) - kv_gpu
+    gpu_compute, cpu_compute = gpu_side.compute, ram.compute
     source = shape.source
     notes: list[str] = []
     if measured is not None:
         kv_gpu = measured.gpu_kv if gpu_layers > 0 else 0
-        kv_total = measured.gpu_kv + measured.cpu_kv
+        kv_cpu = measured.gpu_kv + measured.cpu_kv - kv_gpu
         gpu_compute, cpu_compute = measured.gpu_compute, measured.cpu_compute
         if simulated:
             source = SOURCE_LLAMA_CPP
@@ -485,26 +491,18 @@ def _plan_for_layers(
         else:
             source = SOURCE_MEASURED
             notes.append("KV cache and compute buffers as llama.cpp reported them for this file and settings.")
-    gpu = Breakdown(gpu_w, kv_gpu, gpu_compute, device.gpu_reserve_bytes if device.backend != "cpu" else 0)
-    ram = Breakdown(cpu_w, kv_total - kv_gpu, cpu_compute, RAM_RESERVE_BYTES)
+    gpu = Breakdown(gpu_side.weights, kv_gpu, gpu_compute, device.gpu_reserve_bytes if device.backend != "cpu" else 0)
+    ram = replace(ram, kv_cache=kv_cpu, compute=cpu_compute)
     efficiency = BANDWIDTH_EFFICIENCY.get(device.backend, 0.5)
     seconds = 0.0
     if gpu_a:
         seconds += gpu_a / (device.gpu_bandwidth_gbps * 1e9 * efficiency)
     if cpu_a:
         seconds += cpu_a / (device.ram_bandwidth_gbps * 1e9 * BANDWIDTH_EFFICIENCY["cpu"])
-        seconds += (n - on_gpu) * CPU_LAYER_OVERHEAD_S
-    speed = 1.0 / seconds if seconds > 0 else 0.0
+        seconds += cpu_layers * CPU_LAYER_OVERHEAD_S
     ram_needed = ram.total + (gpu.total if device.backend == "metal" else 0)
-    if ram_needed > device.ram_total_bytes:
-        verdict = VERDICT_TOO_BIG
-        speed = 0.0
-    elif gpu_layers > n:
-        verdict = VERDICT_FULL
-    elif gpu_layers > 0:
-        verdict = VERDICT_PARTIAL
-    else:
-        verdict = VERDICT_CPU
+    verdict = _verdict(device, ram_needed, gpu_layers, n)
+    speed = 1.0 / seconds if seconds > 0 and verdict != VERDICT_TOO_BIG else 0.0
     if verdict != VERDICT_TOO_BIG and ram_needed > device.ram_available_bytes:
         notes.append(
             f"Needs {ram_needed / GIB:.1f} GiB of RAM but {device.ram_available_bytes / GIB:.1f} GiB are free now: "
@@ -592,18 +590,7 @@ def _plan_across(shape: ModelShape, device: Device, settings: PlanSettings, spli
                 efficiency = BANDWIDTH_EFFICIENCY.get(device.backend, 0.5)
             seconds += active / (target.bandwidth_gbps * 1e9 * efficiency)
         first += count
-    cpu_layers = n - _offloaded_layers(shape, offloaded)
-    output_on_cpu = offloaded == 0
-    kv_total = shape.kv_bytes(settings.kv_cells, settings.kv_type)
-    ram = Breakdown(
-        shape.input_bytes + sum(shape.layer_bytes[:cpu_layers]) + (shape.output_bytes if output_on_cpu else 0),
-        kv_total * cpu_layers // max(n, 1),
-        compute_buffer_bytes(shape, settings, with_output=output_on_cpu)
-        if cpu_layers or output_on_cpu
-        else host_buffer_bytes(shape, settings),
-        RAM_RESERVE_BYTES,
-    )
-    cpu_active = sum(shape.layer_active_bytes[:cpu_layers]) + (shape.output_bytes if output_on_cpu else 0)
+    ram, cpu_active, cpu_layers = _host_side(shape, settings, offloaded)
     if cpu_active:
         seconds += cpu_active / (device.ram_bandwidth_gbps * 1e9 * BANDWIDTH_EFFICIENCY["cpu"])
         seconds += cpu_layers * CPU_LAYER_OVERHEAD_S
@@ -615,11 +602,8 @@ def _plan_across(shape: ModelShape, device: Device, settings: PlanSettings, spli
     )
     ram_needed = ram.total + (placements[-1].memory.total if device.backend == "metal" and placements else 0)
     notes = []
-    if ram_needed > device.ram_total_bytes:
-        verdict, speed = VERDICT_TOO_BIG, 0.0
-    else:
-        verdict = VERDICT_FULL if offloaded > n else VERDICT_PARTIAL if offloaded else VERDICT_CPU
-        speed = 1.0 / seconds if seconds > 0 else 0.0
+    verdict = _verdict(device, ram_needed, offloaded, n)
+    speed = 1.0 / seconds if seconds > 0 and verdict != VERDICT_TOO_BIG else 0.0
     for target, placement in zip(targets, placements, strict=True):
         if placement.memory.total - placement.memory.reserve > target.free_bytes and placement.layers:
             notes.append(
@@ -728,22 +712,32 @@ def _is_gpu_buffer(device: str) -> bool:
     return not upper.startswith("CPU") and "HOST" not in upper
 
 
-def parse_buffer_lines(lines: Sequence[str]) -> Measurement | None:
-    """Sum llama.cpp's ``... buffer size = X MiB`` log lines into a :class:`Measurement`."""
-    totals: dict[str, float] = {}
+def buffers_by_device(lines: Sequence[str]) -> dict[str, dict[str, int]]:
+    """llama.cpp's ``<device> <model|KV|compute> buffer size = X MiB`` log lines as bytes per device and kind
+    ("weights", "kv", "compute"); repacked copies of mapped CPU weights are left out (not extra model bytes)."""
+    found: dict[str, dict[str, float]] = {}
     for line in lines:
         match = _BUFFER_LINE.match(line.strip())
         if not match:
             continue
         device, kind, mib = match.groups()
         if kind == "model" and device.endswith("_REPACK"):
-            continue  # repacked copies of mapped CPU weights, not extra model bytes
+            continue
+        sizes = found.setdefault(device, {})
+        sizes[_BUFFER_KINDS[kind]] = sizes.get(_BUFFER_KINDS[kind], 0.0) + float(mib)
+    return {device: {kind: int(mib * MIB) for kind, mib in sizes.items()} for device, sizes in found.items()}
+
+
+def parse_buffer_lines(lines: Sequence[str]) -> Measurement | None:
+    """Sum llama.cpp's ``... buffer size = X MiB`` log lines into a :class:`Measurement`."""
+    totals: dict[str, float] = {}
+    for device, sizes in buffers_by_device(lines).items():
         side = "gpu" if _is_gpu_buffer(device) else "cpu"
-        key = f"{side}_{_BUFFER_KINDS[kind]}"
-        totals[key] = totals.get(key, 0.0) + float(mib)
+        for kind, size in sizes.items():
+            totals[f"{side}_{kind}"] = totals.get(f"{side}_{kind}", 0) + size
     if not totals:
         return None
-    return Measurement(**{key: int(value * MIB) for key, value in totals.items()})
+    return Measurement(**{key: int(value) for key, value in totals.items()})
 
 
 class MeasurementStore:

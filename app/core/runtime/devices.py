@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 
@@ -51,50 +52,46 @@ def _library(stem: str) -> ctypes.CDLL | None:
     return None
 
 
+_P = ctypes.c_void_p
+_SIZE = ctypes.c_size_t
+# (library, function, argument types, result type)
+_SIGNATURES: tuple[tuple[str, str, list[Any], Any], ...] = (
+    ("ggml-base", "ggml_backend_reg_dev_count", [_P], _SIZE),
+    ("ggml-base", "ggml_backend_reg_dev_get", [_P, _SIZE], _P),
+    ("ggml-base", "ggml_backend_dev_name", [_P], ctypes.c_char_p),
+    ("ggml-base", "ggml_backend_dev_type", [_P], ctypes.c_int),
+    ("ggml-base", "ggml_backend_dev_memory", [_P, ctypes.POINTER(_SIZE), ctypes.POINTER(_SIZE)], None),
+    ("ggml", "ggml_backend_dev_count", [], _SIZE),
+    ("ggml", "ggml_backend_dev_get", [_SIZE], _P),
+    ("ggml", "ggml_backend_dev_by_type", [ctypes.c_int], _P),
+    ("ggml-rpc", "ggml_backend_rpc_add_server", [ctypes.c_char_p], _P),
+    (
+        "ggml-rpc",
+        "ggml_backend_rpc_start_server",
+        [ctypes.c_char_p, ctypes.c_char_p, _SIZE, _SIZE, ctypes.POINTER(_P)],
+        None,
+    ),
+)
+
+
 class _Ggml:
-    """The few ggml functions this module needs, with their C signatures."""
+    """The few ggml functions this module needs, with their C signatures, as attributes named without the
+    ``ggml_backend_`` prefix (``dev_count``, ``rpc_add_server``, ...). ``rpc`` is False on a build without RPC."""
 
     def __init__(self) -> None:
-        ggml = _library("ggml")
-        base = _library("ggml-base")
-        if ggml is None or base is None:
+        libraries = {stem: _library(stem) for stem in ("ggml", "ggml-base", "ggml-rpc")}
+        if libraries["ggml"] is None or libraries["ggml-base"] is None:
             raise DeskError(f"llama.cpp's ggml libraries are missing from {_LIB_DIR}; reinstall llama-cpp-python.")
-        self.rpc = _library("ggml-rpc")
-        if self.rpc is not None:
-            self.rpc.ggml_backend_rpc_add_server.argtypes = [ctypes.c_char_p]
-            self.rpc.ggml_backend_rpc_add_server.restype = ctypes.c_void_p
-            self.rpc.ggml_backend_rpc_start_server.argtypes = [
-                ctypes.c_char_p,
-                ctypes.c_char_p,
-                ctypes.c_size_t,
-                ctypes.c_size_t,
-                ctypes.POINTER(ctypes.c_void_p),
-            ]
-            self.rpc.ggml_backend_rpc_start_server.restype = None
-        self.reg_dev_count = base.ggml_backend_reg_dev_count
-        self.reg_dev_count.argtypes = [ctypes.c_void_p]
-        self.reg_dev_count.restype = ctypes.c_size_t
-        self.reg_dev_get = base.ggml_backend_reg_dev_get
-        self.reg_dev_get.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        self.reg_dev_get.restype = ctypes.c_void_p
-        self.dev_name = base.ggml_backend_dev_name
-        self.dev_name.argtypes = [ctypes.c_void_p]
-        self.dev_name.restype = ctypes.c_char_p
-        self.dev_type = base.ggml_backend_dev_type
-        self.dev_type.argtypes = [ctypes.c_void_p]
-        self.dev_type.restype = ctypes.c_int
-        self.dev_memory = base.ggml_backend_dev_memory
-        self.dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
-        self.dev_memory.restype = None
-        self.dev_count = ggml.ggml_backend_dev_count
-        self.dev_count.argtypes = []
-        self.dev_count.restype = ctypes.c_size_t
-        self.dev_get = ggml.ggml_backend_dev_get
-        self.dev_get.argtypes = [ctypes.c_size_t]
-        self.dev_get.restype = ctypes.c_void_p
-        self.dev_by_type = ggml.ggml_backend_dev_by_type
-        self.dev_by_type.argtypes = [ctypes.c_int]
-        self.dev_by_type.restype = ctypes.c_void_p
+        self.rpc = libraries["ggml-rpc"] is not None
+        for stem, name, argtypes, restype in _SIGNATURES:
+            library = libraries[stem]
+            if library is not None:
+                function = getattr(library, name)
+                function.argtypes, function.restype = argtypes, restype
+                setattr(self, name.removeprefix("ggml_backend_"), function)
+
+    def __getattr__(self, name: str) -> Any:  # only reached for an RPC function on a build without RPC
+        raise RpcUnsupportedError()
 
 
 _ggml: _Ggml | None = None
@@ -110,7 +107,7 @@ def _api() -> _Ggml:
 
 def rpc_supported() -> bool:
     """Whether the installed llama.cpp can use RPC workers."""
-    return _api().rpc is not None
+    return _api().rpc
 
 
 def supports_gpu_offload() -> bool:
@@ -154,14 +151,14 @@ def connect_workers(endpoints: Sequence[str], *, timeout: float = 3.0) -> tuple[
     if not endpoints:
         return [], []
     api = _api()
-    if api.rpc is None:
+    if not api.rpc:
         raise RpcUnsupportedError()
     devices: list[OffloadDevice] = []
     workers = []
     for endpoint in endpoints:
         worker = probe_worker(endpoint, timeout=timeout)
         workers.append(worker)
-        registry = api.rpc.ggml_backend_rpc_add_server(worker.endpoint.encode())
+        registry = api.rpc_add_server(worker.endpoint.encode())
         if not registry:
             raise DeskError(f"llama.cpp could not add the RPC worker at {worker.endpoint}.")
         for index in range(api.reg_dev_count(registry)):
@@ -192,33 +189,28 @@ def serve_worker(host: str, port: int, *, threads: int, memory_limit: int | None
     address space is capped a little above it, so going past it is a real allocation failure on the worker.
     """
     api = _api()
-    if api.rpc is None:
+    if not api.rpc:
         raise RpcUnsupportedError()
     cpu = api.dev_by_type(_DEVICE_TYPE_CPU)
     if not cpu:
         raise DeskError("llama.cpp has no CPU device to serve.")
-    keep: list[object] = []
     if memory_limit is not None:
         if not sys.platform.startswith("linux"):
             raise DeskError("--mem is only enforced on Linux; run the worker without it here.")
         ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1)
-        baseline = _address_space_bytes() + WORKER_OVERHEAD_BYTES + threads * 8 * 1024**2
-        resource.setrlimit(resource.RLIMIT_AS, (baseline + memory_limit, baseline + memory_limit))
+        start = _address_space_bytes()
+        cap = start + WORKER_OVERHEAD_BYTES + threads * 8 * 1024**2 + memory_limit  # + thread stacks
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
         def report(_device: int, free: ctypes._Pointer, total: ctypes._Pointer) -> None:  # type: ignore[type-arg]
-            held = max(0, _address_space_bytes() + WORKER_OVERHEAD_BYTES - baseline)
             total[0] = memory_limit
-            free[0] = max(0, memory_limit - held)
+            free[0] = max(0, memory_limit - max(0, _address_space_bytes() - start))
 
-        callback = _GET_MEMORY(report)
-        keep.append(callback)
+        callback = _GET_MEMORY(report)  # lives as long as this call, which serves until the process ends
         # the CPU device is a static struct whose interface starts with get_name, get_description, get_memory:
         # point its get_memory at ours, in this worker process only
         interface = _DeviceInterface.from_address(cpu)
         interface.get_memory = ctypes.cast(callback, ctypes.c_void_p).value
     devices = (ctypes.c_void_p * 1)(cpu)
     endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    api.rpc.ggml_backend_rpc_start_server(
-        endpoint.encode(), cache_dir.encode() if cache_dir else None, threads, 1, devices
-    )
-    del keep
+    api.rpc_start_server(endpoint.encode(), cache_dir.encode() if cache_dir else None, threads, 1, devices)
