@@ -122,15 +122,78 @@ def compare_on_cpu(path: Path, settings: PlanSettings) -> list[Comparison]:
     ]
 
 
+def compare_on_workers(
+    path: Path, settings: PlanSettings, addresses: Sequence[str], *, gpu_layers: int | None = None, cpu_moe: int = 0
+) -> list[Comparison]:
+    """Plan ``path`` across the RPC workers at ``addresses`` (whole layers, or ``gpu_layers``; the experts of the
+    first ``cpu_moe`` layers in RAM) and load it there: what each worker and this machine hold, next to
+    llama.cpp's buffer report."""
+    from dataclasses import replace
+
+    from app.core.models.gguf import read_model
+    from app.core.planning.fit import with_workers
+    from app.core.planning.planner import buffers_by_device
+    from app.core.runtime import llama_log
+    from app.core.runtime.devices import connect_workers, expert_overrides
+    from app.core.runtime.native import NativeContext, NativeModel
+
+    devices, workers = connect_workers(addresses)
+    plan = plan_memory(
+        ModelShape.from_gguf(read_model(path), path.name),
+        with_workers(CPU_ONLY, workers),
+        replace(settings, gpu_layers=gpu_layers, cpu_moe=cpu_moe),
+    )
+    with llama_log.capture() as lines:
+        model = NativeModel(
+            str(path),
+            n_gpu_layers=plan.gpu_layers,
+            devices=[device.handle for device in devices],
+            layer_split=plan.layer_split,
+            buffer_overrides=expert_overrides(plan.cpu_moe),
+            mmap=False,  # this machine's weights in buffers of their own size, not a mapped file range
+        )
+        context = NativeContext(
+            model,
+            n_ctx=settings.kv_cells,
+            n_batch=settings.n_batch,
+            flash_attn=settings.flash_attn,
+            kv_type=settings.kv_type,
+            n_threads=1,
+        )
+    context.close()
+    model.close()
+    reported = buffers_by_device(lines, repacked=True)
+    label = f"{path.name} {'/'.join(map(str, plan.layer_split))}" + (f" moe {plan.cpu_moe}" if plan.cpu_moe else "")
+    rows = []
+    for device, placement in zip(devices, plan.placements, strict=True):
+        on_device = next((sizes for name, sizes in reported.items() if name.endswith(f"[{device.endpoint}]")), {})
+        for kind, key, planned in (
+            ("weights", "weights", placement.memory.weights),
+            ("KV cache", "kv", placement.memory.kv_cache),
+            ("compute", "compute", placement.memory.compute),
+        ):
+            rows.append(Comparison(label, settings, f"{device.name} {kind}", planned, on_device.get(key, 0)))
+    on_host = [sizes for name, sizes in reported.items() if name.upper().startswith("CPU")]
+    for kind, key, planned in (
+        ("weights", "weights", plan.ram.weights),
+        ("KV cache", "kv", plan.ram.kv_cache),
+        ("compute", "compute", plan.ram.compute),
+    ):
+        rows.append(Comparison(label, settings, f"CPU {kind}", planned, sum(s.get(key, 0) for s in on_host)))
+    return rows
+
+
 def format_rows(rows: Sequence[Comparison]) -> str:
+    width = max([9, *(len(row.kind) for row in rows)])
     lines = [
-        f"{'model':32} {'ctx':>6} {'kv':5} {'fa':3} {'figure':9} {'planned MiB':>12} {'llama.cpp MiB':>14} {'error':>8}  ok"
+        f"{'model':32} {'ctx':>6} {'kv':5} {'fa':3} {'figure':{width}} {'planned MiB':>12} {'llama.cpp MiB':>14} "
+        f"{'error':>8}  ok"
     ]
     for row in rows:
         error = (row.planned / row.reported - 1) * 100 if row.reported else float("nan")
         lines.append(
             f"{row.model[:32]:32} {row.settings.n_ctx:>6} {row.settings.kv_type:5} {'on' if row.settings.flash_attn else 'off':3} "
-            f"{row.kind:9} {row.planned / MIB:>12.2f} {row.reported / MIB:>14.2f} {error:>+7.2f}%  "
+            f"{row.kind:{width}} {row.planned / MIB:>12.2f} {row.reported / MIB:>14.2f} {error:>+7.2f}%  "
             f"{'yes' if row.within_tolerance else 'NO'}"
         )
     return "\n".join(lines)
@@ -255,12 +318,43 @@ def full_size_check(folder: Path, *, real: bool) -> list[Comparison]:
     return rows
 
 
+RPC_GRID: tuple[PlanSettings, ...] = (PlanSettings(n_ctx=512, n_parallel=1), PlanSettings(n_ctx=4096, n_parallel=1))
+
+
+def rpc_check(models: Sequence[Path]) -> list[Comparison]:
+    """Each model on one worker (every layer, the top two slots, the output only, and the experts of one and of
+    every layer in RAM), and the full-width model on two workers whose limits split it unevenly."""
+    from quant.local_workers import local_workers
+
+    rows: list[Comparison] = []
+    with local_workers("") as (address,):
+        for path in models:
+            for settings in RPC_GRID:
+                for layers, moe in ((None, 0), (2, 0), (1, 0), (None, 1), (None, 2)):
+                    rows += compare_on_workers(path, settings, [address], gpu_layers=layers, cpu_moe=moe)
+    # a layer of the full-width model with its KV and compute is about 1020 MiB, the output about 150 MiB
+    for limits in (("1100MiB", "1200MiB"), ("1100MiB", "500MiB")):
+        with local_workers(*limits) as addresses:
+            rows += compare_on_workers(models[-1], RPC_GRID[0], addresses)
+    return rows
+
+
+def _report(rows: Sequence[Comparison]) -> int:
+    print(format_rows(rows))
+    bad = [r for r in rows if not r.within_tolerance]
+    print(f"\n{len(rows) - len(bad)} of {len(rows)} figures within 10% or 32 MiB of llama.cpp's own report.")
+    return 1 if bad else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m quant planner-check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models-dir", default="", help="where to build/keep the test models (default: a cache dir)")
     parser.add_argument("--gpu", action="store_true", help="also compare with CUDA buffers and NVML (needs a GPU)")
     parser.add_argument("--full", action="store_true", help="every level of 8x7B and 8x22B at real size")
     parser.add_argument("--real", action="store_true", help="with --full: real loads of the levels that fit RAM")
+    parser.add_argument(
+        "--rpc", action="store_true", help="per device, across llama.cpp RPC workers started on 127.0.0.1"
+    )
     args = parser.parse_args(argv)
     from app.core.storage import paths
 
@@ -278,6 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1 if bad else 0
     models = [build_tiny(folder, "v1", ("Q4_K_M",))["Q4_K_M"], wide_model(folder)]
+    if args.rpc:
+        return _report(rpc_check(models))
     rows = [row for model in models for settings in CPU_GRID for row in compare_on_cpu(model, settings)]
     print(format_rows(rows))
     bad = [r for r in rows if not r.within_tolerance]

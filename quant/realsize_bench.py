@@ -2,10 +2,15 @@
 zero weights, no disk) loaded and run by the console chat and by the window's load path.
 
     python -m quant realsize-bench [--level Q2_K] [--tokens 32] [--skip-window]
+    python -m quant realsize-bench --rpc-mem 8GiB
 
 Prints, for each path: load seconds, time to first token, decode tokens/s, peak RSS; then the planner's
 estimate for this machine and the bandwidth bound (active bytes per token ÷ measured RAM bandwidth), with
-the measured speed as a share of each. The first load reads 17 GB of holes into the page cache (about a
+the measured speed as a share of each. With ``--rpc-mem`` the console chat runs three times against a
+llama.cpp RPC worker started here with that memory limit (a real device out-of-memory beyond it): on the CPU
+alone, with whole layers on the worker, and with every layer on the worker but the experts of the fewest
+layers that leave it room kept in RAM; each next to the planner's figures for it (the worker is this same
+CPU, so the speeds are relative only). The first load reads 17 GB of holes into the page cache (about a
 minute here); later loads of the same file find it there. Not part of the test suite.
 """
 
@@ -27,11 +32,11 @@ PROMPT = "Write a short poem about the sea."
 CHAT = (sys.executable, "-m", "app", "chat", "--model")
 
 
-def console_chat(path: Path, tokens: int) -> dict[str, Any]:
+def console_chat(path: Path, tokens: int, *options: str) -> dict[str, Any]:
     """`mixtral-desk chat --prompt … --json` in a child process: wall time, the reply's stats, peak RSS."""
     started = time.perf_counter()
     result = subprocess.run(
-        [*CHAT, str(path), "--prompt", PROMPT, "--json", "--max-tokens", str(tokens), "--temperature", "0"],
+        [*CHAT, str(path), "--prompt", PROMPT, "--json", "--max-tokens", str(tokens), "--temperature", "0", *options],
         capture_output=True,
         text=True,
         timeout=1800,
@@ -75,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--drop-caches", action="store_true", help="empty the page cache first, for a cold first load (root only)"
     )
+    parser.add_argument("--rpc-mem", metavar="SIZE", help="also offload to a local RPC worker capped at SIZE")
     args = parser.parse_args(argv)
 
     from app.core.models.gguf import read_model
@@ -90,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.drop_caches:
         os.sync()
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    if args.rpc_mem:
+        return offload_runs(full.path, args.tokens, args.rpc_mem)
     rows = [("console chat", console_chat(full.path, args.tokens))]
     if not args.skip_window:
         rows.append(("window", window_path(full.path, args.tokens)))
@@ -116,6 +124,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\nactive bytes per token {active / 2**30:.2f} GiB (attention, norms, router, 2 of 8 experts per layer, "
         f"output); RAM bandwidth {bandwidth:.1f} GB/s measured; planner: {plan.summary()}"
     )
+    return 0
+
+
+def offload_runs(path: Path, tokens: int, limit: str) -> int:
+    """The console chat on the CPU alone, then with a worker capped at ``limit``: whole layers, experts in RAM."""
+    from app.core.models.gguf import read_model
+    from app.core.planning.fit import device_for, plan_file
+    from app.core.planning.planner import ModelShape, PlanSettings, fewest_experts_in_ram
+    from app.core.planning.rpc_workers import probe_worker
+    from quant.local_workers import local_workers
+
+    rows = [("CPU only", console_chat(path, tokens), plan_file(path, device_for(), PlanSettings(n_parallel=2)))]
+    with local_workers(limit) as (address,):
+        device = device_for(workers=[probe_worker(address)])
+        settings = PlanSettings(n_parallel=2)
+        fewest = fewest_experts_in_ram(ModelShape.from_gguf(read_model(path)), device, settings)
+        runs = [("whole layers on the worker", 0)]
+        if fewest is not None:
+            runs.append((f"experts of {fewest} layers in RAM, the rest on the worker", fewest))
+        for name, cpu_moe in runs:
+            plan = plan_file(path, device, PlanSettings(n_parallel=2, cpu_moe=cpu_moe))
+            rows.append((name, console_chat(path, tokens, "--rpc", address, "--cpu-moe", str(cpu_moe)), plan))
+    print(f"\n| {path.name}, worker capped at {limit} | load s | decode tok/s | planner tok/s | plan |")
+    print("|---|---|---|---|---|")
+    for name, row, plan in rows:
+        print(
+            f"| {name} | {row['load_s']:.1f} | {row['tokens_per_s']:.2f} ({row['generated']} tokens) | "
+            f"{plan.decode_tokens_per_s:.2f} | {plan.summary()} |"
+        )
     return 0
 
 

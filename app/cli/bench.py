@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from app.cli.format import human_bytes, table
+from app.cli.options import add_cpu_moe_option, add_rpc_option
 from app.core.runtime.host import EngineHost
 from app.core.runtime.types import LoadSettings
 
@@ -26,7 +27,9 @@ def register(commands: Any) -> None:
     parser.add_argument("--generate", type=int, default=128, help="tokens to generate (default 128, as tg128)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (default 3)")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--gpu-layers", type=int, default=None)
+    parser.add_argument("--gpu-layers", type=int, default=None, metavar="N", help="whole layers to offload; -1 = all")
+    add_cpu_moe_option(parser)
+    add_rpc_option(parser)
     parser.add_argument("--no-long", action="store_true", help="skip the long-prompt scenario")
     parser.add_argument(
         "--overhead", action="store_true", help="compare our streaming path with a bare llama.cpp C-API loop"
@@ -37,7 +40,9 @@ def register(commands: Any) -> None:
         help="aggregate tokens/s for 1, 2, 4 and 8 concurrent streams, against the bare batched ceiling",
     )
     parser.add_argument(
-        "--tune", action="store_true", help="find the fastest threads/batch and save them for the model"
+        "--tune",
+        action="store_true",
+        help="find the fastest threads, batch and (with a GPU or --rpc) offload, and save them for the model",
     )
     parser.add_argument(
         "--mixtral-shaped",
@@ -47,6 +52,16 @@ def register(commands: Any) -> None:
     parser.add_argument("--chart", metavar="FILE.png", help="save a bar chart of the results")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(func=run)
+
+
+def _trial_label(trial: dict[str, int]) -> str:
+    """``threads 2, batch 512, 33 layers with the experts of 6 in RAM``."""
+    label = f"threads {trial['n_threads']:>2}, batch {trial['n_batch']:>4}"
+    if "n_gpu_layers" in trial:
+        label += f", {trial['n_gpu_layers']:>2} layers offloaded"
+    if trial.get("cpu_moe"):
+        label += f", the experts of {trial['cpu_moe']} in RAM"
+    return label
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,20 +99,22 @@ def run(args: argparse.Namespace) -> int:
     paths_to_run = [resolve_model(m) for m in args.models] or ([] if args.mixtral_shaped else [resolve_model(None)])
     for model in paths_to_run:
         settings = LoadSettings(
-            model_path=str(model), n_ctx=args.ctx, n_threads=args.threads, n_gpu_layers=args.gpu_layers
+            model_path=str(model),
+            n_ctx=args.ctx,
+            n_threads=args.threads,
+            n_gpu_layers=args.gpu_layers,
+            cpu_moe=args.cpu_moe,
+            rpc_workers=tuple(args.rpc),
         )
         if args.tune:
             best = bench.tune(
                 settings,
                 on_trial=lambda trial, pp, tg: print(
-                    f"  threads {trial['n_threads']:>2} batch {trial['n_batch']:>4}: pp {pp:8.1f}  tg {tg:7.2f} tok/s",
+                    f"  {_trial_label(trial)}: pp {pp:8.1f}  tg {tg:7.2f} tok/s",
                     file=sys.stderr,
                 ),
             )
-            print(
-                f"{model.name}: fastest is {best['n_threads']} threads, batch {best['n_batch']} (saved)",
-                file=sys.stderr,
-            )
+            print(f"{model.name}: fastest is {_trial_label(best)} (saved)", file=sys.stderr)
             payload.setdefault("tuned", {})[model.name] = best
         if args.parallel:
             from dataclasses import replace

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from app.core.context import POLICIES, POLICY_ROLLING
 from app.core.models.local import resolve_model
@@ -21,8 +22,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--ctx", type=int, default=4096, metavar="N", help="context length in tokens (default 4096)")
     group.add_argument(
-        "--gpu-layers", type=int, default=None, metavar="N", help="layers to offload to the GPU; -1 = all"
+        "--gpu-layers", type=int, default=None, metavar="N", help="whole layers to offload to the GPU; -1 = all"
     )
+    add_cpu_moe_option(group)
     group.add_argument(
         "--flash-attn",
         action=argparse.BooleanOptionalAction,
@@ -37,6 +39,25 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--format", choices=FORMATS, default=None, help="prompt format (default: detected from the GGUF)"
     )
     add_rpc_option(group)
+
+
+def layer_count(text: str) -> int:
+    """argparse type for a count of layers: a whole number, 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of layers (0 or more)")
+    return int(text)
+
+
+def add_cpu_moe_option(group: Any) -> None:
+    """--cpu-moe N: the experts of the first N layers in RAM, everything else offloaded."""
+    group.add_argument(
+        "--cpu-moe",
+        type=layer_count,
+        default=None,
+        metavar="N",
+        help="keep the experts of the first N layers in RAM and offload everything else (llama.cpp's "
+        "--n-cpu-moe); 0 = whole layers only (default: the planner picks the faster way)",
+    )
 
 
 def worker_addresses(text: str) -> tuple[str, ...]:
@@ -98,6 +119,7 @@ def load_settings_from(args: argparse.Namespace, *, chat_format: str | None = No
         seed=args.seed,
         chat_format=chat_format or args.format,
         rpc_workers=tuple(getattr(args, "rpc", ())),
+        cpu_moe=getattr(args, "cpu_moe", None),
     )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from app.cli.format import parse_size, plan_report, short_verdict, size_label, speed, table
-from app.cli.options import add_rpc_option
+from app.cli.options import add_cpu_moe_option, add_rpc_option
 from app.core.errors import DeskError
 from app.core.models import catalog
 from app.core.models.gguf import GGUFError
@@ -37,6 +37,7 @@ def add_planning_options(parser: argparse.ArgumentParser) -> None:
         "the chat and one API client; `serve --parallel`)",
     )
     group.add_argument("--gpu-layers", type=int, default=None, metavar="N", help="plan this many GPU layers (-1 = all)")
+    add_cpu_moe_option(group)
     what_if = parser.add_argument_group("what-if machine (plan before you buy)")
     what_if.add_argument("--assume-vram", metavar="SIZE", help="GPU memory, e.g. 24GiB")
     what_if.add_argument("--assume-ram", metavar="SIZE", help="system RAM, e.g. 64GiB")
@@ -63,6 +64,7 @@ def planning_inputs(args: argparse.Namespace) -> tuple[Any, PlanSettings]:
         flash_attn=args.flash_attn,
         gpu_layers=args.gpu_layers,
         n_parallel=args.parallel,
+        cpu_moe=args.cpu_moe,
     )
     workers = []
     if getattr(args, "rpc", ()):

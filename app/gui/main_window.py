@@ -422,6 +422,8 @@ class MainWindow(QMainWindow):
             flash_attn=s.flash_attention,
             kv_type=s.kv_cache_type,
             n_threads=s.threads,
+            rpc_workers=s.rpc_workers,
+            cpu_moe=s.cpu_moe,
         )
         self.load_progress.setVisible(True)
         self.cancel_load_button.setVisible(True)
@@ -438,7 +440,7 @@ class MainWindow(QMainWindow):
         from app.gui.model_manager import ModelManagerWindow
 
         if self.model_manager is None:
-            self.model_manager = ModelManagerWindow(self.downloads)
+            self.model_manager = ModelManagerWindow(self.downloads, rpc_workers=self.settings.rpc_workers)
             self.model_manager.load_requested.connect(lambda path: self.load_model(str(path)))
             self.model_manager.context.setValue(self.settings.context_length)
         self.model_manager.show()
@@ -598,12 +600,15 @@ class MainWindow(QMainWindow):
 
         if info.architecture == "remote":
             backend = "remote"
+        elif info.placement:
+            backend = info.placement
         elif info.n_gpu_layers == 0:
             backend = "CPU"
         else:
             built_for = llama_build_info()[0].upper()
             backend = f"{built_for} {min(info.n_gpu_layers, info.n_layer + 1)}/{info.n_layer + 1}"
         self.status_backend.setText(backend)
+        self.status_backend.setToolTip("\n".join(note.removeprefix("Memory plan: ") for note in info.notes[:2]))
         self.status_context.setText(f"context 0/{info.n_ctx}")
         self.status_speed.setText("")  # the previous model's speed says nothing about this one
         self.input.setPlaceholderText(f"Message {Path(info.path).stem} (Enter sends, Shift+Enter for a new line)")
@@ -1233,19 +1238,20 @@ class MainWindow(QMainWindow):
     def apply_settings(self, settings: Settings) -> None:
         from app.gui.theme import apply_theme, is_dark
 
-        reload = (
-            settings.context_length,
-            settings.gpu_layers,
-            settings.flash_attention,
-            settings.kv_cache_type,
-            settings.threads,
-        ) != (
-            self.settings.context_length,
-            self.settings.gpu_layers,
-            self.settings.flash_attention,
-            self.settings.kv_cache_type,
-            self.settings.threads,
-        )
+        def loading(s: Settings) -> tuple[object, ...]:
+            return (
+                s.context_length,
+                s.gpu_layers,
+                s.flash_attention,
+                s.kv_cache_type,
+                s.threads,
+                s.rpc_workers,
+                s.cpu_moe,
+            )
+
+        reload = loading(settings) != loading(self.settings)
+        if self.model_manager is not None and settings.rpc_workers != self.settings.rpc_workers:
+            self.model_manager.set_workers(settings.rpc_workers)
         self.settings = settings
         self.disk.run(lambda: save_settings(settings))
         self.downloads.manager.connections = settings.download_connections

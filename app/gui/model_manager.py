@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,6 +249,7 @@ class ModelManagerWindow(QWidget):
         hardware_text: str | None = None,
         parent: QWidget | None = None,
         confirm: Callable[[str], bool] | None = None,
+        rpc_workers: Sequence[str] = (),
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Models")
@@ -256,6 +257,8 @@ class ModelManagerWindow(QWidget):
         self.setAcceptDrops(True)
         self.downloads = downloads
         self._device = device
+        self._assumed = device is not None  # a what-if machine (tests, screenshots): never probed
+        self._rpc_workers = tuple(rpc_workers)
         self._confirm = confirm or self._ask
         self._worker = BackgroundRunner("model-manager")
         self._worker.done.connect(self._on_work_done)
@@ -361,12 +364,21 @@ class ModelManagerWindow(QWidget):
 
     # -- planning -----------------------------------------------------------------------------------
 
+    def set_workers(self, endpoints: Sequence[str]) -> None:
+        """Plan with these RPC workers from now on: ask them (off the GUI thread), then replan every row."""
+        self._rpc_workers = tuple(endpoints)
+        if self._assumed:
+            return
+        self._probing = True
+        self.hardware_label.setText("Checking this machine and its workers…")
+        self._worker.run("hardware", self._probe)
+
     def _probe(self) -> tuple[Device, str]:
         from app.core.planning import hardware
         from app.core.planning.fit import device_for
 
-        report = hardware.probe()
-        device = self._device or device_for(report=report)
+        report = hardware.probe(self._rpc_workers)
+        device = self._device if self._assumed and self._device else device_for(report=report)
         free_disk = shutil.disk_usage(paths.ensure(paths.models_dir())).free
         gpus = (
             "; ".join(
@@ -385,11 +397,22 @@ class ModelManagerWindow(QWidget):
             ("llama.cpp", build),
             ("Free disk", f"{human_bytes(free_disk)} in the models folder"),
         )
+        pairs = [cells[:2], cells[2:]]
+        if self._rpc_workers:
+            answered = {worker.endpoint: worker for worker in report.rpc_workers}
+            workers = "; ".join(
+                f"{html.escape(w)} · {human_bytes(sum(d.free_bytes for d in answered[w].devices))} free of "
+                f"{human_bytes(sum(d.total_bytes for d in answered[w].devices))}"
+                if w in answered
+                else f"{html.escape(w)} · not answering"
+                for w in self._rpc_workers
+            )
+            pairs.append((("Workers", workers),))
         rows = "".join(
             "<tr>"
             + "".join(f"<td><b>{name}:</b>&nbsp;</td><td>{value}&nbsp;&nbsp;&nbsp;</td>" for name, value in pair)
             + "</tr>"
-            for pair in (cells[:2], cells[2:])
+            for pair in pairs
         )
         text = f"<table cellspacing='0' cellpadding='1'>{rows}</table>"
         return device, text
@@ -471,7 +494,7 @@ class ModelManagerWindow(QWidget):
         if tag == "hardware":
             if error is None:
                 device, text = result
-                self._device = self._device or device
+                self._device = device
                 self.hardware_label.setText(text)
             else:
                 self.hardware_label.setText(f"Could not check this machine: {error}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -87,7 +88,7 @@ def test_verdicts_follow_the_available_memory() -> None:
     big = Device.assumed_machine(backend="cuda", vram_bytes=80 * GIB, ram_bytes=64 * GIB, gpu_name="H100")
     full = plan_memory(shape, big)
     assert full.verdict == VERDICT_FULL and full.gpu_layers == 33 and full.ram.weights == shape.input_bytes
-    partial = plan_memory(shape, CUDA_24)
+    partial = plan_memory(shape, CUDA_24, PlanSettings(cpu_moe=0))  # whole layers only
     assert partial.verdict == VERDICT_PARTIAL and 20 < partial.gpu_layers < 33
     assert partial.gpu.total <= 24 * GIB and partial.gpu.reserve == 512 * MIB
     cpu = plan_memory(shape, Device.assumed_machine(backend="cpu", vram_bytes=None, ram_bytes=64 * GIB))
@@ -97,11 +98,57 @@ def test_verdicts_follow_the_available_memory() -> None:
     assert full.decode_tokens_per_s > partial.decode_tokens_per_s > cpu.decode_tokens_per_s > 0
 
 
+def test_experts_kept_in_ram_leave_attention_and_the_kv_cache_on_the_gpu() -> None:
+    shape = shape_8x7b(int(35.7 * GIB))  # Q6_K: does not fit a 24 GB card
+    experts = plan_memory(shape, CUDA_24, PlanSettings(cpu_moe=12))
+    in_ram = sum(shape.layer_expert_bytes[:12])
+    assert experts.gpu_layers == 33 and experts.experts_in_ram == 12 and experts.strategy == "experts"
+    assert experts.verdict == VERDICT_PARTIAL  # every layer offloaded, but not everything on the GPU
+    assert experts.ram.weights == shape.input_bytes + in_ram
+    assert experts.gpu.weights == shape.weight_bytes - shape.input_bytes - in_ram
+    assert experts.gpu.kv_cache == shape.kv_bytes(4096)  # the whole KV cache on the GPU
+    assert "the experts of 12 of them kept in RAM" in experts.summary()
+    whole = plan_memory(shape, CUDA_24, PlanSettings(cpu_moe=0))
+    assert whole.strategy == "layers" and whole.gpu_layers < 33 and whole.experts_in_ram == 0
+
+
+@pytest.mark.parametrize("n_ctx", [4096, 32768])
+def test_the_planner_picks_the_faster_strategy_for_the_context(n_ctx: int) -> None:
+    shape = shape_8x7b(int(35.7 * GIB))
+    chosen = plan_memory(shape, CUDA_24, PlanSettings(n_ctx=n_ctx))
+    whole = plan_memory(shape, CUDA_24, PlanSettings(n_ctx=n_ctx, cpu_moe=0))
+    fewest = next(
+        plan
+        for k in range(1, 33)
+        if (plan := plan_memory(shape, CUDA_24, PlanSettings(n_ctx=n_ctx, cpu_moe=k))).gpu.total <= 24 * GIB
+    )
+    assert chosen.decode_tokens_per_s == max(whole.decode_tokens_per_s, fewest.decode_tokens_per_s)
+    assert chosen.gpu.total <= 24 * GIB
+    other = fewest if chosen.strategy == "layers" else whole
+    assert any(f"~{other.decode_tokens_per_s:.1f} tokens/s" in note for note in chosen.notes)
+    assert plan_memory(shape, CUDA_24, PlanSettings(n_ctx=n_ctx, gpu_layers=20)).strategy == "layers"  # as asked
+
+
+def test_over_the_network_each_hand_over_costs_a_round_trip_so_whole_layers_win() -> None:
+    from app.core.planning.planner import RPC_TOKEN_OVERHEAD_S, OffloadTarget
+
+    shape = shape_8x7b(int(26.5 * GIB))
+    worker = OffloadTarget("RPC box:50052", "box:50052", 16 * GIB, 16 * GIB, 40.0)
+    cpu = Device.assumed_machine(backend="cpu", vram_bytes=None, ram_bytes=64 * GIB)
+    pooled = replace(cpu, workers=(worker,))
+    chosen = plan_memory(shape, pooled)
+    forced = plan_memory(shape, pooled, PlanSettings(cpu_moe=chosen.n_layer // 2))
+    assert chosen.strategy == "layers" and forced.strategy == "experts"
+    # every layer whose experts are in RAM goes to this machine and back: two round trips per token
+    assert 1 / forced.decode_tokens_per_s > forced.experts_in_ram * 2 * RPC_TOKEN_OVERHEAD_S
+    assert chosen.decode_tokens_per_s > forced.decode_tokens_per_s
+
+
 def test_more_context_means_fewer_gpu_layers_and_quantized_kv_gives_some_back() -> None:
     shape = shape_8x7b()
-    layers = [plan_memory(shape, CUDA_24, PlanSettings(n_ctx=n)).gpu_layers for n in (2048, 8192, 32768)]
+    layers = [plan_memory(shape, CUDA_24, PlanSettings(n_ctx=n, cpu_moe=0)).gpu_layers for n in (2048, 8192, 32768)]
     assert layers[0] >= layers[1] > layers[2]
-    q8 = plan_memory(shape, CUDA_24, PlanSettings(n_ctx=32768, kv_type="q8_0", flash_attn=True))
+    q8 = plan_memory(shape, CUDA_24, PlanSettings(n_ctx=32768, kv_type="q8_0", flash_attn=True, cpu_moe=0))
     assert q8.gpu_layers > layers[2]
 
 

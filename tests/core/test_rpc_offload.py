@@ -6,25 +6,23 @@ from __future__ import annotations
 import os
 import re
 import resource
-import socket
+import signal
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from app.core.errors import DeskError
-from app.core.planning.fit import device_for, plan_file
-from app.core.planning.planner import MIB, PlanSettings, buffers_by_device
+from app.core.planning.planner import MIB, PlanSettings
 from app.core.planning.rpc_workers import RpcWorkerError, parse_endpoints, probe_worker
 from app.core.prompts import Message
 from app.core.runtime import llama_log
-from app.core.runtime.devices import connect_workers, rpc_supported
+from app.core.runtime.devices import rpc_supported
 from app.core.runtime.host import EngineHost
-from app.core.runtime.native import NativeContext, NativeModel
 from app.core.runtime.types import GenerationRequest, LoadSettings, SamplingSettings
+from quant.local_workers import free_port, start_worker
+from quant.planner_check import compare_on_workers, format_rows
 
 pytestmark = pytest.mark.skipif(
     not rpc_supported(),
@@ -34,46 +32,19 @@ GREEDY = SamplingSettings(temperature=0.0, repeat_penalty=1.0, max_new_tokens=24
 Worker = Callable[..., str]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 _worker_pids: dict[str, int] = {}
 
 
 @pytest.fixture
 def rpc_worker() -> Iterator[Worker]:
-    """Starts `mixtral-desk rpc-worker` processes; returns each one's address once it listens."""
+    """Starts `mixtral-desk rpc-worker` processes; returns each one's address once it answers."""
     started: list[subprocess.Popen[str]] = []
 
     def start(*options: str) -> str:
-        port = _free_port()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app", "rpc-worker", "--port", str(port), "--threads", "1", *options],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        process, address = start_worker(*options)
         started.append(process)
-        assert process.stdout is not None
-        for line in process.stdout:  # the worker says which transport it serves on once it is about to listen
-            if "transport" in line:
-                break
-        else:
-            pytest.fail(f"the RPC worker did not start (exit {process.wait()})")
-        address = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:  # it prints that line just before it starts listening: wait for the port to open
-            try:
-                probe_worker(address, timeout=30)
-                _worker_pids[address] = process.pid
-                return address
-            except RpcWorkerError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.02)
+        _worker_pids[address] = process.pid
+        return address
 
     yield start
     for process in started:
@@ -103,7 +74,7 @@ def test_a_worker_answers_with_its_memory_and_bad_addresses_are_named(rpc_worker
     assert worker.devices[0].total_bytes == 300 * MIB
     assert 290 * MIB < worker.devices[0].free_bytes <= 300 * MIB
     with pytest.raises(RpcWorkerError, match=re.escape("No RPC worker answers at 127.0.0.1:")):
-        probe_worker(f"127.0.0.1:{_free_port()}")
+        probe_worker(f"127.0.0.1:{free_port()}")
     with pytest.raises(RpcWorkerError, match="not a worker address"):
         parse_endpoints("127.0.0.1:99999")
     assert parse_endpoints("box, box:1234,box") == ("box:50052", "box:1234")
@@ -126,22 +97,53 @@ def test_the_plan_matches_what_llama_cpp_puts_on_the_worker(
     tiny_v1: dict[str, Path], rpc_worker: Worker, gpu_layers: int
 ) -> None:
     address = rpc_worker()
-    path = tiny_v1["Q4_K_M"]
-    devices, workers = connect_workers([address])
-    plan = plan_file(path, device_for(workers=workers), PlanSettings(512, n_parallel=1, gpu_layers=gpu_layers))
-    assert plan.layer_split == (gpu_layers,)
+    rows = compare_on_workers(tiny_v1["Q4_K_M"], PlanSettings(512, n_parallel=1), [address], gpu_layers=gpu_layers)
+    assert all(row.within_tolerance for row in rows), format_rows(rows)
+    weights = next(row for row in rows if row.kind.endswith("weights") and row.kind.startswith("RPC"))
+    assert weights.reported > 0 and abs(weights.planned - weights.reported) < 0.02 * MIB
+
+
+def test_experts_kept_in_ram_write_the_same_text_as_the_cpu(
+    tiny_v1: dict[str, Path], rpc_worker: Worker, host: EngineHost
+) -> None:
+    address = rpc_worker()
+    model = str(tiny_v1["Q4_K_M"])
+    on_cpu, _, _ = _greedy_text(host, LoadSettings(model, n_ctx=512, n_parallel=1))
+    settings = LoadSettings(model, n_ctx=512, n_parallel=1, rpc_workers=(address,), cpu_moe=1)
     with llama_log.capture() as lines:
-        model = NativeModel(
-            str(path), n_gpu_layers=gpu_layers, devices=[d.handle for d in devices], layer_split=plan.layer_split
-        )
-        context = NativeContext(model, n_ctx=512, n_batch=512, n_threads=1)
-    context.close()
-    model.close()
-    reported = {"weights": 0, "kv": 0, "compute": 0, **buffers_by_device(lines)[f"RPC0[{address}]"]}
-    planned = plan.placements[0].memory
-    for kind, value in (("weights", planned.weights), ("kv", planned.kv_cache), ("compute", planned.compute)):
-        assert abs(value - reported[kind]) <= max(0.1 * reported[kind], 32 * MIB), (kind, value, reported)
-    assert reported["weights"] > 0 and abs(planned.weights - reported["weights"]) < 0.02 * MIB
+        split, notes, layers = _greedy_text(host, settings)
+    assert split == on_cpu and layers == 3
+    assert (
+        host.info is not None and host.info.experts_in_ram == 1 and host.info.placement.endswith("experts of 1 in RAM")
+    )
+    assert any("the experts of 1 of them kept in RAM" in note for note in notes)
+    moved = [line for line in lines if "buffer type overridden to CPU" in line]
+    assert len(moved) == 3 and all("blk.0.ffn_" in line for line in moved)  # gate, up and down of layer 0
+
+
+@pytest.mark.parametrize("cpu_moe", [1, 2])
+def test_the_experts_of_n_layers_are_in_ram_as_planned(wide_model: Path, rpc_worker: Worker, cpu_moe: int) -> None:
+    address = rpc_worker()
+    rows = compare_on_workers(wide_model, PlanSettings(512, n_parallel=1), [address], cpu_moe=cpu_moe)
+    assert all(row.within_tolerance for row in rows), format_rows(rows)
+    host_weights = next(row for row in rows if row.kind == "CPU weights")
+    device_weights = next(row for row in rows if row.kind.startswith("RPC") and row.kind.endswith("weights"))
+    # token embeddings and ~780 MiB of experts per layer here; everything else on the worker
+    for row in (host_weights, device_weights):  # llama.cpp logs MiB to two decimals
+        assert abs(row.planned - row.reported) < 0.02 * MIB, row
+    assert host_weights.reported > cpu_moe * 700 * MIB
+
+
+@pytest.mark.parametrize(("limits", "split"), [(("1100MiB", "1200MiB"), "1/2"), (("1100MiB", "500MiB"), "1/1")])
+def test_two_workers_with_different_limits_hold_what_the_plan_gives_each(
+    wide_model: Path, rpc_worker: Worker, limits: tuple[str, str], split: str
+) -> None:
+    addresses = [rpc_worker("--mem", limit) for limit in limits]  # a layer needs ~1020 MiB, the output ~150
+    rows = compare_on_workers(wide_model, PlanSettings(512, n_parallel=1), addresses)
+    assert all(row.within_tolerance for row in rows), format_rows(rows)
+    assert all(row.model.endswith(f" {split}") for row in rows)
+    devices = {row.kind.split()[0] for row in rows} - {"CPU"}
+    assert len(devices) == 2
 
 
 def test_a_worker_that_runs_out_of_memory_gets_fewer_layers_and_the_user_is_told(
@@ -160,6 +162,43 @@ def test_a_worker_that_runs_out_of_memory_gets_fewer_layers_and_the_user_is_told
 
 
 def test_a_worker_that_is_not_there_is_a_clear_error_not_a_crash(tiny_v1: dict[str, Path], host: EngineHost) -> None:
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     with pytest.raises(DeskError, match=re.escape(f"No RPC worker answers at {address}")):
         host.load(LoadSettings(str(tiny_v1["Q4_K_M"]), n_ctx=512, rpc_workers=(address,)))
+
+
+def test_tuning_with_a_worker_tries_whole_layers_and_experts_in_ram_and_loads_use_the_fastest(
+    tiny_v1: dict[str, Path], rpc_worker: Worker, host: EngineHost
+) -> None:
+    from app.core.runtime import bench
+
+    address = rpc_worker()
+    settings = LoadSettings(str(tiny_v1["Q4_K_M"]), n_ctx=512, rpc_workers=(address,))
+    trials: list[dict[str, int]] = []
+    best = bench.tune(settings, generate_tokens=8, on_trial=lambda trial, pp, tg: trials.append(trial))
+    offloads = {(trial["n_gpu_layers"], trial["cpu_moe"]) for trial in trials}
+    assert (3, 0) in offloads and (3, 1) in offloads and (3, 2) in offloads  # whole layers and experts in RAM
+    assert best in trials
+    info = host.load(settings)
+    assert (info.n_gpu_layers, info.experts_in_ram) == (best["n_gpu_layers"], best["cpu_moe"])
+    assert any("`bench --tune` found fastest" in note for note in info.notes)
+
+
+def test_a_worker_that_dies_mid_reply_ends_the_reply_with_a_clear_error_and_the_app_goes_on(
+    tiny_v1: dict[str, Path], rpc_worker: Worker, host: EngineHost
+) -> None:
+    address = rpc_worker()
+    model = str(tiny_v1["Q4_K_M"])
+    host.load(LoadSettings(model, n_ctx=2048, n_parallel=1, rpc_workers=(address,)))
+    endless = SamplingSettings(temperature=0.0, max_new_tokens=100_000, ignore_eos=True)
+    ticket = host.generate(GenerationRequest((Message("user", "Tell me about the sea."),), endless))
+    stream = iter(ticket)
+    assert next(stream)  # the reply is streaming from the worker ...
+    os.kill(_worker_pids[address], signal.SIGKILL)  # ... when its machine goes away
+    with pytest.raises(DeskError, match="An offload device stopped answering"):
+        for _ in stream:
+            pass
+    assert host.health().alive and host.info is None and "stopped answering" in host.health().error
+    info = host.load(LoadSettings(model, n_ctx=512, n_parallel=1))  # on this machine alone
+    assert info.placement == "CPU"
+    assert host.generate(GenerationRequest((Message("user", "Hi"),), GREEDY)).run_to_end()

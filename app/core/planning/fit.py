@@ -102,7 +102,7 @@ def plan_file(
     keeps everything in RAM."""
     shape = ModelShape.from_gguf(read_model(path), path.name)
     plan = plan_memory(shape, device, settings)
-    if device.assumed or device.workers:  # measurements are kept per GPU layer count, not per device split
+    if device.assumed or device.workers or plan.cpu_moe:  # measurements are kept per GPU layer count only
         return plan
     measured = measurement_store().lookup(path, settings, plan.gpu_layers)
     if measured:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.core.planning.rpc_workers import RpcWorker, RpcWorkerError, probe_worker
+from app.core.planning.rpc_workers import RpcWorker, RpcWorkerError, last_answer, probe_worker
 
 GIB = 1024**3
 
@@ -221,7 +221,12 @@ def probe(rpc_endpoints: Sequence[str] = ()) -> HardwareReport:
         try:
             workers.append(probe_worker(endpoint))
         except RpcWorkerError as err:
-            notes.append(str(err))
+            earlier = last_answer(endpoint)
+            if earlier is None:
+                notes.append(str(err))
+            else:  # busy serving the model this app loaded on it: its memory as it was before that load
+                workers.append(earlier)
+                notes.append(f"The RPC worker at {earlier.endpoint} is in use; its memory is as it was before loading.")
     rpc = "rpc" in (_llama_cpp_libraries()[0] or set())
     if rpc_endpoints and not rpc:
         notes.append(

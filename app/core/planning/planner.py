@@ -87,6 +87,7 @@ class ModelShape:
     n_expert_used: int
     layer_bytes: tuple[int, ...] = ()
     layer_active_bytes: tuple[int, ...] = ()
+    layer_expert_bytes: tuple[int, ...] = ()  # the expert FFN matrices of each layer (all experts)
     input_bytes: int = 0
     output_bytes: int = 0
     source: str = SOURCE_HEADER
@@ -98,6 +99,14 @@ class ModelShape:
     @property
     def active_bytes_per_token(self) -> int:
         return sum(self.layer_active_bytes) + self.output_bytes
+
+    @property
+    def used_expert_share(self) -> float:
+        """The share of a layer's experts one token reads."""
+        return self.n_expert_used / self.n_expert if self.n_expert else 1.0
+
+    def expert_bytes(self, layer: int) -> int:
+        return self.layer_expert_bytes[layer] if layer < len(self.layer_expert_bytes) else 0
 
     def kv_bytes(self, n_ctx: int, kv_type: str = "f16") -> int:
         per_token_layer = self.n_head_kv * (self.head_dim_k + self.head_dim_v) * KV_BYTES_PER_ELEMENT[kv_type]
@@ -129,13 +138,15 @@ class ModelShape:
         shape = cls.from_metadata(model.header, name)
         layers = [0] * shape.n_layer
         active = [0.0] * shape.n_layer
-        used_share = shape.n_expert_used / shape.n_expert if shape.n_expert else 1.0
+        experts = [0] * shape.n_layer
+        used_share = shape.used_expert_share
         input_bytes = output_bytes = 0
         for tensor in model.tensors:
             layer = tensor.layer
             if layer is not None and 0 <= layer < shape.n_layer:
                 layers[layer] += tensor.nbytes
                 active[layer] += tensor.nbytes * (used_share if tensor.is_expert else 1.0)
+                experts[layer] += tensor.nbytes if tensor.is_expert else 0
             elif tensor.name.startswith("token_embd"):
                 input_bytes += tensor.nbytes
             else:
@@ -144,6 +155,7 @@ class ModelShape:
             shape,
             layer_bytes=tuple(layers),
             layer_active_bytes=tuple(int(a) for a in active),
+            layer_expert_bytes=tuple(experts),
             input_bytes=input_bytes,
             output_bytes=output_bytes,
             source=SOURCE_HEADER,
@@ -191,6 +203,7 @@ class ModelShape:
             n_expert_used=n_expert_used,
             layer_bytes=(layer,) * n_layer,
             layer_active_bytes=(layer_active,) * n_layer,
+            layer_expert_bytes=(int(expert_params * bytes_per_param),) * n_layer,
             input_bytes=int(embedding_params * bytes_per_param),
             output_bytes=int((embedding_params + n_embd) * bytes_per_param),
             source=SOURCE_CATALOG,
@@ -207,6 +220,9 @@ class PlanSettings:
     n_batch: int = 512
     gpu_layers: int | None = None
     n_parallel: int = 1  # conversations served at once; each has its own n_ctx KV cells
+    # keep the experts of the first N layers in RAM, everything else offloaded (llama.cpp's --n-cpu-moe N);
+    # None = the planner compares that with offloading whole layers and picks the faster
+    cpu_moe: int | None = None
 
     @property
     def kv_cells(self) -> int:
@@ -217,19 +233,28 @@ class PlanSettings:
         return min(self.n_batch, MAX_UBATCH)
 
 
-def compute_buffer_bytes(shape: ModelShape, settings: PlanSettings, *, with_output: bool = True) -> int:
+def compute_buffer_bytes(
+    shape: ModelShape, settings: PlanSettings, *, with_output: bool = True, with_experts: bool = True
+) -> int:
     """llama.cpp's compute buffer: the peak of its worst-case graph (attention, expert FFN or output — the
-    output only on the device that holds the output layer)."""
+    output only on the device that holds the output layer, the FFN only where some experts are)."""
     ub = settings.n_ubatch
     n_ctx = padded_context(settings.n_ctx)
     embd = shape.n_embd * ub * 4
     mask = n_ctx * ub * (2 if settings.flash_attn else 4)
     scores = 0 if settings.flash_attn else shape.n_head * n_ctx * ub * 4
     attention = scores + mask + 5.5 * embd
-    ff_width = shape.n_ff * max(shape.n_expert_used, 1)
-    feed_forward = 3 * ff_width * ub * 4 + 4 * embd + mask
+    feed_forward = 3 * shape.n_ff * max(shape.n_expert_used, 1) * ub * 4 + 4 * embd + mask if with_experts else 0
     output = shape.n_vocab * ub * 4 + 2 * embd if with_output else 0
     return int(max(attention, feed_forward, output))
+
+
+def expert_buffer_bytes(shape: ModelShape, settings: PlanSettings) -> int:
+    """The CPU's compute buffer when it runs only experts (kept in RAM) for offloaded layers."""
+    ub = settings.n_ubatch
+    mask = padded_context(settings.n_ctx) * ub * (2 if settings.flash_attn else 4)
+    experts = 3 * shape.n_ff * max(shape.n_expert_used, 1) * ub * 4 + 2 * shape.n_embd * ub * 4 + mask
+    return max(experts, host_buffer_bytes(shape, settings))
 
 
 def host_buffer_bytes(shape: ModelShape, settings: PlanSettings) -> int:
@@ -395,10 +420,21 @@ class MemoryPlan:
     source: str
     notes: tuple[str, ...] = field(default_factory=tuple)
     placements: tuple[Placement, ...] = ()
+    cpu_moe: int = 0  # the experts of layers below this stay in RAM (llama.cpp's --n-cpu-moe)
 
     @property
     def full_offload_layers(self) -> int:
         return self.n_layer + 1
+
+    @property
+    def experts_in_ram(self) -> int:
+        """Offloaded layers whose experts are kept in RAM (0 when whole layers are offloaded)."""
+        return len(expert_layers_in_ram(self.n_layer, self.gpu_layers, self.cpu_moe))
+
+    @property
+    def strategy(self) -> str:
+        """How the model is split: "experts" (experts of some layers in RAM) or "layers" (whole layers)."""
+        return "experts" if self.experts_in_ram else "layers"
 
     @property
     def layer_split(self) -> tuple[int, ...]:
@@ -420,7 +456,10 @@ class MemoryPlan:
             )
             if self.gpu_layers == 0:
                 return f"Runs on the CPU only ({ram}): no offload device has room; {speed}."
-            return f"Offloaded {self.gpu_layers} of {self.full_offload_layers} layers: {where}; {ram}; {speed}."
+            offloaded = f"Offloaded {self.gpu_layers} of {self.full_offload_layers} layers"
+            if self.experts_in_ram:
+                offloaded += f", the experts of {self.experts_in_ram} of them kept in RAM"
+            return f"{offloaded}: {where}; {ram}; {speed}."
         if self.verdict == VERDICT_FULL:
             return f"Fits fully on the GPU ({gpu}); {speed}."
         if self.verdict == VERDICT_PARTIAL:
@@ -441,25 +480,40 @@ def _offloaded_layers(shape: ModelShape, gpu_layers: int) -> int:
     return max(0, min(gpu_layers, shape.n_layer + 1) - 1)
 
 
-def _host_side(shape: ModelShape, settings: PlanSettings, gpu_layers: int) -> tuple[Breakdown, int, int]:
-    """What stays on the CPU when ``gpu_layers`` are offloaded: (RAM breakdown, bytes read per token, layers)."""
+def expert_layers_in_ram(n_layer: int, gpu_layers: int, cpu_moe: int) -> range:
+    """The offloaded layers whose experts ``cpu_moe`` keeps in RAM: those below it (llama.cpp offloads the top
+    ``gpu_layers`` slots, the output counted first)."""
+    return range(n_layer - max(0, min(gpu_layers, n_layer + 1) - 1), min(cpu_moe, n_layer))
+
+
+def _host_side(
+    shape: ModelShape, settings: PlanSettings, gpu_layers: int, cpu_moe: int = 0
+) -> tuple[Breakdown, int, int]:
+    """What stays on the CPU when ``gpu_layers`` are offloaded and the experts of the first ``cpu_moe`` layers
+    are kept in RAM: (RAM breakdown, bytes read per token, layers the CPU runs part or all of)."""
     n = shape.n_layer
     cpu_layers = n - _offloaded_layers(shape, gpu_layers)
+    experts = expert_layers_in_ram(shape.n_layer, gpu_layers, cpu_moe)
+    expert_bytes = sum(shape.expert_bytes(i) for i in experts)
     output = shape.output_bytes if gpu_layers == 0 else 0
     kv = shape.kv_bytes(settings.kv_cells, settings.kv_type) * cpu_layers // max(n, 1)
-    compute = (
-        compute_buffer_bytes(shape, settings, with_output=gpu_layers == 0)
-        if cpu_layers
-        else host_buffer_bytes(shape, settings)
-    )
-    ram = Breakdown(shape.input_bytes + sum(shape.layer_bytes[:cpu_layers]) + output, kv, compute, RAM_RESERVE_BYTES)
-    return ram, sum(shape.layer_active_bytes[:cpu_layers]) + output, cpu_layers
+    if cpu_layers:
+        compute = compute_buffer_bytes(shape, settings, with_output=gpu_layers == 0)
+    elif experts:
+        compute = expert_buffer_bytes(shape, settings)
+    else:
+        compute = host_buffer_bytes(shape, settings)
+    weights = shape.input_bytes + sum(shape.layer_bytes[:cpu_layers]) + expert_bytes + output
+    active = sum(shape.layer_active_bytes[:cpu_layers]) + int(expert_bytes * shape.used_expert_share) + output
+    return Breakdown(weights, kv, compute, RAM_RESERVE_BYTES), active, cpu_layers + len(experts)
 
 
-def _verdict(device: Device, ram_needed: int, gpu_layers: int, n_layer: int) -> str:
+def _verdict(device: Device, ram_needed: int, gpu_layers: int, n_layer: int, experts_in_ram: int = 0) -> str:
     if ram_needed > device.ram_total_bytes:
         return VERDICT_TOO_BIG
-    return VERDICT_FULL if gpu_layers > n_layer else VERDICT_PARTIAL if gpu_layers else VERDICT_CPU
+    if gpu_layers > n_layer and not experts_in_ram:
+        return VERDICT_FULL
+    return VERDICT_PARTIAL if gpu_layers else VERDICT_CPU
 
 
 def _plan_for_layers(
@@ -504,10 +558,7 @@ def _plan_for_layers(
     verdict = _verdict(device, ram_needed, gpu_layers, n)
     speed = 1.0 / seconds if seconds > 0 and verdict != VERDICT_TOO_BIG else 0.0
     if verdict != VERDICT_TOO_BIG and ram_needed > device.ram_available_bytes:
-        notes.append(
-            f"Needs {ram_needed / GIB:.1f} GiB of RAM but {device.ram_available_bytes / GIB:.1f} GiB are free now: "
-            "close other programs first."
-        )
+        notes.append(_ram_note(ram_needed, device))
     if device.backend != "cpu":
         notes.append(f"Keeps {device.gpu_reserve_bytes / MIB:.0f} MiB of GPU memory free for the driver.")
     notes.append(
@@ -530,26 +581,44 @@ def _plan_for_layers(
     )
 
 
+def _ram_note(ram_needed: int, device: Device) -> str:
+    return (
+        f"Needs {ram_needed / GIB:.1f} GiB of RAM but {device.ram_available_bytes / GIB:.1f} GiB are free now: "
+        "close other programs first."
+    )
+
+
 RPC_TOKEN_OVERHEAD_S = 0.5e-3  # network round trips per token and worker (loopback ~0.2 ms, a LAN more)
+# Handing the activations from a GPU to the CPU and back, per layer whose experts are kept in RAM and token
+# (on an RPC worker each hand-over is a network round trip: RPC_TOKEN_OVERHEAD_S)
+GPU_HANDOVER_S: dict[str, float] = {"cuda": 30e-6, "metal": 10e-6}
 
 
-def _slots_memory(shape: ModelShape, settings: PlanSettings, first: int, end: int) -> Breakdown:
-    """Memory on a device holding layer slots [first, end) (slot ``n_layer`` is the output layer)."""
+def _slots_memory(shape: ModelShape, settings: PlanSettings, first: int, end: int, cpu_moe: int = 0) -> Breakdown:
+    """Memory on a device holding layer slots [first, end) (slot ``n_layer`` is the output layer), without the
+    experts of layers below ``cpu_moe`` (kept in RAM)."""
     n = shape.n_layer
     if end <= first:
         return Breakdown()
     layers = range(first, min(end, n))
-    weights = sum(shape.layer_bytes[i] for i in layers) + (shape.output_bytes if end > n else 0)
+    weights = sum(shape.layer_bytes[i] - (shape.expert_bytes(i) if i < cpu_moe else 0) for i in layers)
+    weights += shape.output_bytes if end > n else 0
     kv = shape.kv_bytes(settings.kv_cells, settings.kv_type) * len(layers) // max(n, 1)
-    return Breakdown(weights, kv, compute_buffer_bytes(shape, settings, with_output=end > n))
+    with_experts = any(i >= cpu_moe for i in layers)
+    return Breakdown(weights, kv, compute_buffer_bytes(shape, settings, with_output=end > n, with_experts=with_experts))
 
 
 def layer_split(
-    shape: ModelShape, targets: Sequence[OffloadTarget], settings: PlanSettings, total: int | None = None
+    shape: ModelShape,
+    targets: Sequence[OffloadTarget],
+    settings: PlanSettings,
+    total: int | None = None,
+    cpu_moe: int = 0,
 ) -> tuple[int, ...]:
     """Layers per target (in the targets' order) for the most offloaded layers that fit each target's free
     memory — or exactly ``total`` layers, the overflow on the first target. llama.cpp gives the first target
-    the lowest offloaded layers and the last one the highest, the output layer included."""
+    the lowest offloaded layers and the last one the highest, the output layer included. The experts of the
+    layers below ``cpu_moe`` stay in RAM."""
     full = shape.n_layer + 1
     limit = full if total is None else max(0, min(total, full))
     counts = [0] * len(targets)
@@ -557,7 +626,7 @@ def layer_split(
     for index in reversed(range(len(targets))):
         count = 0
         while count < top - (full - limit) and (
-            _slots_memory(shape, settings, top - count - 1, top).total <= targets[index].free_bytes
+            _slots_memory(shape, settings, top - count - 1, top, cpu_moe).total <= targets[index].free_bytes
         ):
             count += 1
         counts[index] = count
@@ -567,8 +636,11 @@ def layer_split(
     return tuple(counts)
 
 
-def _plan_across(shape: ModelShape, device: Device, settings: PlanSettings, split: Sequence[int]) -> MemoryPlan:
-    """The plan with ``split[i]`` layers on ``device.offload_targets[i]`` and the rest on the CPU."""
+def _plan_across(
+    shape: ModelShape, device: Device, settings: PlanSettings, split: Sequence[int], cpu_moe: int = 0
+) -> MemoryPlan:
+    """The plan with ``split[i]`` layers on ``device.offload_targets[i]``, the rest on the CPU, and the experts
+    of the first ``cpu_moe`` layers in RAM."""
     n = shape.n_layer
     targets = device.offload_targets
     offloaded = sum(split)
@@ -576,21 +648,25 @@ def _plan_across(shape: ModelShape, device: Device, settings: PlanSettings, spli
     placements = []
     seconds = 0.0
     for target, count in zip(targets, split, strict=True):
-        memory = _slots_memory(shape, settings, first, first + count)
+        memory = _slots_memory(shape, settings, first, first + count, cpu_moe)
         if target.endpoint == "":
             memory = replace(memory, reserve=device.gpu_reserve_bytes)
         placements.append(Placement(target.name, target.endpoint, count, memory))
         if count:
-            active = sum(shape.layer_active_bytes[first : min(first + count, n)])
+            layers = range(first, min(first + count, n))
+            handed_over = sum(1 for i in layers if i < cpu_moe)  # layers whose experts run on the CPU
+            active = sum(shape.layer_active_bytes[i] for i in layers)
+            active -= int(sum(shape.expert_bytes(i) for i in layers if i < cpu_moe) * shape.used_expert_share)
             active += shape.output_bytes if first + count > n else 0
             if target.endpoint:
                 efficiency = BANDWIDTH_EFFICIENCY["cpu"]
-                seconds += RPC_TOKEN_OVERHEAD_S + min(count, n - first) * CPU_LAYER_OVERHEAD_S
+                seconds += RPC_TOKEN_OVERHEAD_S * (1 + 2 * handed_over) + len(layers) * CPU_LAYER_OVERHEAD_S
             else:
                 efficiency = BANDWIDTH_EFFICIENCY.get(device.backend, 0.5)
+                seconds += 2 * handed_over * GPU_HANDOVER_S.get(device.backend, 0.0)
             seconds += active / (target.bandwidth_gbps * 1e9 * efficiency)
         first += count
-    ram, cpu_active, cpu_layers = _host_side(shape, settings, offloaded)
+    ram, cpu_active, cpu_layers = _host_side(shape, settings, offloaded, cpu_moe)
     if cpu_active:
         seconds += cpu_active / (device.ram_bandwidth_gbps * 1e9 * BANDWIDTH_EFFICIENCY["cpu"])
         seconds += cpu_layers * CPU_LAYER_OVERHEAD_S
@@ -602,7 +678,8 @@ def _plan_across(shape: ModelShape, device: Device, settings: PlanSettings, spli
     )
     ram_needed = ram.total + (placements[-1].memory.total if device.backend == "metal" and placements else 0)
     notes = []
-    verdict = _verdict(device, ram_needed, offloaded, n)
+    experts = len(expert_layers_in_ram(n, offloaded, cpu_moe))
+    verdict = _verdict(device, ram_needed, offloaded, n, experts)
     speed = 1.0 / seconds if seconds > 0 and verdict != VERDICT_TOO_BIG else 0.0
     for target, placement in zip(targets, placements, strict=True):
         if placement.memory.total - placement.memory.reserve > target.free_bytes and placement.layers:
@@ -610,10 +687,13 @@ def _plan_across(shape: ModelShape, device: Device, settings: PlanSettings, spli
                 f"{target.name} holds {placement.memory.total / GIB:.2f} GiB, more than its "
                 f"{target.free_bytes / GIB:.2f} GiB free: loading will retry with fewer layers."
             )
+    if verdict != VERDICT_TOO_BIG and ram_needed > device.ram_available_bytes:
+        notes.append(_ram_note(ram_needed, device))
     if device.workers:
         notes.append(
             "Speed on RPC workers assumes memory as fast as this machine's and "
-            f"{RPC_TOKEN_OVERHEAD_S * 1e3:.1f} ms of network per token and worker."
+            f"{RPC_TOKEN_OVERHEAD_S * 1e3:.1f} ms of network per token and worker (and per hand-over of a layer "
+            "whose experts are in RAM)."
         )
     return MemoryPlan(
         model=shape.name,
@@ -630,15 +710,78 @@ def _plan_across(shape: ModelShape, device: Device, settings: PlanSettings, spli
         source=shape.source,
         notes=tuple(notes),
         placements=tuple(placements),
+        cpu_moe=cpu_moe if experts else 0,
     )
 
 
+def fewest_experts_in_ram(shape: ModelShape, device: Device, settings: PlanSettings) -> int | None:
+    """The smallest ``cpu_moe`` for which every layer can be offloaded with the experts of the first ``cpu_moe``
+    layers kept in RAM; None when even all experts in RAM leave too little room (or nothing can be offloaded)."""
+    targets = device.offload_targets
+    full = shape.n_layer + 1
+
+    def fits(cpu_moe: int) -> bool:
+        return sum(layer_split(shape, targets, settings, None, cpu_moe)) == full
+
+    if not targets or not shape.n_expert or not fits(shape.n_layer):
+        return None
+    low, high = 0, shape.n_layer  # fits(high) holds; find the smallest that does
+    while low < high:
+        middle = (low + high) // 2
+        if fits(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def _plan_experts(shape: ModelShape, device: Device, settings: PlanSettings) -> MemoryPlan | None:
+    """Every layer offloaded with the experts of as few of the first layers as needed kept in RAM."""
+    cpu_moe = fewest_experts_in_ram(shape, device, settings)
+    if cpu_moe is None:
+        return None
+    split = layer_split(shape, device.offload_targets, settings, None, cpu_moe)
+    return _plan_across(shape, device, settings, split, cpu_moe)
+
+
+def _faster(by_layers: MemoryPlan, by_experts: MemoryPlan | None) -> MemoryPlan:
+    """The faster of the two strategies, with a note on the other."""
+    if by_experts is None or by_experts.cpu_moe == 0:
+        return by_layers
+    usable = [p for p in (by_layers, by_experts) if p.verdict != VERDICT_TOO_BIG] or [by_layers]
+    chosen = max(usable, key=lambda p: p.decode_tokens_per_s)
+    other = by_experts if chosen is by_layers else by_layers
+    if other.verdict == VERDICT_TOO_BIG:
+        return chosen
+    how = (
+        f"keeping the experts of {other.experts_in_ram} layers in RAM"
+        if other is by_experts
+        else f"offloading {other.gpu_layers} whole layers"
+    )
+    note = f"Chosen as the faster: {how} instead would run at ~{other.decode_tokens_per_s:.1f} tokens/s."
+    return replace(chosen, notes=(note, *chosen.notes))
+
+
 def plan_memory(shape: ModelShape, device: Device, settings: PlanSettings | None = None) -> MemoryPlan:
-    """The plan for ``shape`` on ``device``: the most GPU layers that fit (or ``settings.gpu_layers``)."""
-    measured = None
+    """The plan for ``shape`` on ``device``: the most GPU layers that fit (or ``settings.gpu_layers``), or every
+    layer with the experts of the first ones kept in RAM (or ``settings.cpu_moe``), whichever is faster."""
     settings = settings or PlanSettings()
     if settings.kv_type not in KV_BYTES_PER_ELEMENT:
         raise ValueError(f"unknown KV cache type {settings.kv_type!r}")
+    full = shape.n_layer + 1
+    targets = device.offload_targets
+    if settings.cpu_moe and targets:
+        wanted = full if settings.gpu_layers is None or settings.gpu_layers < 0 else settings.gpu_layers
+        split = layer_split(shape, targets, settings, wanted, settings.cpu_moe)
+        return _plan_across(shape, device, settings, split, settings.cpu_moe)
+    by_layers = _plan_by_layers(shape, device, settings)
+    if settings.cpu_moe is None and settings.gpu_layers is None and by_layers.verdict != VERDICT_FULL and targets:
+        return _faster(by_layers, _plan_experts(shape, device, settings))
+    return by_layers
+
+
+def _plan_by_layers(shape: ModelShape, device: Device, settings: PlanSettings) -> MemoryPlan:
+    """Whole layers offloaded: the most that fit, or ``settings.gpu_layers``."""
     full = shape.n_layer + 1
     if device.workers:
         total = None if settings.gpu_layers is None else full if settings.gpu_layers < 0 else settings.gpu_layers
@@ -647,14 +790,13 @@ def plan_memory(shape: ModelShape, device: Device, settings: PlanSettings | None
         layers = full if settings.gpu_layers < 0 else min(settings.gpu_layers, full)
         if device.backend == "cpu":
             layers = 0
-        return _plan_for_layers(shape, device, settings, layers, measured)
+        return _plan_for_layers(shape, device, settings, layers, None)
     if device.backend == "cpu" or device.gpu_total_bytes <= 0:
-        return _plan_for_layers(shape, device, settings, 0, measured)
-    budget = device.gpu_free_bytes
-    chosen = _plan_for_layers(shape, device, settings, 0, measured)
+        return _plan_for_layers(shape, device, settings, 0, None)
+    chosen = _plan_for_layers(shape, device, settings, 0, None)
     for layers in range(full, 0, -1):
-        candidate = _plan_for_layers(shape, device, settings, layers, measured)
-        if candidate.gpu.total <= budget:
+        candidate = _plan_for_layers(shape, device, settings, layers, None)
+        if candidate.gpu.total <= device.gpu_free_bytes:
             chosen = candidate
             break
     return chosen
@@ -712,16 +854,17 @@ def _is_gpu_buffer(device: str) -> bool:
     return not upper.startswith("CPU") and "HOST" not in upper
 
 
-def buffers_by_device(lines: Sequence[str]) -> dict[str, dict[str, int]]:
+def buffers_by_device(lines: Sequence[str], *, repacked: bool = False) -> dict[str, dict[str, int]]:
     """llama.cpp's ``<device> <model|KV|compute> buffer size = X MiB`` log lines as bytes per device and kind
-    ("weights", "kv", "compute"); repacked copies of mapped CPU weights are left out (not extra model bytes)."""
+    ("weights", "kv", "compute"). CPU weights repacked for faster kernels (``CPU_REPACK``) are left out unless
+    ``repacked``: on a CPU-only load the mapped file range already spans them."""
     found: dict[str, dict[str, float]] = {}
     for line in lines:
         match = _BUFFER_LINE.match(line.strip())
         if not match:
             continue
         device, kind, mib = match.groups()
-        if kind == "model" and device.endswith("_REPACK"):
+        if kind == "model" and device.endswith("_REPACK") and not repacked:
             continue
         sizes = found.setdefault(device, {})
         sizes[_BUFFER_KINDS[kind]] = sizes.get(_BUFFER_KINDS[kind], 0.0) + float(mib)

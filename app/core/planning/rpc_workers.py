@@ -150,4 +150,15 @@ def probe_worker(endpoint: str, *, timeout: float = 3.0) -> RpcWorker:
         ) from err
     if not devices:
         raise RpcWorkerError(f"The RPC worker at {address} offers no devices.")
-    return RpcWorker(address, version, tuple(devices))
+    worker = RpcWorker(address, version, tuple(devices))
+    _last_answers[address] = worker
+    return worker
+
+
+_last_answers: dict[str, RpcWorker] = {}
+
+
+def last_answer(endpoint: str) -> RpcWorker | None:
+    """What the worker at ``endpoint`` last answered in this process (before a model loaded here took its one
+    connection, say); None if it was never asked."""
+    return _last_answers.get(normalise_endpoint(endpoint))

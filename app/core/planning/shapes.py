@@ -67,6 +67,7 @@ def _cached_shape(entry: CatalogEntry) -> ModelShape | None:
             **data,
             "layer_bytes": tuple(data["layer_bytes"]),
             "layer_active_bytes": tuple(data["layer_active_bytes"]),
+            "layer_expert_bytes": tuple(data["layer_expert_bytes"]),  # absent from caches before expert placement
         }
         return ModelShape(**fields)
     except (KeyError, TypeError):

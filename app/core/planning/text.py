@@ -23,11 +23,19 @@ def size_label(quant: CatalogQuant) -> str:
 
 
 def short_verdict(plan: MemoryPlan) -> str:
-    """``full GPU``, ``29/33 on GPU``, ``CPU only`` or ``too big``."""
+    """``full GPU``, ``29/33 on GPU``, ``GPU, experts of 6 in RAM``, ``CPU only`` or ``too big``; with RPC
+    workers ``fits this PC + 1 worker``, ``29/33 on GPU + 1 worker``."""
+    workers = sum(1 for p in plan.placements if p.endpoint and p.layers)
+    on_gpu = any(not p.endpoint and p.layers for p in plan.placements) or (not plan.placements and plan.gpu_layers)
+    where = " + ".join(
+        (["GPU"] if on_gpu else []) + ([f"{workers} worker{'s' if workers > 1 else ''}"] if workers else [])
+    )
     if plan.verdict == VERDICT_FULL:
-        return "full GPU"
+        return f"fits this PC + {where.removeprefix('GPU + ')}" if workers else "full GPU"
+    if plan.verdict == VERDICT_PARTIAL and plan.experts_in_ram:
+        return f"{where}, experts of {plan.experts_in_ram} in RAM"
     if plan.verdict == VERDICT_PARTIAL:
-        return f"{plan.gpu_layers}/{plan.full_offload_layers} on GPU"
+        return f"{plan.gpu_layers}/{plan.full_offload_layers} on {where}"
     if plan.verdict == VERDICT_CPU:
         return "CPU only"
     return "too big"

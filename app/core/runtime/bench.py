@@ -359,51 +359,66 @@ def extrapolate(layer_speeds: dict[int, float], target_layers: int) -> Extrapola
 # -- tuning -------------------------------------------------------------------------------------------
 
 
+def _offload_options(settings: LoadSettings) -> list[dict[str, int]]:
+    """The offloads :func:`tune` tries: ``{}`` (no choice to make) on a CPU without workers, else whole layers
+    and experts in RAM around what the planner chose."""
+    from app.core.models.gguf import read_model
+    from app.core.planning.fit import device_for, plan_file
+    from app.core.planning.planner import ModelShape, PlanSettings, fewest_experts_in_ram
+    from app.core.planning.rpc_workers import probe_worker
+    from app.core.runtime.devices import supports_gpu_offload
+
+    if settings.n_gpu_layers is not None or settings.cpu_moe is not None:
+        return [{}]  # the user chose the offload
+    if not supports_gpu_offload() and not settings.rpc_workers:
+        return [{}]
+    path = Path(settings.model_path)
+    device = device_for(workers=[probe_worker(endpoint) for endpoint in settings.rpc_workers])
+    plan_settings = PlanSettings(settings.n_ctx, settings.kv_type, settings.flash_attn, settings.n_batch)
+    layers = plan_file(path, device, replace(plan_settings, cpu_moe=0)).gpu_layers
+    options = [
+        {"n_gpu_layers": count, "cpu_moe": 0} for count in sorted({layers, max(0, layers - 2), max(0, layers - 4)})
+    ]
+    shape = ModelShape.from_gguf(read_model(path))
+    fewest = fewest_experts_in_ram(shape, device, plan_settings)
+    if fewest is not None:
+        full = shape.n_layer + 1
+        for count in sorted({max(fewest, 1), min(fewest + 2, shape.n_layer), min(fewest + 4, shape.n_layer)}):
+            options.append({"n_gpu_layers": full, "cpu_moe": count})
+    return options
+
+
 def tune(
     settings: LoadSettings,
     *,
     generate_tokens: int = 32,
     on_trial: Callable[[dict[str, int], float, float], None] | None = None,
 ) -> dict[str, int]:
-    """Try thread counts, batch sizes and (on GPU builds) the planner's GPU layers and a few fewer; keep the
-    fastest and save it.
+    """Try thread counts, batch sizes and, where something can be offloaded (a GPU build, RPC workers), both ways
+    of offloading: the planner's whole layers and two fewer and four fewer, and every layer with the experts of
+    the planner's fewest layers in RAM and of two and four more. Keep the fastest and save it.
 
     The score is generation speed, with prompt speed breaking ties; the result is stored per model file and
-    used by later loads that do not set threads or batch themselves.
+    used by later loads that do not set threads, batch or offload themselves.
     """
-    from app.core.runtime.devices import supports_gpu_offload
-
     cores = os.cpu_count() or 2
     thread_options = sorted({max(1, cores // 2), cores, *([max(1, cores - 1)] if cores > 2 else [])})
     batch_options = (128, 512)
-    layer_options: list[int | None] = [None]
-    if supports_gpu_offload():  # a GPU build: also try fewer layers than the planner's choice
-        from app.core.planning.fit import device_for, plan_file
-        from app.core.planning.planner import PlanSettings
-
-        planned = plan_file(
-            Path(settings.model_path),
-            device_for(),
-            PlanSettings(settings.n_ctx, settings.kv_type, settings.flash_attn, settings.n_batch),
-        )
-        layer_options = list[int | None](
-            sorted({planned.gpu_layers, max(0, planned.gpu_layers - 2), max(0, planned.gpu_layers - 4)})
-        )
+    offload_options = _offload_options(settings)
     best: tuple[float, float, dict[str, int]] | None = None
     host = EngineHost(name="tuning-host")
     try:
         for threads in thread_options:
             for batch in batch_options:
-                for layers in layer_options:
-                    trial = {"n_threads": threads, "n_batch": batch}
-                    if layers is not None:
-                        trial["n_gpu_layers"] = layers
+                for offload in offload_options:
+                    trial = {"n_threads": threads, "n_batch": batch, **offload}
                     info = host.load(
                         replace(
                             settings,
                             n_threads=threads,
                             n_batch=batch,
-                            n_gpu_layers=layers if layers is not None else settings.n_gpu_layers,
+                            n_gpu_layers=offload.get("n_gpu_layers", settings.n_gpu_layers),
+                            cpu_moe=offload.get("cpu_moe", settings.cpu_moe),
                             n_parallel=1,
                         )
                     )

@@ -13,7 +13,8 @@ import ctypes
 import os
 import resource
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,10 @@ class RpcUnsupportedError(DeskError):
 
 
 def _library(stem: str) -> ctypes.CDLL | None:
-    for name in (f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll"):
+    """The copy of a ggml library that llama.cpp itself loaded. Wheels hold the library under several names as
+    separate files (lib.so, lib.so.0, ...); loading another name would load a second copy with its own globals
+    (backend registry, abort callback), so the name llama.cpp's libraries ask for comes first."""
+    for name in (f"lib{stem}.so.0", f"lib{stem}.0.dylib", f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll"):
         path = _LIB_DIR / name
         if path.exists():
             return ctypes.CDLL(str(path))
@@ -61,6 +65,8 @@ _SIGNATURES: tuple[tuple[str, str, list[Any], Any], ...] = (
     ("ggml-base", "ggml_backend_dev_name", [_P], ctypes.c_char_p),
     ("ggml-base", "ggml_backend_dev_type", [_P], ctypes.c_int),
     ("ggml-base", "ggml_backend_dev_memory", [_P, ctypes.POINTER(_SIZE), ctypes.POINTER(_SIZE)], None),
+    ("ggml-base", "ggml_backend_cpu_buffer_type", [], _P),
+    ("ggml-base", "ggml_set_abort_callback", [_P], _P),
     ("ggml", "ggml_backend_dev_count", [], _SIZE),
     ("ggml", "ggml_backend_dev_get", [_SIZE], _P),
     ("ggml", "ggml_backend_dev_by_type", [ctypes.c_int], _P),
@@ -88,7 +94,7 @@ class _Ggml:
             if library is not None:
                 function = getattr(library, name)
                 function.argtypes, function.restype = argtypes, restype
-                setattr(self, name.removeprefix("ggml_backend_"), function)
+                setattr(self, name.removeprefix("ggml_backend_").removeprefix("ggml_"), function)
 
     def __getattr__(self, name: str) -> Any:  # only reached for an RPC function on a build without RPC
         raise RpcUnsupportedError()
@@ -105,6 +111,43 @@ def _api() -> _Ggml:
     return _ggml
 
 
+_AbortCallback = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+_loss_handlers: dict[int, Callable[[str], None]] = {}
+_abort_callback: Any = None  # kept alive for the life of the process once installed
+
+
+def watch_device_loss(owner: object, handler: Callable[[str], None] | None) -> None:
+    """While ``owner`` has a model on RPC workers, call ``handler(message)`` instead of ending the process when
+    a worker stops answering (``None`` stops watching). llama.cpp's RPC client has no other way to fail: the
+    call that was waiting on the worker never returns, so the handler must give up that thread and everything
+    llama.cpp held for the model (freeing it would ask the dead worker again), and serve on with a new thread.
+    The handler runs on llama.cpp's RPC thread, while the owner's own thread waits on it."""
+    if handler is None:
+        _loss_handlers.pop(id(owner), None)
+    else:
+        _loss_handlers[id(owner)] = handler
+
+
+def _on_abort(message: bytes | None) -> None:
+    text = (message or b"").decode("utf-8", errors="replace").strip()
+    handlers = list(_loss_handlers.values())
+    if "RPC" not in text or not handlers:
+        sys.stderr.write(f"{text}\n")
+        return  # ggml ends the process, as it would without us
+    _loss_handlers.clear()
+    for handler in handlers:
+        handler(text)
+    threading.Event().wait()  # llama.cpp's RPC thread stops here; returning would let ggml end the process
+
+
+def _catch_aborts(api: _Ggml) -> None:
+    """Route ggml's aborts through :func:`_on_abort` (once per process)."""
+    global _abort_callback
+    if _abort_callback is None:
+        _abort_callback = _AbortCallback(_on_abort)
+        api.set_abort_callback(ctypes.cast(_abort_callback, ctypes.c_void_p))
+
+
 def rpc_supported() -> bool:
     """Whether the installed llama.cpp can use RPC workers."""
     return _api().rpc
@@ -114,6 +157,15 @@ def supports_gpu_offload() -> bool:
     """Whether this llama.cpp can offload to a GPU of this machine (llama.cpp's own check also says yes for a
     CPU build with RPC, whose devices are only the workers the user names)."""
     return bool(llama_cpp.llama_supports_gpu_offload()) and bool(local_gpus())
+
+
+def expert_overrides(cpu_moe: int) -> list[tuple[str, int]]:
+    """llama.cpp buffer overrides that keep the expert matrices of layers ``0 .. cpu_moe - 1`` in this machine's
+    RAM wherever the rest of those layers goes (what llama.cpp's ``--n-cpu-moe`` does)."""
+    if cpu_moe <= 0:
+        return []
+    layers = "|".join(str(layer) for layer in range(cpu_moe))
+    return [(rf"^blk\.({layers})\.ffn_(up|down|gate)_exps\.", int(_api().cpu_buffer_type()))]
 
 
 @dataclass(frozen=True)
@@ -153,6 +205,7 @@ def connect_workers(endpoints: Sequence[str], *, timeout: float = 3.0) -> tuple[
     api = _api()
     if not api.rpc:
         raise RpcUnsupportedError()
+    _catch_aborts(api)
     devices: list[OffloadDevice] = []
     workers = []
     for endpoint in endpoints:

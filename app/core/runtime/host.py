@@ -42,6 +42,7 @@ from app.core.context import POLICIES, fit_prompt, reply_reserve
 from app.core.errors import NOT_UNICODE, DeskError, NoModelError, PromptFormatError
 from app.core.prompts import FORMAT_PLAIN, ChatFormat, Message, get_format
 from app.core.runtime.decoding import KVSequence, RunningReply
+from app.core.runtime.devices import watch_device_loss
 from app.core.runtime.grammars import tool_calls_grammar
 from app.core.runtime.loading import LoadCancelled, LoadedModel, open_model
 from app.core.runtime.native import Batch, NativeVocab, SamplerChain
@@ -99,6 +100,9 @@ class EngineHost:
         self._flushed_at = 0.0
         self._load_abort = threading.Event()
         self._closed = False
+        self._current: Future[Any] | None = None  # the call running on the worker now
+        self._lost: list[Any] = []  # llama.cpp objects left on a lost device: never freed (see _device_lost)
+        self._name = name
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
@@ -277,7 +281,9 @@ class EngineHost:
             self._deferred.append(job)
             return
         self._flush_streams()  # the job may take a while: hand out held text first
+        self._current = job.future
         _run_into(job.work, job.future)
+        self._current = None
 
     def _flush_streams(self) -> None:
         for reply in self._running:
@@ -525,7 +531,33 @@ class EngineHost:
         if self._deferred and not self._running:
             deferred, self._deferred = self._deferred, []
             for job in deferred:
+                self._current = job.future
                 _run_into(job.work, job.future)
+                self._current = None
+
+    def _device_lost(self, message: str) -> None:
+        """An RPC worker of the loaded model stopped answering (called on llama.cpp's RPC thread): the worker
+        thread waits on it for good. Fail what was running, give up the model (freeing it would ask the dead
+        worker again) and serve on with a new worker thread, with no model loaded."""
+        error = HostError(
+            "An offload device stopped answering, so the model placed on it is lost "
+            f"(llama.cpp: {message.rpartition(': ')[2] or message}). Start the RPC worker again, or remove it in "
+            "Settings, and load the model again."
+        )
+        self._last_error = str(error)
+        self._lost.append((self._loaded, self._batch, self._running))
+        self._loaded, self.info, self._batch, self._sequences = None, None, None, []
+        running, self._running = self._running, []
+        waiting, self._waiting = self._waiting, []
+        current, self._current = self._current, None
+        self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+        self._thread.start()  # serving again before anyone hears of the loss
+        for reply in running:
+            reply.ticket.finish(stats=reply.stats(STOP_ERROR), error=error)
+        for item in waiting:
+            item.ticket.finish(error=error)
+        if current is not None and not current.done():
+            current.set_exception(error)
 
     # -- load / unload (on the worker) ---------------------------------------------------------------
 
@@ -536,7 +568,13 @@ class EngineHost:
 
     def _load(self, settings: LoadSettings) -> ModelInfo:
         self._unload()
-        loaded = open_model(settings, should_abort=self._load_abort.is_set)
+        if settings.rpc_workers:
+            watch_device_loss(self, self._device_lost)
+        try:
+            loaded = open_model(settings, should_abort=self._load_abort.is_set)
+        except BaseException:
+            watch_device_loss(self, None)
+            raise
         if self._load_abort.is_set():
             loaded.close()
             raise LoadCancelled("Loading was cancelled.")
@@ -559,6 +597,7 @@ class EngineHost:
         self.info = None
         if loaded is not None:
             loaded.close()
+        watch_device_loss(self, None)
 
     def _shutdown(self) -> None:
         for waiting in self._waiting:

@@ -21,13 +21,20 @@ from app.core.planning.planner import (
     MemoryPlan,
     PlanSettings,
     check_kv_settings,
+    expert_layers_in_ram,
     kv_cache_bytes,
     parse_buffer_lines,
 )
 from app.core.planning.rpc_workers import RpcWorker
 from app.core.prompts import FORMATS, ChatFormat, detect_format, get_format
 from app.core.runtime import llama_log
-from app.core.runtime.devices import OffloadDevice, connect_workers, local_gpus, supports_gpu_offload
+from app.core.runtime.devices import (
+    OffloadDevice,
+    connect_workers,
+    expert_overrides,
+    local_gpus,
+    supports_gpu_offload,
+)
 from app.core.runtime.native import LoadAborted, NativeContext, NativeModel, NativeVocab
 from app.core.runtime.tuning import tuned_settings
 from app.core.runtime.types import LoadSettings, ModelInfo
@@ -296,6 +303,26 @@ def _device_out_of_memory(lines: Sequence[str], devices: Sequence[OffloadDevice]
     return 0
 
 
+def _placement_label(
+    gpu_layers: int, devices: Sequence[OffloadDevice], split: Sequence[int], cpu_moe: int, n_layer: int
+) -> str:
+    """Where a loaded model runs, short enough for a status bar: "CPU", "CUDA 28/33", "RPC + CUDA 33/33",
+    "CUDA 33/33, experts of 5 in RAM"."""
+    if gpu_layers == 0:
+        return "CPU"
+    from app.core.planning.hardware import llama_build_info
+
+    local = llama_build_info()[0].upper()
+    if split:
+        kinds = [("RPC" if device.endpoint else local) for device, count in zip(devices, split, strict=False) if count]
+        where = " + ".join(dict.fromkeys(kinds))
+    else:
+        where = local
+    label = f"{where} {min(gpu_layers, n_layer + 1)}/{n_layer + 1}"
+    experts = len(expert_layers_in_ram(n_layer, gpu_layers, cpu_moe))
+    return label + (f", experts of {experts} in RAM" if experts else "")
+
+
 def _metadata_int(metadata: dict[str, str], key: str) -> int:
     value = metadata.get(key, "0")
     return int(value) if value.isdigit() else 0
@@ -344,7 +371,13 @@ def open_model(settings: LoadSettings, *, should_abort: Callable[[], bool] | Non
     offload = supports_gpu_offload() and not settings.vocab_only
     full_offload = max(header.arch_int("block_count"), 0) + 1
     plan_settings = PlanSettings(
-        settings.n_ctx, settings.kv_type, settings.flash_attn, settings.n_batch, n_parallel=settings.n_parallel
+        settings.n_ctx,
+        settings.kv_type,
+        settings.flash_attn,
+        settings.n_batch,
+        gpu_layers=settings.n_gpu_layers,
+        n_parallel=settings.n_parallel,
+        cpu_moe=settings.cpu_moe,
     )
     tuned = {} if settings.vocab_only else tuned_settings(path)  # what `bench --tune` found fastest
     plan: MemoryPlan | None = None
@@ -356,21 +389,21 @@ def open_model(settings: LoadSettings, *, should_abort: Callable[[], bool] | Non
             devices += local_gpus()[:1]
     device = device_for(workers=workers)
     split: tuple[int, ...] = ()
-    if devices:
-        plan = plan_file(path, device, replace(plan_settings, gpu_layers=settings.n_gpu_layers))
-        gpu_layers, split = plan.gpu_layers, plan.layer_split
-        notes.append(f"Memory plan: {plan.summary()}")
-    elif not offload:
+    cpu_moe = 0
+    chosen = settings.n_gpu_layers is not None or settings.cpu_moe is not None
+    if not chosen and "n_gpu_layers" in tuned and (offload or devices):
+        plan_settings = replace(plan_settings, gpu_layers=tuned["n_gpu_layers"], cpu_moe=tuned.get("cpu_moe", 0))
+        notes.append("Using the offload that `bench --tune` found fastest for this file.")
+    if not offload and not devices:
         gpu_layers = 0
-    elif settings.n_gpu_layers is None and "n_gpu_layers" in tuned:
-        gpu_layers = min(tuned["n_gpu_layers"], full_offload)
-        notes.append(f"Using the {gpu_layers} GPU layers that `bench --tune` found fastest.")
-    elif settings.n_gpu_layers is None:
+    elif devices or plan_settings.gpu_layers is None or plan_settings.cpu_moe:
         plan = plan_file(path, device, plan_settings)
-        gpu_layers = plan.gpu_layers
+        gpu_layers, cpu_moe = plan.gpu_layers, plan.cpu_moe
+        split = plan.layer_split if devices else ()
         notes.append(f"Memory plan: {plan.summary()}")
-    else:
-        gpu_layers = full_offload if settings.n_gpu_layers < 0 else min(settings.n_gpu_layers, full_offload)
+    else:  # a number of whole layers
+        asked = plan_settings.gpu_layers
+        gpu_layers = full_offload if asked < 0 else min(asked, full_offload)
     if not settings.vocab_only and gpu_layers == 0:
         _check_kv_fits_in_ram(path, header, settings)
         if plan is None:
@@ -394,6 +427,7 @@ def open_model(settings: LoadSettings, *, should_abort: Callable[[], bool] | Non
                     should_abort=should_abort,
                     devices=[item.handle for item in devices],
                     layer_split=split,
+                    buffer_overrides=expert_overrides(cpu_moe),
                 )
                 context = None
                 if not settings.vocab_only:
@@ -420,6 +454,15 @@ def open_model(settings: LoadSettings, *, should_abort: Callable[[], bool] | Non
         if error.reason != "out_of_memory" or gpu_layers == 0:
             raise error
         step = max(1, full_offload // 8)
+        if 0 < cpu_moe < full_offload - 1:  # keep the experts of more layers in RAM
+            more = min(cpu_moe + step, full_offload - 1)
+            notes.append(
+                f"Loading with the experts of {cpu_moe} layers in RAM ran out of memory on "
+                f"{_device_label(devices[_device_out_of_memory(lines, devices)]) if devices else 'the GPU'}; "
+                f"retried with {more}."
+            )
+            cpu_moe = more
+            continue
         if split:
             failed = _device_out_of_memory(lines, devices)
             fewer_split = list(split)
@@ -436,7 +479,7 @@ def open_model(settings: LoadSettings, *, should_abort: Callable[[], bool] | Non
             f"Loading with {gpu_layers} GPU layers ran out of GPU memory; retried with {fewer} (slower, but it runs)."
         )
         gpu_layers = fewer
-    if not settings.vocab_only and not devices:
+    if not settings.vocab_only and not devices and not cpu_moe:  # kept per GPU layer count only
         measurement = parse_buffer_lines(lines)
         if measurement is not None:
             from app.core.planning.fit import measurement_store
@@ -445,6 +488,7 @@ def open_model(settings: LoadSettings, *, should_abort: Callable[[], bool] | Non
     metadata = model.metadata
     format_name = settings.chat_format or detect_format(metadata, model.vocab)
     arch = metadata.get("general.architecture", "")
+    n_layer = _metadata_int(metadata, f"{arch}.block_count")
     info = ModelInfo(
         path=str(path),
         name=metadata.get("general.name", path.stem),
@@ -458,8 +502,10 @@ def open_model(settings: LoadSettings, *, should_abort: Callable[[], bool] | Non
         n_gpu_layers=gpu_layers,
         file_size=path.stat().st_size,
         notes=tuple(notes),
-        n_layer=_metadata_int(metadata, f"{arch}.block_count"),
+        n_layer=n_layer,
         n_parallel=settings.n_parallel,
         kv_cells=context.n_ctx if context is not None else 0,
+        experts_in_ram=len(expert_layers_in_ram(n_layer, gpu_layers, cpu_moe)),
+        placement=_placement_label(gpu_layers, devices, split, cpu_moe, n_layer),
     )
     return LoadedModel(model, context, model.vocab, get_format(format_name), settings, info)

@@ -52,6 +52,8 @@ class NativeModel:
         on_progress: Callable[[float], None] | None = None,
         devices: Sequence[int] = (),
         layer_split: Sequence[int] = (),
+        buffer_overrides: Sequence[tuple[str, int]] = (),
+        mmap: bool = True,
     ) -> None:
         init_backend()
         params = llama_cpp.llama_model_default_params()
@@ -62,7 +64,13 @@ class NativeModel:
         if layer_split:  # offloaded layers per device, in the order of ``devices``
             split = (ctypes.c_float * max(int(llama_cpp.llama_max_devices()), len(layer_split)))(*layer_split)
             params.tensor_split = split
+        self._overrides: ctypes.Array[_BufferOverride] | None = None
+        if buffer_overrides:  # (tensor name regex, ggml buffer type): where matching weights are kept
+            self._overrides = _buffer_overrides(buffer_overrides)  # llama.cpp reads it for the model's lifetime
+            params.tensor_buft_overrides = ctypes.cast(self._overrides, ctypes.c_void_p)
         params.vocab_only = vocab_only
+        if not mmap:  # read the weights into buffers of their exact size (a mapped buffer spans a file range)
+            params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
         if no_alloc:  # read the header and tensor table, check them, allocate and read nothing
             params.no_alloc = True
             params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE  # the mmap path cannot skip allocation
@@ -109,6 +117,18 @@ class NativeModel:
         if self.ptr:
             llama_cpp.llama_model_free(self.ptr)
             self.ptr = None
+
+
+class _BufferOverride(ctypes.Structure):
+    _fields_ = (("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p))  # llama_model_tensor_buft_override
+
+
+def _buffer_overrides(overrides: Sequence[tuple[str, int]]) -> ctypes.Array[_BufferOverride]:
+    """llama.cpp's override array: one entry per (pattern, buffer type), ended by an empty entry."""
+    entries = (_BufferOverride * (len(overrides) + 1))()
+    for entry, (pattern, buffer_type) in zip(entries, overrides, strict=False):
+        entry.pattern, entry.buft = pattern.encode("utf-8"), buffer_type
+    return entries
 
 
 class NativeContext:

@@ -46,6 +46,9 @@ class LoadSettings:
     vocab_only: bool = False  # tokenizer and metadata only: enough to build prompts, not to generate
     n_parallel: int = 2
     rpc_workers: tuple[str, ...] = ()  # llama.cpp RPC workers ("host:port") to offload layers to, in order
+    # keep the experts of the first N layers in RAM with the rest offloaded (llama.cpp's --n-cpu-moe); None =
+    # the planner compares that with whole layers and picks the faster; 0 = whole layers only
+    cpu_moe: int | None = None
 
     @property
     def total_kv_cells(self) -> int:
@@ -185,6 +188,8 @@ class ModelInfo:
     n_layer: int = 0
     n_parallel: int = 1
     kv_cells: int = 0
+    experts_in_ram: int = 0  # offloaded layers whose experts were kept in RAM
+    placement: str = ""  # where it runs, short: "CPU", "CUDA 28/33", "RPC 3/3", "CUDA 33/33, experts of 5 in RAM"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

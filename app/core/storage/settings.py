@@ -35,9 +35,13 @@ class Settings:
     last_model: str = ""
     max_parallel_downloads: int = 1
     download_connections: int = 4  # parallel byte ranges per file
+    rpc_workers: tuple[str, ...] = ()  # llama.cpp RPC workers ("host:port") to offload to, in order
+    cpu_moe: int | None = None  # experts of the first N layers in RAM; None: the planner decides; 0: whole layers
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": SETTINGS_VERSION, **asdict(self)}
+        data = asdict(self)
+        data["rpc_workers"] = list(self.rpc_workers)
+        return {"version": SETTINGS_VERSION, **data}
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,11 @@ def _validated(data: dict[str, Any]) -> Settings:
             raise ValueError(f"{name} {value!r}")
     if settings.gpu_layers is not None and not isinstance(settings.gpu_layers, int):
         raise ValueError(f"gpu_layers {settings.gpu_layers!r}")
-    return settings
+    if settings.cpu_moe is not None and (not isinstance(settings.cpu_moe, int) or settings.cpu_moe < 0):
+        raise ValueError(f"cpu_moe {settings.cpu_moe!r}")
+    if not isinstance(settings.rpc_workers, (list, tuple)) or not all(isinstance(w, str) for w in settings.rpc_workers):
+        raise ValueError(f"rpc_workers {settings.rpc_workers!r}")
+    return replace(settings, rpc_workers=tuple(settings.rpc_workers))  # addresses are checked where they are entered
 
 
 def _migrate(data: dict[str, Any]) -> dict[str, Any]:
