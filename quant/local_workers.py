@@ -18,7 +18,8 @@ def free_port() -> int:
 
 
 def start_worker(*options: str, timeout: float = 30.0) -> tuple[subprocess.Popen[str], str]:
-    """Start a worker with ``options`` (``--mem 1GiB``, ...); return its process and address once it answers.
+    """Start a worker with ``options`` (``--mem 1GiB``, ``--threads 2``, ...; one thread unless told); return
+    its process and address once it answers.
 
     Raises:
         RuntimeError: the worker exited or did not answer within ``timeout`` seconds.
@@ -52,9 +53,9 @@ def start_worker(*options: str, timeout: float = 30.0) -> tuple[subprocess.Popen
 
 
 @contextmanager
-def local_workers(*limits: str) -> Iterator[list[str]]:
+def local_workers(*limits: str, threads: int = 1) -> Iterator[list[str]]:
     """Workers with these memory limits ("" = unlimited) for the duration of the block; their addresses."""
-    started = [start_worker(*(("--mem", limit) if limit else ())) for limit in limits]
+    started = [start_worker("--threads", str(threads), *(("--mem", limit) if limit else ())) for limit in limits]
     try:
         yield [address for _, address in started]
     finally:

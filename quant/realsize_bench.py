@@ -136,7 +136,7 @@ def offload_runs(path: Path, tokens: int, limit: str) -> int:
     from quant.local_workers import local_workers
 
     rows = [("CPU only", console_chat(path, tokens), plan_file(path, device_for(), PlanSettings(n_parallel=2)))]
-    with local_workers(limit) as (address,):
+    with local_workers(limit, threads=os.cpu_count() or 1) as (address,):  # it computes while this one waits
         device = device_for(workers=[probe_worker(address)])
         settings = PlanSettings(n_parallel=2)
         fewest = fewest_experts_in_ram(ModelShape.from_gguf(read_model(path)), device, settings)

@@ -1075,6 +1075,10 @@ class MainWindow(QMainWindow):
             if not self._reply_plain:
                 self._drop_pending_reply(position)  # what was kept; nothing half-made
             self._update_regenerate()
+        if not self.controller.engine.loaded:  # the model went with the failure (an offload worker was lost)
+            self.status_model.setText("No model")
+            self.status_backend.setText("")
+            self.status_backend.setToolTip("")
         self.show_error(error)
 
     def _end_reply(self) -> None:

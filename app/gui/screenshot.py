@@ -1,7 +1,10 @@
-"""Screenshots for review: the main window (demo model, one reply with a code block), the model manager and,
-given a Mixtral-architecture model, the expert-routing panel; at 800×600 and 1600×1000, light and dark.
+"""Screenshots for review: the main window (demo model, one reply with a code block), the model manager, the
+settings dialog and, given a Mixtral-architecture model, the expert-routing panel; at 800×600 and 1600×1000
+(the dialog at its own size and wider), light and dark.
 
-    QT_QPA_PLATFORM=offscreen python -m app.gui.screenshot --out shots/ [--routing-model tiny.gguf]
+    QT_QPA_PLATFORM=offscreen python -m app.gui.screenshot --out shots/ [--routing-model tiny.gguf] [--rpc HOST:PORT]
+
+With ``--rpc`` the main window loads its model with that RPC worker and the model manager counts its memory.
 
 ``python -m quant tiny --out DIR`` writes a tiny Mixtral for the routing shots. Everything runs in a fresh,
 temporary data folder.
@@ -27,7 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="screenshots", help="folder for the PNGs")
     parser.add_argument("--model", default=None, help="model for the main window (default: the demo model)")
     parser.add_argument("--routing-model", default=None, help="a Mixtral-architecture GGUF for the routing shots")
-    parser.add_argument("--only", choices=("main", "models", "routing"), action="append", help="just these shots")
+    parser.add_argument(
+        "--only", choices=("main", "models", "settings", "routing"), action="append", help="just these shots"
+    )
+    parser.add_argument("--rpc", default="", metavar="HOST:PORT", help="an RPC worker for the main window and models")
     parser.add_argument(
         "--font-size", type=int, default=None, help="point size of the app's font (Settings offers 9-16; default 10)"
     )
@@ -47,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     model = args.model or str(demo_model_path())
-    only = set(args.only or ("main", "models", "routing"))
+    only = set(args.only or ("main", "models", "settings", "routing"))
+    workers = (args.rpc,) if args.rpc else ()
     written: list[Path] = []
 
     def wait(signal: Any, seconds: int) -> None:
@@ -77,8 +84,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for theme in THEMES:
         font_size = args.font_size or Settings().font_size
-        save_settings(Settings(theme=theme, font_size=font_size))
+        save_settings(Settings(theme=theme, font_size=font_size, rpc_workers=workers))
         apply_theme(theme, font_size)
+        if "settings" in only:
+            from app.gui.settings_dialog import SettingsDialog
+
+            dialog = SettingsDialog(Settings(rpc_workers=workers or ("192.168.1.20:50052",), cpu_moe=None))
+            dialog.show()
+            hint = dialog.sizeHint()
+            for width in (hint.width(), max(hint.width(), 900)):
+                save(dialog, "settings", width, hint.height(), theme)
+            dialog.close()
         if "main" in only or "models" in only:
             window = MainWindow(load_on_start=False)
             window.show()
@@ -95,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     window.toggle_settings_action.setChecked(width >= 1100)  # as a window of that width starts
                     save(window, "main", width, height, theme)
             if "models" in only:
-                manager = ModelManagerWindow(window.downloads)
+                manager = ModelManagerWindow(window.downloads, rpc_workers=workers)
                 manager.show()
                 wait(manager.plans_updated, 60)
                 for width, height in SIZES:

@@ -130,7 +130,7 @@ def test_the_planner_picks_the_faster_strategy_for_the_context(n_ctx: int) -> No
 
 
 def test_over_the_network_each_hand_over_costs_a_round_trip_so_whole_layers_win() -> None:
-    from app.core.planning.planner import RPC_TOKEN_OVERHEAD_S, OffloadTarget
+    from app.core.planning.planner import RPC_HANDOVER_S, OffloadTarget
 
     shape = shape_8x7b(int(26.5 * GIB))
     worker = OffloadTarget("RPC box:50052", "box:50052", 16 * GIB, 16 * GIB, 40.0)
@@ -140,7 +140,7 @@ def test_over_the_network_each_hand_over_costs_a_round_trip_so_whole_layers_win(
     forced = plan_memory(shape, pooled, PlanSettings(cpu_moe=chosen.n_layer // 2))
     assert chosen.strategy == "layers" and forced.strategy == "experts"
     # every layer whose experts are in RAM goes to this machine and back: two round trips per token
-    assert 1 / forced.decode_tokens_per_s > forced.experts_in_ram * 2 * RPC_TOKEN_OVERHEAD_S
+    assert 1 / forced.decode_tokens_per_s > forced.experts_in_ram * 2 * RPC_HANDOVER_S
     assert chosen.decode_tokens_per_s > forced.decode_tokens_per_s
 
 

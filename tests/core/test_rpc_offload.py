@@ -202,3 +202,18 @@ def test_a_worker_that_dies_mid_reply_ends_the_reply_with_a_clear_error_and_the_
     info = host.load(LoadSettings(model, n_ctx=512, n_parallel=1))  # on this machine alone
     assert info.placement == "CPU"
     assert host.generate(GenerationRequest((Message("user", "Hi"),), GREEDY)).run_to_end()
+
+
+def test_out_of_memory_with_experts_in_ram_keeps_the_experts_of_more_layers_in_ram(
+    wide_model: Path, rpc_worker: Worker, host: EngineHost
+) -> None:
+    address = rpc_worker("--mem", "2GiB")  # says 2 GiB ...
+    _cap_address_space(
+        address, 600 * MIB
+    )  # ... can allocate 600 MiB: ~1060 with one layer's experts in RAM, ~200 with both
+    info = host.load(LoadSettings(str(wide_model), n_ctx=512, n_parallel=1, rpc_workers=(address,), cpu_moe=1))
+    assert info.n_gpu_layers == 3 and info.experts_in_ram == 2
+    assert any(
+        f"the experts of 1 layer in RAM ran out of memory on the RPC worker at {address}" in n for n in info.notes
+    )
+    assert host.generate(GenerationRequest((Message("user", "Hi"),), GREEDY)).run_to_end() is not None

@@ -15,12 +15,19 @@ from app.core.runtime.devices import rpc_supported
 from app.core.storage.settings import Settings, load_settings, save_settings
 from app.gui.settings_dialog import SettingsDialog
 from quant.local_workers import start_worker
-from tests.gui.helpers import LOAD_TIMEOUT, menu_action, new_window, send, settle, trigger
+from tests.gui.helpers import LOAD_TIMEOUT, choose_file, menu_action, new_window, send, settle, trigger
 
 pytestmark = pytest.mark.skipif(
     not rpc_supported(),
     reason="llama.cpp here was built without RPC: reinstall it with CMAKE_ARGS=-DGGML_RPC=on to run the offload tests",
 )
+
+
+_pids: dict[str, int] = {}
+
+
+def _worker_pid(address: str) -> int:
+    return _pids[address]
 
 
 @pytest.fixture
@@ -30,6 +37,7 @@ def rpc_worker() -> Iterator[Callable[..., str]]:
     def start(*options: str) -> str:
         process, address = start_worker(*options)
         started.append(process)
+        _pids[address] = process.pid
         return address
 
     yield start
@@ -101,3 +109,48 @@ def test_the_model_manager_counts_a_workers_memory(qtbot, rpc_worker: Callable[.
     row = manager.model.row_of("mixtral-8x7b-instruct:Q2_K")
     assert manager.model.data(manager.model.index(row, 4)).endswith("fits this PC + 1 worker")
     manager.close()
+
+
+def test_a_worker_lost_mid_reply_is_reported_and_the_window_goes_on(
+    qtbot, tiny_v1: dict[str, Path], rpc_worker: Callable[..., str]
+) -> None:
+    import os
+    import signal
+
+    from PySide6.QtWidgets import QMessageBox
+
+    process_address = rpc_worker()
+    save_settings(Settings(rpc_workers=(process_address,)))
+    window = new_window(qtbot)
+    window.max_tokens.setValue(0)  # until the context is full: still writing when the worker goes
+    with qtbot.waitSignal(window.controller.model_loaded, timeout=LOAD_TIMEOUT):
+        window.load_model(str(tiny_v1["Q4_K_M"]))
+    assert window.status_backend.text().startswith("RPC ")
+    window.input.setFocus()
+    qtbot.keyClicks(window.input, "Tell me about the sea.")
+    with qtbot.waitSignal(window.controller.text_streamed, timeout=LOAD_TIMEOUT):
+        qtbot.mouseClick(window.send_button, Qt.MouseButton.LeftButton)
+    with qtbot.waitSignal(window.controller.reply_failed, timeout=LOAD_TIMEOUT):
+        os.kill(_worker_pid(process_address), signal.SIGKILL)
+    settle(qtbot, window)
+    assert "An offload device stopped answering" in window.last_error
+    box = next(b for b in window.findChildren(QMessageBox) if b.isVisible())
+    assert "load the model again" in box.text()
+    assert window.status_model.text() == "No model" and window.send_button.isEnabled()
+    box.close()
+
+    dialog = _open_settings(qtbot, window)  # the worker is gone: take it out ...
+    dialog.workers.setFocus()
+    dialog.workers.selectAll()
+    qtbot.keyClick(dialog.workers, Qt.Key.Key_Delete)
+    with qtbot.waitSignal(dialog.accepted):
+        qtbot.mouseClick(
+            dialog.findChild(QDialogButtonBox).button(QDialogButtonBox.StandardButton.Ok), Qt.MouseButton.LeftButton
+        )
+    settle(qtbot, window)
+    assert load_settings().settings.rpc_workers == ()
+    trigger(qtbot, window, menu_action(window, "&File", "Open model…"))  # ... and open the model again
+    with qtbot.waitSignal(window.controller.model_loaded, timeout=LOAD_TIMEOUT):
+        choose_file(qtbot, window, tiny_v1["Q4_K_M"])
+    assert window.status_backend.text() == "CPU"
+    assert send(qtbot, window, "Hello").text

@@ -355,8 +355,10 @@ def default_thread_counts() -> tuple[int, int]:
 def open_model(settings: LoadSettings, *, should_abort: Callable[[], bool] | None = None) -> LoadedModel:
     """Load ``settings.model_path`` and create its context.
 
-    With ``n_gpu_layers=None`` the memory planner chooses how many layers go to the GPU; if llama.cpp still
-    runs out of GPU memory, loading is retried with fewer layers and ``info.notes`` says so.
+    With ``n_gpu_layers=None`` and ``cpu_moe=None`` the memory planner chooses how many whole layers go to the
+    GPU and the RPC workers, or to offload every layer and keep the experts of the first ones in RAM, whichever
+    it expects to be faster. If llama.cpp still runs out of memory on a device, loading is retried with fewer
+    layers there (or the experts of more layers in RAM) and ``info.notes`` says so.
 
     Raises:
         ModelLoadError: missing, not a GGUF, truncated, unsupported architecture, out of memory.
@@ -457,7 +459,7 @@ def open_model(settings: LoadSettings, *, should_abort: Callable[[], bool] | Non
         if 0 < cpu_moe < full_offload - 1:  # keep the experts of more layers in RAM
             more = min(cpu_moe + step, full_offload - 1)
             notes.append(
-                f"Loading with the experts of {cpu_moe} layers in RAM ran out of memory on "
+                f"Loading with the experts of {cpu_moe} layer{'s' if cpu_moe > 1 else ''} in RAM ran out of memory on "
                 f"{_device_label(devices[_device_out_of_memory(lines, devices)]) if devices else 'the GPU'}; "
                 f"retried with {more}."
             )
