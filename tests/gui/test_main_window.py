@@ -299,12 +299,16 @@ def test_screenshot_script_saves_every_view_at_both_sizes_and_themes(
 
     assert main(["--out", str(tmp_path), "--routing-model", str(tiny_v1["Q4_K_M"])]) == 0
     shots = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert shots == sorted(
+    dialogs = [name for name in shots if name.startswith("settings-")]
+    assert [name for name in shots if name not in dialogs] == sorted(
         f"{view}-{size}-{theme}.png"
         for view in ("main", "models", "routing")
         for size in ("800x600", "1600x1000")
         for theme in ("light", "dark")
     )
+    # the settings dialog at its own size and 900 wide, in both themes
+    assert sorted(name.split("-")[-1] for name in dialogs) == ["dark.png", "dark.png", "light.png", "light.png"]
+    assert sum(name.startswith("settings-900x") for name in dialogs) == 2
     assert all((tmp_path / name).stat().st_size > 20_000 for name in shots)
 
 
