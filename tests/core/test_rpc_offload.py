@@ -217,3 +217,30 @@ def test_out_of_memory_with_experts_in_ram_keeps_the_experts_of_more_layers_in_r
         f"the experts of 1 layer in RAM ran out of memory on the RPC worker at {address}" in n for n in info.notes
     )
     assert host.generate(GenerationRequest((Message("user", "Hi"),), GREEDY)).run_to_end() is not None
+
+
+def test_the_full_size_8x7b_runs_with_its_experts_in_ram_and_the_rest_on_a_capped_worker(
+    tmp_path: Path, rpc_worker: Worker, host: EngineHost
+) -> None:
+    """Mixtral 8x7B Q2_K at its real size (17.3 GB, a sparse file of zeros: no disk): every layer's attention,
+    router, norms, the output and the KV cache on a worker that can allocate 2 GiB, the 15.5 GiB of experts mapped
+    from the file here. About a minute: the experts' pages are read in once."""
+    from app.core.planning.fit import device_for, plan_file
+    from app.core.planning.planner import buffers_by_device
+    from quant.full import write_full
+
+    path = write_full("8x7b", "Q2_K", tmp_path).path
+    address = rpc_worker("--mem", "2GiB", "--threads", "2")
+    plan = plan_file(path, device_for(workers=[probe_worker(address)]), PlanSettings(512, n_parallel=1, cpu_moe=32))
+    on_worker = plan.placements[0].memory
+    assert plan.layer_split == (33,) and plan.experts_in_ram == 32 and on_worker.total < 2 * 1024 * MIB
+    with llama_log.capture() as lines:
+        info = host.load(LoadSettings(str(path), n_ctx=512, n_parallel=1, rpc_workers=(address,), cpu_moe=32))
+    assert info.placement == "RPC 33/33, experts of 32 in RAM"
+    reported = next(sizes for name, sizes in buffers_by_device(lines).items() if name.endswith(f"[{address}]"))
+    for kind, planned in (("weights", on_worker.weights), ("kv", on_worker.kv_cache), ("compute", on_worker.compute)):
+        assert abs(planned - reported[kind]) <= max(0.1 * reported[kind], 32 * MIB), (kind, planned, reported)
+    endless = SamplingSettings(temperature=0.0, max_new_tokens=3, ignore_eos=True)
+    ticket = host.generate(GenerationRequest((Message("user", "Hi"),), endless))
+    ticket.run_to_end()
+    assert ticket.stats is not None and ticket.stats.generated_tokens == 3
