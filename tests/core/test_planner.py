@@ -144,6 +144,24 @@ def test_over_the_network_each_hand_over_costs_a_round_trip_so_whole_layers_win(
     assert chosen.decode_tokens_per_s > forced.decode_tokens_per_s
 
 
+def test_a_gpu_and_a_worker_hold_layers_in_llama_cpps_order() -> None:
+    from app.core.planning.planner import OffloadTarget
+    from app.core.planning.text import short_verdict
+
+    shape = shape_8x7b(int(35.7 * GIB))  # Q6_K: more than the 24 GB card alone holds
+    worker = OffloadTarget("RPC box:50052", "box:50052", 16 * GIB, 16 * GIB, 40.0)
+    pooled = replace(CUDA_24, workers=(worker,))
+    assert [t.endpoint for t in pooled.offload_targets] == ["box:50052", ""]  # the workers first, then the GPU
+    plan = plan_memory(shape, pooled)
+    on_worker, on_gpu = plan.placements
+    assert plan.verdict == VERDICT_FULL and on_worker.layers + on_gpu.layers == 33
+    assert on_worker.memory.total <= 16 * GIB and on_gpu.memory.total - on_gpu.memory.reserve <= 23.5 * GIB
+    # the GPU holds the top layers and the output (llama.cpp's last device), the worker the lowest ones
+    assert on_gpu.memory.weights > sum(shape.layer_bytes[-on_gpu.layers + 1 :]) and on_worker.memory.compute < 1 * GIB
+    assert short_verdict(plan) == "fits this PC + 1 worker"
+    assert plan.summary().startswith(f"Offloaded 33 of 33 layers: {on_worker.layers} on RPC box:50052")
+
+
 def test_more_context_means_fewer_gpu_layers_and_quantized_kv_gives_some_back() -> None:
     shape = shape_8x7b()
     layers = [plan_memory(shape, CUDA_24, PlanSettings(n_ctx=n, cpu_moe=0)).gpu_layers for n in (2048, 8192, 32768)]
