@@ -257,7 +257,7 @@ class ModelManagerWindow(QWidget):
         self.setAcceptDrops(True)
         self.downloads = downloads
         self._device = device
-        self._assumed = device is not None  # a what-if machine (tests, screenshots): never probed
+        self._assumed = device is not None  # a what-if machine (tests, screenshots): planned as given
         self._rpc_workers = tuple(rpc_workers)
         self._confirm = confirm or self._ask
         self._worker = BackgroundRunner("model-manager")

@@ -108,6 +108,17 @@ def test_the_model_manager_counts_a_workers_memory(qtbot, rpc_worker: Callable[.
     assert f"{address} · 20.0 GiB free of 20.0 GiB" in manager.hardware_label.text()
     row = manager.model.row_of("mixtral-8x7b-instruct:Q2_K")
     assert manager.model.data(manager.model.index(row, 4)).endswith("fits this PC + 1 worker")
+
+    dialog = _open_settings(qtbot, window)  # taking the worker out replans the open model manager
+    dialog.workers.setFocus()
+    dialog.workers.selectAll()
+    qtbot.keyClick(dialog.workers, Qt.Key.Key_Delete)
+    with qtbot.waitSignal(manager.plans_updated, timeout=60_000):
+        qtbot.mouseClick(
+            dialog.findChild(QDialogButtonBox).button(QDialogButtonBox.StandardButton.Ok), Qt.MouseButton.LeftButton
+        )
+    assert "Workers" not in manager.hardware_label.text()
+    assert "worker" not in manager.model.data(manager.model.index(row, 4))
     manager.close()
 
 
