@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         engine.load(settings)
         results = bench.run_bench(
             engine,
-            prompt_tokens=args.prompt,
+            prompt_tokens=min(args.prompt, settings.n_ctx // 4),  # --parallel makes each stream's context small
             generate_tokens=args.generate,
             repeats=args.repeat,
             long_prompt=not args.no_long,

@@ -89,6 +89,15 @@ def test_tuning_saves_the_fastest_setting_and_loads_use_it(tiny_v1: dict[str, Pa
         engine.close()
 
 
+def test_bench_parallel_runs_with_its_default_prompt(tiny_v1: dict[str, Path]) -> None:
+    """`bench --parallel` shrinks each stream's context; the default 512-token prompt must still fit."""
+    command = [sys.executable, "-m", "app", "bench", str(tiny_v1["Q2_K"]), "--parallel", "--generate", "8"]
+    result = subprocess.run([*command, "--repeat", "1", "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert set(payload["parallel"][tiny_v1["Q2_K"].name]) == {"1", "2", "4", "8"}
+
+
 def test_bench_command_json_and_chart(tiny_v1: dict[str, Path], tmp_path: Path) -> None:
     chart = tmp_path / "bench.png"
     result = subprocess.run(
