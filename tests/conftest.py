@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,30 @@ def host():
     engine = EngineHost()
     yield engine
     engine.close()
+
+
+class LocalWorkers:
+    """`mixtral-desk rpc-worker` processes on 127.0.0.1 that a test starts (``rpc_worker("--mem", "1GiB")``
+    returns the address once it answers); killed after the test."""
+
+    def __init__(self) -> None:
+        self.processes: dict[str, subprocess.Popen[str]] = {}
+
+    def __call__(self, *options: str) -> str:
+        from quant.local_workers import start_worker
+
+        process, address = start_worker(*options)
+        self.processes[address] = process
+        return address
+
+    def pid(self, address: str) -> int:
+        return self.processes[address].pid
+
+
+@pytest.fixture
+def rpc_worker() -> Iterator[LocalWorkers]:
+    workers = LocalWorkers()
+    yield workers
+    for process in workers.processes.values():
+        process.kill()
+        process.wait()

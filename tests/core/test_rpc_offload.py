@@ -7,8 +7,6 @@ import os
 import re
 import resource
 import signal
-import subprocess
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,41 +19,19 @@ from app.core.runtime import llama_log
 from app.core.runtime.devices import rpc_supported
 from app.core.runtime.host import EngineHost
 from app.core.runtime.types import GenerationRequest, LoadSettings, SamplingSettings
-from quant.local_workers import free_port, start_worker
+from quant.local_workers import free_port
 from quant.planner_check import compare_on_workers, format_rows
+from tests.conftest import LocalWorkers
 
 pytestmark = pytest.mark.skipif(
     not rpc_supported(),
     reason="llama.cpp here was built without RPC: reinstall it with CMAKE_ARGS=-DGGML_RPC=on to run the offload tests",
 )
 GREEDY = SamplingSettings(temperature=0.0, repeat_penalty=1.0, max_new_tokens=24)
-Worker = Callable[..., str]
 
 
-_worker_pids: dict[str, int] = {}
-
-
-@pytest.fixture
-def rpc_worker() -> Iterator[Worker]:
-    """Starts `mixtral-desk rpc-worker` processes; returns each one's address once it answers."""
-    started: list[subprocess.Popen[str]] = []
-
-    def start(*options: str) -> str:
-        process, address = start_worker(*options)
-        started.append(process)
-        _worker_pids[address] = process.pid
-        return address
-
-    yield start
-    for process in started:
-        process.kill()
-        process.wait()
-    _worker_pids.clear()
-
-
-def _cap_address_space(address: str, process_headroom: int) -> None:
+def _cap_address_space(pid: int, process_headroom: int) -> None:
     """Cap a running worker's address space ``process_headroom`` bytes above what it uses now."""
-    pid = _worker_pids[address]
     with open(f"/proc/{pid}/statm") as handle:
         used = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     resource.prlimit(pid, resource.RLIMIT_AS, (used + process_headroom, used + process_headroom))
@@ -67,7 +43,7 @@ def _greedy_text(host: EngineHost, settings: LoadSettings) -> tuple[str, tuple[s
     return text, info.notes, info.n_gpu_layers
 
 
-def test_a_worker_answers_with_its_memory_and_bad_addresses_are_named(rpc_worker: Worker) -> None:
+def test_a_worker_answers_with_its_memory_and_bad_addresses_are_named(rpc_worker: LocalWorkers) -> None:
     address = rpc_worker("--mem", "300MiB")
     worker = probe_worker(address)
     assert worker.version.startswith("7.")
@@ -81,7 +57,7 @@ def test_a_worker_answers_with_its_memory_and_bad_addresses_are_named(rpc_worker
 
 
 def test_full_offload_to_a_worker_writes_the_same_text_as_the_cpu(
-    tiny_v1: dict[str, Path], rpc_worker: Worker, host: EngineHost
+    tiny_v1: dict[str, Path], rpc_worker: LocalWorkers, host: EngineHost
 ) -> None:
     address = rpc_worker()
     model = str(tiny_v1["Q4_K_M"])
@@ -94,7 +70,7 @@ def test_full_offload_to_a_worker_writes_the_same_text_as_the_cpu(
 
 @pytest.mark.parametrize("gpu_layers", [3, 2, 1])
 def test_the_plan_matches_what_llama_cpp_puts_on_the_worker(
-    tiny_v1: dict[str, Path], rpc_worker: Worker, gpu_layers: int
+    tiny_v1: dict[str, Path], rpc_worker: LocalWorkers, gpu_layers: int
 ) -> None:
     address = rpc_worker()
     rows = compare_on_workers(tiny_v1["Q4_K_M"], PlanSettings(512, n_parallel=1), [address], gpu_layers=gpu_layers)
@@ -104,7 +80,7 @@ def test_the_plan_matches_what_llama_cpp_puts_on_the_worker(
 
 
 def test_experts_kept_in_ram_write_the_same_text_as_the_cpu(
-    tiny_v1: dict[str, Path], rpc_worker: Worker, host: EngineHost
+    tiny_v1: dict[str, Path], rpc_worker: LocalWorkers, host: EngineHost
 ) -> None:
     address = rpc_worker()
     model = str(tiny_v1["Q4_K_M"])
@@ -122,7 +98,9 @@ def test_experts_kept_in_ram_write_the_same_text_as_the_cpu(
 
 
 @pytest.mark.parametrize("cpu_moe", [1, 2])
-def test_the_experts_of_n_layers_are_in_ram_as_planned(wide_model: Path, rpc_worker: Worker, cpu_moe: int) -> None:
+def test_the_experts_of_n_layers_are_in_ram_as_planned(
+    wide_model: Path, rpc_worker: LocalWorkers, cpu_moe: int
+) -> None:
     address = rpc_worker()
     rows = compare_on_workers(wide_model, PlanSettings(512, n_parallel=1), [address], cpu_moe=cpu_moe)
     assert all(row.within_tolerance for row in rows), format_rows(rows)
@@ -136,7 +114,7 @@ def test_the_experts_of_n_layers_are_in_ram_as_planned(wide_model: Path, rpc_wor
 
 @pytest.mark.parametrize(("limits", "split"), [(("1100MiB", "1200MiB"), "1/2"), (("1100MiB", "500MiB"), "1/1")])
 def test_two_workers_with_different_limits_hold_what_the_plan_gives_each(
-    wide_model: Path, rpc_worker: Worker, limits: tuple[str, str], split: str
+    wide_model: Path, rpc_worker: LocalWorkers, limits: tuple[str, str], split: str
 ) -> None:
     addresses = [rpc_worker("--mem", limit) for limit in limits]  # a layer needs ~1020 MiB, the output ~150
     rows = compare_on_workers(wide_model, PlanSettings(512, n_parallel=1), addresses)
@@ -147,10 +125,11 @@ def test_two_workers_with_different_limits_hold_what_the_plan_gives_each(
 
 
 def test_a_worker_that_runs_out_of_memory_gets_fewer_layers_and_the_user_is_told(
-    tiny_v1: dict[str, Path], rpc_worker: Worker, host: EngineHost
+    tiny_v1: dict[str, Path], rpc_worker: LocalWorkers, host: EngineHost
 ) -> None:
     address = rpc_worker("--mem", "200MiB")  # says 200 MiB ...
-    _cap_address_space(address, 30 * MIB)  # ... but can allocate 30: the output layer's 63 MiB buffer fails
+    # ... but can allocate 30: the output layer's 63 MiB buffer fails
+    _cap_address_space(rpc_worker.pid(address), 30 * MIB)
     text, notes, layers = _greedy_text(
         host, LoadSettings(str(tiny_v1["Q4_K_M"]), n_ctx=512, n_parallel=1, rpc_workers=(address,))
     )
@@ -168,7 +147,7 @@ def test_a_worker_that_is_not_there_is_a_clear_error_not_a_crash(tiny_v1: dict[s
 
 
 def test_tuning_with_a_worker_tries_whole_layers_and_experts_in_ram_and_loads_use_the_fastest(
-    tiny_v1: dict[str, Path], rpc_worker: Worker, host: EngineHost
+    tiny_v1: dict[str, Path], rpc_worker: LocalWorkers, host: EngineHost
 ) -> None:
     from app.core.runtime import bench
 
@@ -185,7 +164,7 @@ def test_tuning_with_a_worker_tries_whole_layers_and_experts_in_ram_and_loads_us
 
 
 def test_a_worker_that_dies_mid_reply_ends_the_reply_with_a_clear_error_and_the_app_goes_on(
-    tiny_v1: dict[str, Path], rpc_worker: Worker, host: EngineHost
+    tiny_v1: dict[str, Path], rpc_worker: LocalWorkers, host: EngineHost
 ) -> None:
     address = rpc_worker()
     model = str(tiny_v1["Q4_K_M"])
@@ -194,7 +173,7 @@ def test_a_worker_that_dies_mid_reply_ends_the_reply_with_a_clear_error_and_the_
     ticket = host.generate(GenerationRequest((Message("user", "Tell me about the sea."),), endless))
     stream = iter(ticket)
     assert next(stream)  # the reply is streaming from the worker ...
-    os.kill(_worker_pids[address], signal.SIGKILL)  # ... when its machine goes away
+    os.kill(rpc_worker.pid(address), signal.SIGKILL)  # ... when its machine goes away
     with pytest.raises(DeskError, match="An offload device stopped answering"):
         for _ in stream:
             pass
@@ -205,12 +184,11 @@ def test_a_worker_that_dies_mid_reply_ends_the_reply_with_a_clear_error_and_the_
 
 
 def test_out_of_memory_with_experts_in_ram_keeps_the_experts_of_more_layers_in_ram(
-    wide_model: Path, rpc_worker: Worker, host: EngineHost
+    wide_model: Path, rpc_worker: LocalWorkers, host: EngineHost
 ) -> None:
     address = rpc_worker("--mem", "2GiB")  # says 2 GiB ...
-    _cap_address_space(
-        address, 600 * MIB
-    )  # ... can allocate 600 MiB: ~1060 with one layer's experts in RAM, ~200 with both
+    # ... can allocate 600 MiB: ~1060 with one layer's experts in RAM, ~200 with both
+    _cap_address_space(rpc_worker.pid(address), 600 * MIB)
     info = host.load(LoadSettings(str(wide_model), n_ctx=512, n_parallel=1, rpc_workers=(address,), cpu_moe=1))
     assert info.n_gpu_layers == 3 and info.experts_in_ram == 2
     assert any(
@@ -220,7 +198,7 @@ def test_out_of_memory_with_experts_in_ram_keeps_the_experts_of_more_layers_in_r
 
 
 def test_the_full_size_8x7b_runs_with_its_experts_in_ram_and_the_rest_on_a_capped_worker(
-    tmp_path: Path, rpc_worker: Worker, host: EngineHost
+    tmp_path: Path, rpc_worker: LocalWorkers, host: EngineHost
 ) -> None:
     """Mixtral 8x7B Q2_K at its real size (17.3 GB, a sparse file of zeros: no disk): every layer's attention,
     router, norms, the output and the KV cache on a worker that can allocate 2 GiB, the 15.5 GiB of experts mapped

@@ -3,8 +3,6 @@ bar and the model manager saying where it runs (real `mixtral-desk rpc-worker` p
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,36 +12,13 @@ from PySide6.QtWidgets import QDialogButtonBox
 from app.core.runtime.devices import rpc_supported
 from app.core.storage.settings import Settings, load_settings, save_settings
 from app.gui.settings_dialog import SettingsDialog
-from quant.local_workers import start_worker
+from tests.conftest import LocalWorkers
 from tests.gui.helpers import LOAD_TIMEOUT, choose_file, menu_action, new_window, send, settle, trigger
 
 pytestmark = pytest.mark.skipif(
     not rpc_supported(),
     reason="llama.cpp here was built without RPC: reinstall it with CMAKE_ARGS=-DGGML_RPC=on to run the offload tests",
 )
-
-
-_pids: dict[str, int] = {}
-
-
-def _worker_pid(address: str) -> int:
-    return _pids[address]
-
-
-@pytest.fixture
-def rpc_worker() -> Iterator[Callable[..., str]]:
-    started: list[subprocess.Popen[str]] = []
-
-    def start(*options: str) -> str:
-        process, address = start_worker(*options)
-        started.append(process)
-        _pids[address] = process.pid
-        return address
-
-    yield start
-    for process in started:
-        process.kill()
-        process.wait()
 
 
 def _open_settings(qtbot, window) -> SettingsDialog:
@@ -58,7 +33,7 @@ def _type_into(qtbot, field, text: str) -> None:
 
 
 def test_a_worker_and_experts_in_ram_set_in_settings_load_the_model_there(
-    qtbot, tiny_v1: dict[str, Path], rpc_worker: Callable[..., str]
+    qtbot, tiny_v1: dict[str, Path], rpc_worker: LocalWorkers
 ) -> None:
     address = rpc_worker()
     window = new_window(qtbot)
@@ -96,7 +71,7 @@ def test_a_worker_and_experts_in_ram_set_in_settings_load_the_model_there(
     window.model_manager.close()
 
 
-def test_the_model_manager_counts_a_workers_memory(qtbot, rpc_worker: Callable[..., str]) -> None:
+def test_the_model_manager_counts_a_workers_memory(qtbot, rpc_worker: LocalWorkers) -> None:
     address = rpc_worker("--mem", "20GiB")  # what it reports; nothing is allocated here
     save_settings(Settings(rpc_workers=(address,)))
     window = new_window(qtbot)
@@ -123,7 +98,7 @@ def test_the_model_manager_counts_a_workers_memory(qtbot, rpc_worker: Callable[.
 
 
 def test_a_worker_lost_mid_reply_is_reported_and_the_window_goes_on(
-    qtbot, tiny_v1: dict[str, Path], rpc_worker: Callable[..., str]
+    qtbot, tiny_v1: dict[str, Path], rpc_worker: LocalWorkers
 ) -> None:
     import os
     import signal
@@ -142,7 +117,7 @@ def test_a_worker_lost_mid_reply_is_reported_and_the_window_goes_on(
     with qtbot.waitSignal(window.controller.text_streamed, timeout=LOAD_TIMEOUT):
         qtbot.mouseClick(window.send_button, Qt.MouseButton.LeftButton)
     with qtbot.waitSignal(window.controller.reply_failed, timeout=LOAD_TIMEOUT):
-        os.kill(_worker_pid(process_address), signal.SIGKILL)
+        os.kill(rpc_worker.pid(process_address), signal.SIGKILL)
     settle(qtbot, window)
     assert "An offload device stopped answering" in window.last_error
     box = next(b for b in window.findChildren(QMessageBox) if b.isVisible())
