@@ -33,12 +33,27 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--kv", choices=sorted(KV_CACHE_TYPES), default="f16", help="KV cache type (default f16)")
     group.add_argument(
+        "--prompt-cache",
+        type=mebibytes,
+        default=None,
+        metavar="MIB",
+        help="RAM for conversations moved out of the KV cache, copied back when they return instead of "
+        "evaluated again (default: a quarter of the RAM free beyond the model, at most 4096; 0 = off)",
+    )
+    group.add_argument(
         "--threads", type=int, default=None, metavar="N", help="CPU threads (default: llama.cpp's choice)"
     )
     group.add_argument(
         "--format", choices=FORMATS, default=None, help="prompt format (default: detected from the GGUF)"
     )
     add_rpc_option(group)
+
+
+def mebibytes(text: str) -> int:
+    """argparse type for a size in MiB: a whole number, 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in MiB (a whole number, 0 or more)")
+    return int(text)
 
 
 def layer_count(text: str) -> int:
@@ -120,6 +135,7 @@ def load_settings_from(args: argparse.Namespace, *, chat_format: str | None = No
         chat_format=chat_format or args.format,
         rpc_workers=tuple(getattr(args, "rpc", ())),
         cpu_moe=getattr(args, "cpu_moe", None),
+        prompt_cache_mib=getattr(args, "prompt_cache", None),
     )
 
 

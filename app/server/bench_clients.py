@@ -3,6 +3,9 @@
 (same model, threads, slots and context) when one is given, and a single client against the engine host's own
 single-stream speed. Figures are ratios within one run (this machine is shared: +-25 % run to run).
 
+Both servers run as their own processes, as users run them (``mixtral-desk serve``): the benchmark's client
+threads then share no interpreter with either server.
+
     python -m app.server.bench_clients [--model PATH] [--parallel 4] [--tokens 64] [--llama-server PATH]
 
 ``llama-server`` comes from the llama-cpp-python sdist's ``vendor/llama.cpp`` (see the README); without it,
@@ -80,15 +83,30 @@ def find_llama_server(given: str | None) -> Path | None:
 
 def run_llama_server(
     binary: Path, model: Path, parallel: int, ctx: int, threads: tuple[int, int], extra: Sequence[str] = ()
-) -> tuple[object, str]:
+) -> tuple[subprocess.Popen[bytes], str]:
     """Start llama-server with ``parallel`` slots of ``ctx`` tokens each; returns (process, url) once healthy."""
-    import httpx2 as httpx
-
     from app.server.run import free_port
 
     port = free_port()
     command = [str(binary), "-m", str(model), "--port", str(port), "-np", str(parallel), "-c", str(ctx * parallel)]
     command += ["-t", str(threads[0]), "-tb", str(threads[1]), "--log-disable", *extra]
+    return _started(command, port)
+
+
+def run_our_server(model: Path, parallel: int, ctx: int, flash_attn: bool) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``mixtral-desk serve`` with ``parallel`` requests decoded together, ``ctx`` tokens each; returns
+    (process, url) once healthy."""
+    from app.server.run import free_port
+
+    port = free_port()
+    command = [sys.executable, "-m", "app", "serve", "--model", str(model), "--port", str(port), "--model-id", "bench"]
+    command += ["--parallel", str(parallel), "--ctx", str(ctx), "--flash-attn" if flash_attn else "--no-flash-attn"]
+    return _started(command, port)
+
+
+def _started(command: list[str], port: int) -> tuple[subprocess.Popen[bytes], str]:
+    import httpx2 as httpx
+
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -100,7 +118,12 @@ def run_llama_server(
             pass
         time.sleep(0.2)  # polling a child process for readiness, not synchronising threads
     process.kill()
-    raise RuntimeError(f"llama-server did not start: {' '.join(command)}")
+    raise RuntimeError(f"The server did not start: {' '.join(command)}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    process.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,7 +148,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from app.core.runtime.host import EngineHost
     from app.core.runtime.loading import default_thread_counts
     from app.core.runtime.types import LoadSettings
-    from app.server.run import start_in_background
 
     model = resolve_model(args.model or "demo")
     threads = default_thread_counts()  # what the engine host uses untuned; llama-server gets the same
@@ -135,42 +157,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         speed = aggregate_tokens_per_s(url, clients, args.tokens, served_as)
         samples.setdefault(name, {}).setdefault(clients, []).append(speed)
 
-    sequential = EngineHost()  # one request at a time: what batching adds
-    sequential.load(LoadSettings(model_path=str(model), n_ctx=args.ctx, n_parallel=1))
-    server = start_in_background(sequential, "bench")
+    sequential = run_our_server(model, 1, args.ctx, args.flash_attn)  # one request at a time: what batching adds
     try:
         for clients in CLIENTS:
-            measure("ours --parallel 1", server.url, clients)
+            measure("ours --parallel 1", sequential[1], clients)
     finally:
-        server.stop()
-        sequential.close()
+        _stop(sequential[0])
 
     ours_name, reference_name = f"ours --parallel {args.parallel}", f"llama-server -np {args.parallel}"
-    engine = EngineHost()
+    engine = EngineHost()  # in this process, idle while the servers are measured: the single-stream ceiling
     engine.load(
         LoadSettings(model_path=str(model), n_ctx=args.ctx, n_parallel=args.parallel, flash_attn=args.flash_attn)
     )
-    server = start_in_background(engine, "bench")
+    ours = run_our_server(model, args.parallel, args.ctx, args.flash_attn)
     binary = find_llama_server(args.llama_server)
     extra = args.llama_server_args.split()
     reference = run_llama_server(binary, model, args.parallel, args.ctx, threads, extra) if binary else None
     try:
         for round_ in range(args.rounds):  # both servers up at once, measured in turn: drift hits both alike
             for clients in CLIENTS:
-                pair = [lambda c=clients: measure(ours_name, server.url, c)]
+                pair = [lambda c=clients: measure(ours_name, ours[1], c)]
                 if reference is not None:
                     pair.append(lambda c=clients: measure(reference_name, reference[1], c, "bench"))
                 for run in pair if round_ % 2 == 0 else reversed(pair):
                     run()
             host = host_single_stream(engine, args.tokens)
             samples.setdefault("engine host, no HTTP", {}).setdefault(1, []).append(host)
-            measure("one client over HTTP", server.url, 1)
+            measure("one client over HTTP", ours[1], 1)
     finally:
-        server.stop()
+        _stop(ours[0])
         engine.close()
         if reference is not None:
-            reference[0].terminate()  # type: ignore[attr-defined]
-            reference[0].wait()  # type: ignore[attr-defined]
+            _stop(reference[0])
 
     def median(name: str, clients: int) -> float:
         return statistics.median(samples[name][clients])

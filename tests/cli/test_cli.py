@@ -118,6 +118,17 @@ def test_errors_are_one_clear_line_and_exit_1(args: list[str], stdin: str | None
     assert "Traceback" not in result.stderr
 
 
+def test_prompt_cache_size_reaches_the_engine_and_a_bad_size_is_refused() -> None:
+    from app.cli.options import load_settings_from
+
+    parser = build_parser()
+    for given, expected in (([], None), (["--prompt-cache", "0"], 0), (["--prompt-cache", "512"], 512)):
+        args = parser.parse_args(["serve", "--model", "demo", *given])
+        assert load_settings_from(args).prompt_cache_mib == expected
+    result = run_cli("serve", "--prompt-cache", "-1")
+    assert result.returncode == 2 and "'-1' is not a size in MiB" in result.stderr
+
+
 class Terminal:
     """A child process on a pseudo-terminal, read with select() against a deadline."""
 

@@ -46,6 +46,7 @@ from app.core.runtime.devices import watch_device_loss
 from app.core.runtime.grammars import tool_calls_grammar
 from app.core.runtime.loading import LoadCancelled, LoadedModel, open_model
 from app.core.runtime.native import Batch, NativeVocab, SamplerChain
+from app.core.runtime.prompt_cache import PromptCache, auto_budget, worth_restoring
 from app.core.runtime.tickets import ReplyTicket
 from app.core.runtime.types import (
     STOP_CANCELLED,
@@ -96,6 +97,7 @@ class EngineHost:
         self._waiting: list[_Waiting] = []
         self._deferred: list[_Call] = []
         self._batch: Batch | None = None
+        self._prompt_cache: PromptCache | None = None  # prompts evicted from their sequence, in RAM
         self._last_error = ""
         self._flushed_at = 0.0
         self._load_abort = threading.Event()
@@ -387,9 +389,13 @@ class EngineHost:
             if leader is not None:
                 sequence, reused = self._place_beside(free, leader.sequence, tokens, loaded)
             else:
-                sequence, reused = self._place(free, tokens, loaded)
+                # every free sequence taken this round: the running ones end up consecutive whatever goes where
+                fills_all = len(self._waiting) >= len(free)
+                sequence, reused = self._place(free, tokens, loaded, fills_all=fills_all)
             self._waiting.pop(0)
             reused = min(reused, len(tokens) - 1)  # the last prompt token is always evaluated, for its logits
+            if leader is None and self._prompt_cache is not None:
+                reused = self._from_ram(sequence, tokens, reused, loaded)
             loaded.context.forget(sequence.seq_id, reused)  # type: ignore[union-attr]
             del sequence.cached[reused:]
             sampler.accept(tokens)
@@ -412,22 +418,28 @@ class EngineHost:
             self._running.append(reply)
             self._running.sort(key=lambda r: r.sequence.seq_id)
 
-    def _place(self, free: list[KVSequence], tokens: list[int], loaded: LoadedModel) -> tuple[KVSequence, int]:
+    def _place(
+        self, free: list[KVSequence], tokens: list[int], loaded: LoadedModel, *, fills_all: bool = False
+    ) -> tuple[KVSequence, int]:
         """The sequence a new reply runs on and how many cached tokens it reuses.
 
         With one KV stream per sequence llama.cpp computes a batch in one pass only over consecutive sequence
         ids; a gap ({0, 2}) or disorder splits it into passes, measured 20-40 % slower. So a reply goes next to
         the running ones: on a free neighbour, and when the cache it continues lies elsewhere, that cache is
         copied over to the neighbour first (a copy of one KV stream, far cheaper than evaluating it again).
+        When the requests admitted together take every free sequence (``fills_all``) there can be no gap, and
+        each goes where its cache is: moving one cache over a neighbour would overwrite the cache another of
+        them continues (four clients resending their prompts would evaluate them all again).
         """
         sequence, reused = _choose_sequence(free, tokens)
         running_ids = {r.sequence.seq_id for r in self._running}
-        if not running_ids or _next_to(sequence.seq_id, running_ids):
+        if fills_all or not running_ids or _next_to(sequence.seq_id, running_ids):
             return sequence, reused
         neighbours = [s for s in free if _next_to(s.seq_id, running_ids)]
         if not neighbours:
             return sequence, reused
         target = min(neighbours, key=lambda s: (len(s.cached) > 0, s.last_used))
+        self._keep_in_ram(target, loaded)
         if reused:
             loaded.context.move_sequence(sequence.seq_id, target.seq_id)  # type: ignore[union-attr]
             target.cached, sequence.cached = sequence.cached, []
@@ -443,9 +455,37 @@ class EngineHost:
         running_ids = {r.sequence.seq_id for r in self._running}
         neighbours = [s for s in free if _next_to(s.seq_id, running_ids)] or free
         target = min(neighbours, key=lambda s: (len(s.cached) > 0, s.last_used))
+        self._keep_in_ram(target, loaded)
         loaded.context.copy_sequence(leader.seq_id, target.seq_id)  # type: ignore[union-attr]
         target.cached = list(leader.cached)
         return target, leader.common_prefix(tokens)
+
+    def _keep_in_ram(self, sequence: KVSequence, loaded: LoadedModel, keep: int = 0) -> None:
+        """Save ``sequence``'s cells to the prompt cache before all but its first ``keep`` are overwritten."""
+        cache = self._prompt_cache
+        lost = len(sequence.cached) - keep
+        if cache is None or not worth_restoring(lost, len(sequence.cached)) or not cache.wants(sequence.cached):
+            return  # (the next turn of a conversation loses a few cells at its end: not worth a copy)
+        cache.put(sequence.cached, loaded.context.save_sequence(sequence.seq_id))  # type: ignore[union-attr]
+
+    def _from_ram(self, sequence: KVSequence, tokens: list[int], reused: int, loaded: LoadedModel) -> int:
+        """Save what ``sequence`` is about to lose; copy back a saved prompt that continues ``tokens`` further
+        than the ``reused`` cells it holds. Returns the cells the reply now reuses."""
+        cache = self._prompt_cache
+        assert cache is not None and loaded.context is not None
+        self._keep_in_ram(sequence, loaded, keep=reused)
+        found = cache.best(tokens)
+        if found is None:
+            return reused
+        saved, length = found
+        length = min(length, len(tokens) - 1)
+        if not worth_restoring(length - reused, len(saved.tokens)):
+            return reused
+        if not loaded.context.restore_sequence(sequence.seq_id, saved.state):
+            sequence.cached.clear()  # llama.cpp dropped what the sequence held
+            return 0
+        sequence.cached = list(saved.tokens)
+        return length
 
     def _running_reply(self, ticket: ReplyTicket | None) -> RunningReply | None:
         if ticket is None:
@@ -526,6 +566,8 @@ class EngineHost:
             loaded.context.clear()
         for sequence in self._sequences:
             sequence.cached.clear()
+        if self._prompt_cache is not None:
+            self._prompt_cache.clear()
 
     def _run_deferred(self) -> None:
         if self._deferred and not self._running:
@@ -582,6 +624,8 @@ class EngineHost:
         if loaded.context is not None:
             self._sequences = [KVSequence(i) for i in range(loaded.context.n_seq_max)]
             self._batch = Batch(loaded.context.n_batch, 1)
+            budget = _prompt_cache_budget(settings, loaded.info.file_size)
+            self._prompt_cache = PromptCache(budget) if budget > 0 else None
         self.info = loaded.info
         return loaded.info
 
@@ -590,6 +634,7 @@ class EngineHost:
         for reply in list(self._running):
             self._finish(reply, STOP_ERROR, gone)
         self._sequences = []
+        self._prompt_cache = None
         if self._batch is not None:
             self._batch.close()
             self._batch = None
@@ -637,6 +682,15 @@ def _choose_sequence(free: list[KVSequence], tokens: list[int]) -> tuple[KVSeque
         return best, best_reused
     fallback = min(free, key=lambda s: (len(s.cached) > 0, s.last_used))
     return fallback, fallback.common_prefix(tokens)
+
+
+def _prompt_cache_budget(settings: LoadSettings, model_bytes: int) -> int:
+    """Bytes of RAM for the prompt cache: the user's choice, else :func:`auto_budget` of the RAM free now."""
+    if settings.prompt_cache_mib is not None:
+        return max(0, settings.prompt_cache_mib) << 20
+    import psutil
+
+    return auto_budget(int(psutil.virtual_memory().available), model_bytes)
 
 
 def _next_to(seq_id: int, running_ids: set[int]) -> bool:

@@ -192,6 +192,22 @@ class NativeContext:
         self.copy_sequence(source, target)
         llama_cpp.llama_memory_seq_rm(self.memory, source, -1, -1)
 
+    def save_sequence(self, sequence: int) -> bytearray:
+        """llama.cpp's state of ``sequence``'s KV cells (empty when it holds none or cannot be saved)."""
+        size = int(llama_cpp.llama_state_seq_get_size(self.ptr, sequence))
+        if size <= 0:
+            return bytearray()
+        state = bytearray(size)
+        written = int(llama_cpp.llama_state_seq_get_data(self.ptr, _byte_array(state), size, sequence))
+        del state[written:]
+        return state
+
+    def restore_sequence(self, sequence: int, state: bytearray) -> bool:
+        """Replace ``sequence``'s KV cells with a state from :meth:`save_sequence`; False when llama.cpp
+        refused it (no room for the cells): the sequence then holds nothing."""
+        read = int(llama_cpp.llama_state_seq_set_data(self.ptr, _byte_array(state), len(state), sequence))
+        return read == len(state)
+
     def copy_sequence(self, source: int, target: int) -> None:
         """Give ``target`` a copy of ``source``'s KV cells (replacing what it held; ``source`` keeps its own).
         With one KV stream per sequence llama.cpp copies the whole stream at the next decode."""
@@ -230,6 +246,11 @@ class NativeContext:
         if self.ptr:
             llama_cpp.llama_free(self.ptr)
             self.ptr = None
+
+
+def _byte_array(data: bytearray) -> Any:
+    """``data`` as a ctypes ``uint8_t *`` argument, without a copy."""
+    return (ctypes.c_uint8 * len(data)).from_buffer(data)
 
 
 class Batch:
@@ -340,6 +361,7 @@ class NativeVocab:
         self.eos_id: int = int(llama_cpp.llama_vocab_eos(ptr))
         self.add_bos: bool = bool(llama_cpp.llama_vocab_get_add_bos(ptr))
         self._template: str | None = metadata.get("tokenizer.chat_template")
+        self._formatter: Any = None  # the template compiled, on first use
         self._pieces: dict[str, int] | None = None
         self._bytes: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
@@ -415,12 +437,15 @@ class NativeVocab:
         """The model's own chat template applied to ``messages`` with a generation prompt, or None."""
         if not self._template:
             return None
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        if self._formatter is None:  # compiling the template takes milliseconds: once per model, not per reply
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        bos = self.decode([self.bos_id]) if self.bos_id >= 0 else ""
-        eos = self.decode([self.eos_id]) if self.eos_id >= 0 else ""
-        formatter = Jinja2ChatFormatter(self._template, eos_token=eos, bos_token=bos, add_generation_prompt=True)
-        result = formatter(messages=[m.to_json() for m in messages])  # type: ignore[misc]
+            bos = self.decode([self.bos_id]) if self.bos_id >= 0 else ""
+            eos = self.decode([self.eos_id]) if self.eos_id >= 0 else ""
+            self._formatter = Jinja2ChatFormatter(
+                self._template, eos_token=eos, bos_token=bos, add_generation_prompt=True
+            )
+        result = self._formatter(messages=[m.to_json() for m in messages])
         return str(result.prompt)
 
 

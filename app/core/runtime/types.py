@@ -49,6 +49,9 @@ class LoadSettings:
     # keep the experts of the first N layers in RAM with the rest offloaded (llama.cpp's --n-cpu-moe); None =
     # the planner compares that with whole layers and picks the faster; 0 = whole layers only
     cpu_moe: int | None = None
+    # RAM for the KV cells of prompts no sequence holds any more (see prompt_cache.py); None = a quarter of the
+    # RAM free beyond the model, at most 4 GiB; 0 = off
+    prompt_cache_mib: int | None = None
 
     @property
     def total_kv_cells(self) -> int:
