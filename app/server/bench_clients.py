@@ -207,6 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if reference is not None:
         ratios = [median(ours_name, n) / median(reference_name, n) for n in CLIENTS]
         print(f"{'ratio ours / llama-server':<38}" + "".join(f"{r:>12.2f}" for r in ratios))
+        # each round's two figures were taken minutes apart at most: their ratio shrugs off the machine's drift
+        paired = [
+            statistics.median(a / b for a, b in zip(samples[ours_name][n], samples[reference_name][n], strict=True))
+            for n in CLIENTS
+        ]
+        print(f"{'  median of the per-round ratios':<38}" + "".join(f"{r:>12.2f}" for r in paired))
     http, direct = median("one client over HTTP", 1), median("engine host, no HTTP", 1)
     print(
         f"one client: {http:.1f} tok/s over HTTP, {direct:.1f} from the engine host directly: ratio {http / direct:.2f}"
