@@ -12,6 +12,7 @@ import pytest
 from app.core.prompts import Message
 from app.core.runtime.host import EngineHost
 from app.core.runtime.prompt_cache import (
+    MAX_SAVED_PROMPTS,
     MIN_SAVED_TOKENS,
     PromptCache,
     auto_budget,
@@ -70,6 +71,11 @@ def test_the_cache_keeps_the_longest_prompt_and_evicts_the_least_recently_used()
     assert not cache.wants(tuple(range(MIN_SAVED_TOKENS - 1)))  # short prompts are cheap to evaluate again
     cache.clear()
     assert len(cache) == 0 and cache.size_bytes == 0
+    many = [tuple(range(1000 * i, 1000 * i + 40)) for i in range(MAX_SAVED_PROMPTS + 3)]
+    cache.budget_bytes = 1 << 20
+    for tokens in many:
+        cache.put(tokens, bytearray(10))
+    assert len(cache) == MAX_SAVED_PROMPTS and cache.best(many[0]) is None  # the oldest went first
 
 
 def test_a_copy_must_gain_a_fair_share_of_what_it_moves() -> None:

@@ -23,6 +23,8 @@ AUTO_BUDGET_MAX_BYTES = 4 << 30
 AUTO_BUDGET_SHARE = 4
 # prompts shorter than this are cheap to evaluate again: not worth a copy
 MIN_SAVED_TOKENS = 32
+# every admission compares its prompt with each saved one: a bound keeps that well under a millisecond
+MAX_SAVED_PROMPTS = 64
 
 
 def auto_budget(available_bytes: int, model_bytes_in_ram: int) -> int:
@@ -58,7 +60,8 @@ class SavedPrompt:
 
 
 class PromptCache:
-    """Saved prompts within ``budget_bytes`` of RAM, least recently used evicted first."""
+    """Saved prompts within ``budget_bytes`` of RAM (and at most :data:`MAX_SAVED_PROMPTS`), least recently
+    used evicted first."""
 
     def __init__(self, budget_bytes: int) -> None:
         self.budget_bytes = budget_bytes
@@ -94,7 +97,7 @@ class PromptCache:
             self._drop(saved)
         self._entries[key] = SavedPrompt(key, state)
         self._bytes += len(state)
-        while self._bytes > self.budget_bytes:
+        while self._bytes > self.budget_bytes or len(self._entries) > MAX_SAVED_PROMPTS:
             self._drop(next(iter(self._entries)))
         return True
 
