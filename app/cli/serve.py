@@ -20,9 +20,10 @@ def register(commands: Any) -> None:
         help="serve the model over an OpenAI-compatible HTTP API",
         description="Serve GET /v1/models, POST /v1/chat/completions (streaming or not), POST /v1/completions and "
         "GET /health. Binds to 127.0.0.1 unless --host says otherwise; --api-key makes every request need it. "
-        "Up to --parallel requests are decoded together in one batch per step (continuous batching); they share the "
-        "each has its own --ctx tokens of KV cache (memory grows with N), and a client resending a growing "
-        "conversation reuses its cached prefix.",
+        "Up to --parallel requests are decoded together in one batch per step (continuous batching); each has its "
+        "own --ctx tokens of KV cache (memory grows with N), a client resending a growing conversation reuses its "
+        "cached prefix, and prompts pushed out of the KV cache are kept in RAM for when they return "
+        "(--prompt-cache).",
     )
     add_model_options(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
