@@ -42,7 +42,7 @@ def common_prefix_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
         return 0
     if a[:high] == b[:high]:
         return high
-    while low < high:  # a[:low] == b[:low] holds; a[:high] != b[:high] holds
+    while low < high:  # the shared length is at least low (a[:low] == b[:low]) and at most high
         middle = (low + high + 1) // 2
         if a[low:middle] == b[low:middle]:
             low = middle
