@@ -222,3 +222,23 @@ def test_the_full_size_8x7b_runs_with_its_experts_in_ram_and_the_rest_on_a_cappe
     ticket = host.generate(GenerationRequest((Message("user", "Hi"),), endless))
     ticket.run_to_end()
     assert ticket.stats is not None and ticket.stats.generated_tokens == 3
+
+
+def test_a_conversation_whose_cells_are_on_a_worker_is_kept_in_ram_and_copied_back(
+    tiny_v1: dict[str, Path], rpc_worker: LocalWorkers, host: EngineHost
+) -> None:
+    address = rpc_worker()
+    host.load(LoadSettings(str(tiny_v1["Q4_K_M"]), n_ctx=512, n_parallel=1, rpc_workers=(address,)))
+    assert host.info is not None and host.info.n_gpu_layers > 0  # the KV cache lives on the worker
+
+    def ask(text: str) -> tuple[str, int]:
+        ticket = host.generate(GenerationRequest((Message("user", text),), GREEDY))
+        reply = ticket.run_to_end()
+        assert ticket.stats is not None
+        return reply, ticket.stats.prompt_tokens_evaluated
+
+    first, _ = ask("Tell me about the sea and the ships that sail on it at night.")
+    ask("Which birds live on cliffs by the northern coast?")  # takes the only sequence
+    again, evaluated = ask("Tell me about the sea and the ships that sail on it at night.")
+    assert evaluated == 1  # read back from the worker, kept in RAM, written back to it
+    assert again == first
