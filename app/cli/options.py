@@ -49,18 +49,20 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     add_rpc_option(group)
 
 
+def _whole_number(text: str, what: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return int(text)
+
+
 def mebibytes(text: str) -> int:
     """argparse type for a size in MiB: a whole number, 0 or more."""
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size in MiB (a whole number, 0 or more)")
-    return int(text)
+    return _whole_number(text, "a size in MiB (a whole number, 0 or more)")
 
 
 def layer_count(text: str) -> int:
     """argparse type for a count of layers: a whole number, 0 or more."""
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of layers (0 or more)")
-    return int(text)
+    return _whole_number(text, "a number of layers (0 or more)")
 
 
 def add_cpu_moe_option(group: Any) -> None:

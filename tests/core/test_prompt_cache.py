@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from app.core.prompts import Message
+from app.core.runtime.decoding import common_prefix_length
 from app.core.runtime.host import EngineHost
 from app.core.runtime.prompt_cache import (
     MAX_SAVED_PROMPTS,
     MIN_SAVED_TOKENS,
     PromptCache,
     auto_budget,
-    common_prefix_length,
     worth_restoring,
 )
 from app.core.runtime.tickets import ReplyTicket

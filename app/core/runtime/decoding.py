@@ -85,12 +85,25 @@ class KVSequence:
         self.reply: RunningReply | None = None
 
     def common_prefix(self, tokens: Sequence[int]) -> int:
-        count = 0
-        for cached, wanted in zip(self.cached, tokens, strict=False):
-            if cached != wanted:
-                break
-            count += 1
-        return count
+        return common_prefix_length(self.cached, tokens)
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share (slice comparisons: C speed for long prompts)."""
+    if type(a) is not type(b):  # a list never equals a tuple: compare like with like
+        b = tuple(b) if isinstance(a, tuple) else list(b)
+    low, high = 0, min(len(a), len(b))
+    if high and a[0] != b[0]:
+        return 0
+    if a[:high] == b[:high]:
+        return high
+    while low < high:  # the shared length is at least low (a[:low] == b[:low]) and at most high
+        middle = (low + high + 1) // 2
+        if a[low:middle] == b[low:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 class RunningReply:

@@ -18,6 +18,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from app.core.runtime.decoding import common_prefix_length
+
 # the most RAM the cache takes when nothing says otherwise, and the share of the RAM left over after the model
 AUTO_BUDGET_MAX_BYTES = 4 << 30
 AUTO_BUDGET_SHARE = 4
@@ -33,22 +35,6 @@ def auto_budget(available_bytes: int, model_bytes_in_ram: int) -> int:
     4 GiB."""
     spare = max(0, available_bytes - model_bytes_in_ram)
     return min(AUTO_BUDGET_MAX_BYTES, spare // AUTO_BUDGET_SHARE)
-
-
-def common_prefix_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    """How many leading tokens ``a`` and ``b`` share (slice comparisons: C speed for long prompts)."""
-    low, high = 0, min(len(a), len(b))
-    if high and a[0] != b[0]:
-        return 0
-    if a[:high] == b[:high]:
-        return high
-    while low < high:  # the shared length is at least low (a[:low] == b[:low]) and at most high
-        middle = (low + high + 1) // 2
-        if a[low:middle] == b[low:middle]:
-            low = middle
-        else:
-            high = middle - 1
-    return low
 
 
 @dataclass(frozen=True)
