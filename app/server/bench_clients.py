@@ -73,6 +73,16 @@ def host_single_stream(engine: object, tokens: int) -> float:
     return ticket.stats.generated_tokens / (time.perf_counter() - start)
 
 
+def median_interval(values: Sequence[float], resamples: int = 2000) -> tuple[float, float]:
+    """A 95 % bootstrap interval of the median of ``values`` (seeded: the same figures give the same interval).
+    One run's rounds vary with the shared machine; this says how far their median alone can be trusted."""
+    import random
+
+    draw = random.Random(0)
+    medians = sorted(statistics.median(draw.choices(values, k=len(values))) for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
 def find_llama_server(given: str | None) -> Path | None:
     """``--llama-server``, ``$LLAMA_SERVER``, or ``llama-server`` on PATH."""
     for candidate in (given, os.environ.get("LLAMA_SERVER"), shutil.which("llama-server")):
@@ -132,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=4, help="requests decoded together (and llama-server's -np)")
     parser.add_argument("--tokens", type=int, default=64, help="reply length in tokens (default 64)")
     parser.add_argument("--ctx", type=int, default=1024, help="context per request (default 1024)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are printed (default 3)")
+    parser.add_argument("--rounds", type=int, default=9, help="alternating rounds; medians are printed (default 9)")
     parser.add_argument("--llama-server", default=None, help="llama.cpp's llama-server binary, the reference")
     parser.add_argument(
         "--llama-server-args", default="", help='more arguments for llama-server, e.g. "-fa off" (quoted, one string)'
@@ -213,6 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             for n in CLIENTS
         ]
         print(f"{'  median of the per-round ratios':<38}" + "".join(f"{r:>12.2f}" for r in paired))
+        intervals = [
+            median_interval([a / b for a, b in zip(samples[ours_name][n], samples[reference_name][n], strict=True)])
+            for n in CLIENTS
+        ]
+        print(
+            f"{'  95 % interval of that median':<38}" + "".join(f"{f'{lo:.2f}-{hi:.2f}':>12}" for lo, hi in intervals)
+        )
     http, direct = median("one client over HTTP", 1), median("engine host, no HTTP", 1)
     print(
         f"one client: {http:.1f} tok/s over HTTP, {direct:.1f} from the engine host directly: ratio {http / direct:.2f}"
