@@ -73,7 +73,7 @@ def test_streaming_gives_the_same_text(client: openai.OpenAI) -> None:
 
 
 def test_length_limit_and_plain_completions(client: openai.OpenAI) -> None:
-    cut = client.chat.completions.create(model="demo", messages=QUESTION, max_tokens=2)
+    cut = client.chat.completions.create(model="demo", messages=QUESTION, max_tokens=2, temperature=0)
     assert cut.choices[0].finish_reason == "length" and cut.usage.completion_tokens == 2
     completion = client.completions.create(model="demo", prompt="Once upon a time", max_tokens=5, temperature=0)
     assert completion.choices[0].text and completion.usage.completion_tokens == 5

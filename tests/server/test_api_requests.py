@@ -297,9 +297,16 @@ def test_logprobs_come_with_each_token_streamed_or_not(client: openai.OpenAI) ->
     )
     tokens = [e.token for chunk in streamed for c in chunk.choices if c.logprobs for e in c.logprobs.content]
     assert tokens == [e.token for e in entries]
-    legacy = client.completions.create(model="demo", prompt="The capital of France is", logprobs=2, max_tokens=5)
+    legacy = client.completions.create(  # sampled, seeded, and never cut short by the end of text
+        model="demo",
+        prompt="The capital of France is",
+        logprobs=2,
+        max_tokens=5,
+        seed=7,
+        extra_body={"ignore_eos": True},
+    )
     lp = legacy.choices[0].logprobs
-    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 5
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == legacy.usage.completion_tokens == 5
     assert "".join(lp.tokens) == legacy.choices[0].text and lp.text_offset[0] == 0
     assert all(len(alternatives) <= 2 for alternatives in lp.top_logprobs)
 
