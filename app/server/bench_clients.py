@@ -24,6 +24,10 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.core.runtime.host import EngineHost
 
 CLIENTS = (1, 4, 8)
 PROMPT = "Write story number {index}, about a lighthouse."
@@ -45,6 +49,7 @@ def aggregate_tokens_per_s(url: str, clients: int, tokens: int, model: str | Non
             temperature=0.7,
             extra_body={"ignore_eos": True},  # both servers write exactly `tokens` tokens: the same work
         )
+        assert reply.usage is not None  # both servers report usage on a whole reply
         produced.append(reply.usage.completion_tokens)
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(clients)]
@@ -56,7 +61,7 @@ def aggregate_tokens_per_s(url: str, clients: int, tokens: int, model: str | Non
     return sum(produced) / (time.perf_counter() - start)
 
 
-def host_single_stream(engine: object, tokens: int) -> float:
+def host_single_stream(engine: EngineHost, tokens: int) -> float:
     """The engine host's own decode speed for one reply, no HTTP (the ceiling for one API client)."""
     from app.core.prompts import Message
     from app.core.runtime.types import GenerationRequest, SamplingSettings
@@ -65,7 +70,7 @@ def host_single_stream(engine: object, tokens: int) -> float:
         (Message("user", PROMPT.format(index=0)),),
         SamplingSettings(temperature=0.7, repeat_penalty=1.0, max_new_tokens=tokens, ignore_eos=True),
     )
-    ticket = engine.generate(request)  # type: ignore[attr-defined]
+    ticket = engine.generate(request)
     start = time.perf_counter()
     for _ in ticket:
         pass
@@ -218,15 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ratios = [median(ours_name, n) / median(reference_name, n) for n in CLIENTS]
         print(f"{'ratio ours / llama-server':<38}" + "".join(f"{r:>12.2f}" for r in ratios))
         # each round's two figures were taken minutes apart at most: their ratio shrugs off the machine's drift
-        paired = [
-            statistics.median(a / b for a, b in zip(samples[ours_name][n], samples[reference_name][n], strict=True))
-            for n in CLIENTS
+        per_round = [
+            [a / b for a, b in zip(samples[ours_name][n], samples[reference_name][n], strict=True)] for n in CLIENTS
         ]
-        print(f"{'  median of the per-round ratios':<38}" + "".join(f"{r:>12.2f}" for r in paired))
-        intervals = [
-            median_interval([a / b for a, b in zip(samples[ours_name][n], samples[reference_name][n], strict=True)])
-            for n in CLIENTS
-        ]
+        print(
+            f"{'  median of the per-round ratios':<38}" + "".join(f"{statistics.median(r):>12.2f}" for r in per_round)
+        )
+        intervals = [median_interval(r) for r in per_round]
         print(
             f"{'  95 % interval of that median':<38}" + "".join(f"{f'{lo:.2f}-{hi:.2f}':>12}" for lo, hi in intervals)
         )

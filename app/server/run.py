@@ -34,7 +34,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
-SHUTDOWN_GRACE_S = 3.0  # on SIGTERM/SIGINT or stop(): in-flight replies get this long, then are cut off
+SHUTDOWN_GRACE_S = 3  # on SIGTERM/SIGINT or stop(): in-flight replies get this long, then are cut off
 
 
 def _server(
