@@ -4,7 +4,8 @@
 single-stream speed. Figures are ratios within one run (this machine is shared: +-25 % run to run).
 
 Both servers run as their own processes, as users run them (``mixtral-desk serve``): the benchmark's client
-threads then share no interpreter with either server.
+threads then share no interpreter with either server. Every round starts both afresh, in alternating order:
+one process's speed is a draw that holds for its life, so the rounds sample many of them.
 
     python -m app.server.bench_clients [--model PATH] [--parallel 4] [--tokens 64] [--llama-server PATH]
 
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -141,13 +142,37 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
+def warm_up(url: str) -> None:
+    """A fresh server's first replies run slow (pages faulted in, buffers grown): every shape once, short."""
+    for clients in CLIENTS:
+        aggregate_tokens_per_s(url, clients, 16, "bench")
+
+
+def _start_in_turn(
+    starters: Sequence[Callable[[], tuple[subprocess.Popen[bytes], str]]], first: int
+) -> list[tuple[subprocess.Popen[bytes], str]]:
+    """Start every server, beginning with ``starters[first]``; returns them in the order given (all or none:
+    one that fails to start stops those already up)."""
+    started: dict[int, tuple[subprocess.Popen[bytes], str]] = {}
+    try:
+        for index in [*range(first, len(starters)), *range(first)]:
+            started[index] = starters[index]()
+    except BaseException:
+        for process, _url in started.values():
+            _stop(process)
+        raise
+    return [started[index] for index in range(len(starters))]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.server.bench_clients", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="GGUF to serve (default: the demo model)")
     parser.add_argument("--parallel", type=int, default=4, help="requests decoded together (and llama-server's -np)")
     parser.add_argument("--tokens", type=int, default=64, help="reply length in tokens (default 64)")
     parser.add_argument("--ctx", type=int, default=1024, help="context per request (default 1024)")
-    parser.add_argument("--rounds", type=int, default=9, help="alternating rounds; medians are printed (default 9)")
+    parser.add_argument(
+        "--rounds", type=int, default=9, help="rounds, each on freshly started servers; medians are printed (default 9)"
+    )
     parser.add_argument("--llama-server", default=None, help="llama.cpp's llama-server binary, the reference")
     parser.add_argument(
         "--llama-server-args", default="", help='more arguments for llama-server, e.g. "-fa off" (quoted, one string)'
@@ -168,12 +193,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = default_thread_counts()  # what the engine host uses untuned; llama-server gets the same
     samples: dict[str, dict[int, list[float]]] = {}
 
-    def measure(name: str, url: str, clients: int, served_as: str | None = None) -> None:
-        speed = aggregate_tokens_per_s(url, clients, args.tokens, served_as)
+    def measure(name: str, url: str, clients: int) -> None:
+        speed = aggregate_tokens_per_s(url, clients, args.tokens, "bench")  # the name both servers answer to
         samples.setdefault(name, {}).setdefault(clients, []).append(speed)
 
     sequential = run_our_server(model, 1, args.ctx, args.flash_attn)  # one request at a time: what batching adds
     try:
+        warm_up(sequential[1])
         for clients in CLIENTS:
             measure("ours --parallel 1", sequential[1], clients)
     finally:
@@ -184,26 +210,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine.load(
         LoadSettings(model_path=str(model), n_ctx=args.ctx, n_parallel=args.parallel, flash_attn=args.flash_attn)
     )
-    ours = run_our_server(model, args.parallel, args.ctx, args.flash_attn)
     binary = find_llama_server(args.llama_server)
     extra = args.llama_server_args.split()
-    reference = run_llama_server(binary, model, args.parallel, args.ctx, threads, extra) if binary else None
+
+    def start_ours() -> tuple[subprocess.Popen[bytes], str]:
+        return run_our_server(model, args.parallel, args.ctx, args.flash_attn)
+
+    def start_reference() -> tuple[subprocess.Popen[bytes], str]:
+        assert binary is not None
+        return run_llama_server(binary, model, args.parallel, args.ctx, threads, extra)
+
     try:
-        for round_ in range(args.rounds):  # both servers up at once, measured in turn: drift hits both alike
-            for clients in CLIENTS:
-                pair = [lambda c=clients: measure(ours_name, ours[1], c)]
-                if reference is not None:
-                    pair.append(lambda c=clients: measure(reference_name, reference[1], c, "bench"))
-                for run in pair if round_ % 2 == 0 else reversed(pair):
-                    run()
-            host = host_single_stream(engine, args.tokens)
-            samples.setdefault("engine host, no HTTP", {}).setdefault(1, []).append(host)
-            measure("one client over HTTP", ours[1], 1)
+        for round_ in range(args.rounds):
+            # Each round starts both servers afresh: two runs of one server differ by a few per cent for as long
+            # as they live (and the one started first was the slower in 8 of 9 pairs of twin llama-servers), so
+            # one pair of processes for the whole run would measure their luck. Start order alternates.
+            servers = _start_in_turn([start_ours] + ([start_reference] if binary else []), first=round_ % 2)
+            names = (ours_name, reference_name)[: len(servers)]
+            pair = [(name, url) for name, (_process, url) in zip(names, servers, strict=True)]
+            try:
+                for _name, url in pair:
+                    warm_up(url)
+                for clients in CLIENTS:  # both up at once, measured in turn: drift hits both alike
+                    for name, url in pair if round_ % 2 == 0 else reversed(pair):
+                        measure(name, url, clients)
+                host = host_single_stream(engine, args.tokens)
+                samples.setdefault("engine host, no HTTP", {}).setdefault(1, []).append(host)
+                measure("one client over HTTP", servers[0][1], 1)
+            finally:
+                for process, _url in servers:
+                    _stop(process)
     finally:
-        _stop(ours[0])
         engine.close()
-        if reference is not None:
-            _stop(reference[0])
 
     def median(name: str, clients: int) -> float:
         return statistics.median(samples[name][clients])
@@ -212,14 +250,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("llama-server: not found (give --llama-server PATH or set LLAMA_SERVER); its row is skipped")
     print(
         f"model {model.name}; {args.tokens}-token replies at temperature 0.7; threads {threads[0]}/{threads[1]}; "
-        f"medians of {args.rounds} alternating rounds; ours {'with' if args.flash_attn else 'without'} flash attention, "
+        f"medians of {args.rounds} rounds, each on freshly started servers; ours {'with' if args.flash_attn else 'without'} flash attention, "
         f"llama-server {' '.join(extra) or 'with its defaults'}"
     )
     print(f"{'aggregate generation tokens/s':<38}" + "".join(f"{n:>4} client{'s' if n > 1 else ' '}" for n in CLIENTS))
     for name in ("ours --parallel 1", ours_name, reference_name):
         if name in samples:
             print(f"{name:<38}" + "".join(f"{median(name, n):>12.1f}" for n in CLIENTS))
-    if reference is not None:
+    if reference_name in samples:
         ratios = [median(ours_name, n) / median(reference_name, n) for n in CLIENTS]
         print(f"{'ratio ours / llama-server':<38}" + "".join(f"{r:>12.2f}" for r in ratios))
         # each round's two figures were taken minutes apart at most: their ratio shrugs off the machine's drift
