@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if reference_name in samples:
         ratios = [median(ours_name, n) / median(reference_name, n) for n in CLIENTS]
         print(f"{'ratio ours / llama-server':<38}" + "".join(f"{r:>12.2f}" for r in ratios))
-        # each round's two figures were taken minutes apart at most: their ratio shrugs off the machine's drift
+        # each round's two figures were taken seconds apart: their ratio shrugs off the machine's drift
         per_round = [
             [a / b for a, b in zip(samples[ours_name][n], samples[reference_name][n], strict=True)] for n in CLIENTS
         ]
